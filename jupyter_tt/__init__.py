@@ -1,0 +1,27 @@
+"""jupyter-tt: Tenstorrent Wormhole devices for Jupyter kernels.
+
+In a notebook: ``jupyter_tt.lease()`` shows the devices this kernel holds and
+``jupyter_tt.open_mesh_device()`` opens them with ttnn.
+"""
+
+from ._version import __version__
+from .errors import ConfigError, LeaseError, RequestError, TTError, WaitTimeout
+from .kernels.current import close_mesh_device, lease, open_mesh_device
+
+__all__ = [
+    "ConfigError",
+    "LeaseError",
+    "RequestError",
+    "TTError",
+    "WaitTimeout",
+    "__version__",
+    "close_mesh_device",
+    "lease",
+    "open_mesh_device",
+]
+
+
+def _jupyter_server_extension_points():
+    from .server.app import JupyterTTApp
+
+    return [{"module": "jupyter_tt.server.app", "app": JupyterTTApp}]

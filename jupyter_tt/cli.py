@@ -1,0 +1,150 @@
+"""``jupyter tt <command>``: devices, kernelspec, usage, release."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .config import TTSettings
+from .errors import TTError
+
+
+def _scheduler():
+    from .scheduler import open_scheduler
+
+    return open_scheduler(TTSettings())
+
+
+def _fmt(value, unit: str = "", digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def cmd_devices(args) -> int:
+    scheduler = _scheduler()
+    scheduler.reconcile()
+    report = scheduler.report()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    inv = report["inventory"]
+    if inv["simulated"]:
+        print(f"Inventory: {inv['label']}")
+    else:
+        print(f"Inventory: sysfs under {inv['root']}")
+    print(f"State: {scheduler.state_dir}\n")
+    leases = {lease["id"]: lease for lease in report["leases"]}
+    rows = []
+    for d in report["devices"]:
+        t = d["telemetry"]
+        holder = ""
+        if d["lease_id"]:
+            lease = leases.get(d["lease_id"], {})
+            kernel = f" kernel {d['kernel_id'][:8]}" if d["kernel_id"] else ""
+            holder = f"{d['user']}{kernel} (pid {lease.get('pid')})"
+        state = d["state"] + (" [sim]" if d["simulated"] else "")
+        rows.append([
+            d["id"], d["card_type"], d["bdf"], "-" if d["numa_node"] is None else d["numa_node"], state, holder,
+            _fmt(t["temperature_c"], "°C"), _fmt(t["power_w"], "W"), _fmt(t["aiclk_mhz"], "", 0),
+            d["firmware"].get("fw_bundle", "-"),
+        ])
+    print(_table(rows, ["ID", "CARD", "BDF", "NUMA", "STATE", "HOLDER", "TEMP", "POWER", "AICLK", "FW"]))
+    problems = [d for d in report["devices"] if d["problem"]]
+    if problems:
+        print("\nUnhealthy:")
+        for d in problems:
+            print(f"  device {d['id']}: {d['problem']}")
+    if report["queue"]:
+        print("\nQueue:")
+        for w in report["queue"]:
+            waited = time.time() - w["since"]
+            print(f"  {w['position']}. {w['user']} wants {w['devices']}× {w['card_type']} "
+                  f"(kernel {w['kernel_id'] or '-'}, waiting {waited:.0f} s)")
+    if report["unaccounted_processes"]:
+        print("\nProcesses holding a device without a lease (the scheduler coordinates kernels; it cannot fence others):")
+        for p in report["unaccounted_processes"]:
+            print(f"  device {p['device']}: pid {p['pid']} {p['name'] or '?'} (user {p['user'] or '?'})")
+    return 0
+
+
+def cmd_kernelspec_install(args) -> int:
+    from .kernels.kernelspec import install
+
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    path = install(
+        args.name, args.devices, args.card_type, wait_timeout=args.wait_timeout,
+        display_name=args.display_name, user=args.user, prefix=prefix,
+    )
+    print(f"Installed kernelspec {args.name} in {path}")
+    return 0
+
+
+def cmd_usage(args) -> int:
+    since = time.time() - args.days * 86400 if args.days else 0.0
+    usage = _scheduler().usage(since)
+    if args.json:
+        print(json.dumps(usage, indent=2))
+        return 0
+    rows = [[u["user"], u["leases"], f"{u['device_hours']:.3f}", f"{u['chip_hours']:.3f}"] for u in usage]
+    print(_table(rows, ["USER", "LEASES", "DEVICE-HOURS", "CHIP-HOURS"]) if rows else "No leases recorded yet.")
+    return 0
+
+
+def cmd_release(args) -> int:
+    scheduler = _scheduler()
+    scheduler.release(args.lease_id, reason=f"released with `jupyter tt release` by {scheduler.user}", user=scheduler.user)
+    print(f"Released {args.lease_id}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jupyter tt", description="Tenstorrent devices for Jupyter kernels.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("devices", help="the inventory, who holds what, and the queue")
+    d.add_argument("--json", action="store_true", help="print the devices API document")
+    d.set_defaults(func=cmd_devices)
+
+    k = sub.add_parser("kernelspec", help="install kernelspecs that ask for devices")
+    ksub = k.add_subparsers(dest="kernelspec_command", required=True)
+    ki = ksub.add_parser("install", help="write a kernelspec using tt-provisioner")
+    ki.add_argument("--name", required=True, help="kernelspec name, e.g. tt-n300")
+    ki.add_argument("--devices", type=int, default=1, help="how many devices (cards); 0 for none")
+    ki.add_argument("--card-type", default="any", help="n150, n300 or any")
+    ki.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait in the queue")
+    ki.add_argument("--display-name", default=None)
+    where = ki.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for this user only")
+    where.add_argument("--sys-prefix", action="store_true", help="install into this Python environment")
+    where.add_argument("--prefix", default=None, help="install under this prefix")
+    ki.set_defaults(func=cmd_kernelspec_install)
+
+    u = sub.add_parser("usage", help="device-hours per user, from the lease history")
+    u.add_argument("--days", type=float, default=0, help="only the last N days (default: all)")
+    u.add_argument("--json", action="store_true")
+    u.set_defaults(func=cmd_usage)
+
+    r = sub.add_parser("release", help="end one of your leases (e.g. one whose server is gone)")
+    r.add_argument("lease_id")
+    r.set_defaults(func=cmd_release)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TTError as e:
+        print(f"jupyter tt {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

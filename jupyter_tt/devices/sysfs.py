@@ -1,0 +1,166 @@
+"""Real devices, read from the tt-kmd driver's sysfs and procfs files.
+
+Layout (all under ``root``, ``/`` on a real host; tests point it at a generated tree)::
+
+    sys/class/tenstorrent/tenstorrent!N/   tt_card_type, tt_serial, tt_asic_id, tt_aiclk, tt_heartbeat, tt_*_ver
+    sys/class/tenstorrent/tenstorrent!N/device -> the PCI device (its name is the BDF): numa_node,
+        hwmon/hwmonK/{temp1_input, temp1_max, in0_input, curr1_input, power1_input}
+    dev/tenstorrent/N                      the device node
+    proc/driver/tenstorrent/N/pids         processes holding the node open (driver >= 2.5)
+
+Any attribute may be missing (older driver or firmware); it is then reported as unknown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from .base import CHIPS_PER_CARD, Device, InventoryBackend, Telemetry
+
+_CLASS_ENTRY = re.compile(r"^tenstorrent!(\d+)$")
+_FIRMWARE = {
+    "fw_bundle": "tt_fw_bundle_ver",
+    "arc_fw": "tt_arc_fw_ver",
+    "eth_fw": "tt_eth_fw_ver",
+    "m3bl_fw": "tt_m3bl_fw_ver",
+    "m3app_fw": "tt_m3app_fw_ver",
+}
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _number(path: Path, scale: float = 1.0) -> float | None:
+    text = _read(path)
+    try:
+        return round(float(text.split()[0]) / scale, 3) if text else None
+    except ValueError:
+        return None
+
+
+class SysfsInventory(InventoryBackend):
+    """Devices of this host as the driver exposes them.
+
+    A device is unhealthy when its node vanished (listed until the process restarts), its
+    firmware heartbeat did not advance for ``heartbeat_timeout`` seconds (judged across calls, so a
+    long-running server notices; a one-shot reader cannot), or it is hotter than its max.
+    """
+
+    kind = "sysfs"
+
+    def __init__(self, root: str = "/", heartbeat_timeout: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.root = Path(root)
+        self.heartbeat_timeout = heartbeat_timeout
+        self._clock = clock
+        self._heartbeats: dict[int, tuple[int, float]] = {}  # id -> (value, when it last changed)
+        self._seen: dict[int, Device] = {}
+
+    @property
+    def class_dir(self) -> Path:
+        return self.root / "sys/class/tenstorrent"
+
+    @property
+    def key(self) -> str:
+        root = str(self.root.resolve())
+        return "sysfs" if root == "/" else "sysfs-" + hashlib.sha1(root.encode()).hexdigest()[:10]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "root": str(self.root)}
+
+    def present(self) -> bool:
+        """Whether the driver shows any device here (used by ``inventory=auto``)."""
+        return any(_CLASS_ENTRY.match(p.name) for p in self._entries())
+
+    def _entries(self) -> list[Path]:
+        try:
+            return list(self.class_dir.iterdir())
+        except OSError:
+            return []
+
+    def devices(self) -> list[Device]:
+        found = {}
+        for entry in self._entries():
+            match = _CLASS_ENTRY.match(entry.name)
+            if match:
+                device = self._read_device(int(match[1]), entry)
+                found[device.id] = device
+        for i, last in self._seen.items():
+            if i not in found:
+                found[i] = replace(last, problem=f"device node {last.path} vanished (card lost or driver reloaded)")
+        self._seen.update({i: d for i, d in found.items() if d.problem is None or i not in self._seen})
+        return [found[i] for i in sorted(found)]
+
+    def _read_device(self, i: int, entry: Path) -> Device:
+        pci = entry / "device"
+        bdf = pci.resolve().name if pci.exists() else "unknown"
+        raw_type = (_read(entry / "tt_card_type") or "unknown").lower()
+        card_type = raw_type if raw_type in CHIPS_PER_CARD else "unknown"
+        numa = _number(pci / "numa_node")
+        telemetry = self._telemetry(entry, pci)
+        node = self.root / "dev/tenstorrent" / str(i)
+        problem = None
+        if not node.exists():
+            problem = f"device node {node} is missing (is tt-kmd loaded?)"
+        elif telemetry.heartbeat is not None and self._heartbeat_stopped(i, telemetry.heartbeat):
+            problem = f"firmware heartbeat stopped at {telemetry.heartbeat} (no change for {self.heartbeat_timeout:g} s)"
+        elif (
+            telemetry.temperature_c is not None
+            and telemetry.temperature_max_c is not None
+            and telemetry.temperature_c > telemetry.temperature_max_c
+        ):
+            problem = f"temperature {telemetry.temperature_c:.1f} °C is above its max {telemetry.temperature_max_c:.1f} °C"
+        return Device(
+            id=i,
+            path=f"/dev/tenstorrent/{i}",
+            bdf=bdf,
+            card_type=card_type,
+            chips=CHIPS_PER_CARD[card_type],
+            numa_node=int(numa) if numa is not None and numa >= 0 else None,
+            serial=_read(entry / "tt_serial"),
+            asic_id=_read(entry / "tt_asic_id"),
+            firmware={name: v for name, attr in _FIRMWARE.items() if (v := _read(entry / attr))},
+            telemetry=telemetry,
+            problem=problem,
+            holders=self._holders(i),
+        )
+
+    def _telemetry(self, entry: Path, pci: Path) -> Telemetry:
+        hwmon = next(iter(sorted((pci / "hwmon").glob("hwmon*"))), None) if pci.exists() else None
+        heartbeat = _number(entry / "tt_heartbeat")
+
+        def sensor(name: str, scale: float) -> float | None:
+            return _number(hwmon / name, scale) if hwmon else None
+
+        return Telemetry(
+            temperature_c=sensor("temp1_input", 1000),
+            temperature_max_c=sensor("temp1_max", 1000),
+            power_w=sensor("power1_input", 1_000_000),
+            current_a=sensor("curr1_input", 1000),
+            voltage_v=sensor("in0_input", 1000),
+            aiclk_mhz=_number(entry / "tt_aiclk"),
+            axiclk_mhz=_number(entry / "tt_axiclk"),
+            arcclk_mhz=_number(entry / "tt_arcclk"),
+            heartbeat=int(heartbeat) if heartbeat is not None else None,
+        )
+
+    def _heartbeat_stopped(self, i: int, value: int) -> bool:
+        now = self._clock()
+        last = self._heartbeats.get(i)
+        if last is None or last[0] != value:
+            self._heartbeats[i] = (value, now)
+            return False
+        return now - last[1] > self.heartbeat_timeout
+
+    def _holders(self, i: int) -> tuple[int, ...]:
+        text = _read(self.root / "proc/driver/tenstorrent" / str(i) / "pids") or ""
+        return tuple(sorted({int(tok) for tok in text.split() if tok.isdigit()}))
+

@@ -1,0 +1,42 @@
+"""Errors a user can hit. Each message says what went wrong and what to do about it.
+
+They subclass tornado's ``HTTPError`` so that a Jupyter server answers a failed kernel start
+with the right status and our message (not "Unhandled error" and a traceback); everywhere
+else ``str(error)`` is just the message.
+"""
+
+from tornado.web import HTTPError
+
+
+class TTError(HTTPError):
+    """Base class: ``str(error)`` is the user-facing message."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None):
+        # tornado %-formats log_message when logging; keep a literal '%' harmless.
+        super().__init__(status or self.status, message.replace("%", "%%"))
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(TTError):
+    """Bad configuration: an inventory spec, a kernelspec's provisioner config, a state dir."""
+
+
+class RequestError(TTError):
+    """A device request that can never be met (unknown card type, more than exist, over quota)."""
+
+
+class WaitTimeout(TTError):
+    """Devices did not become free within the request's ``wait_timeout``."""
+
+    status = 503
+
+
+class LeaseError(TTError):
+    """A lease that is missing, released, simulated, or owned by another user."""
+
+    status = 409

@@ -1,0 +1,172 @@
+"""Inside a kernel: the devices it holds (``jupyter_tt.lease()``) and opening them with ttnn.
+
+The provisioner tells the kernel its lease through ``JUPYTER_TT_LEASE`` and where the scheduler's
+state is through ``JUPYTER_TT_STATE_DIR`` / ``JUPYTER_TT_INVENTORY``; the details come from there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import html
+import json
+import os
+from dataclasses import dataclass
+
+from ..config import TTSettings
+from ..errors import LeaseError, TTError
+from ..scheduler import LeasedDevice, open_scheduler
+
+NO_LEASE = (
+    "this kernel holds no Tenstorrent devices (JUPYTER_TT_LEASE is not set). Pick a kernel that asks for "
+    "some, such as 'Python 3 (1× n300, 2 chips)', or install one: "
+    "jupyter tt kernelspec install --devices 1 --card-type n300 --name tt-n300"
+)
+
+
+def mesh_shape(card_type: str, chips: int) -> tuple[int, int]:
+    """The ttnn mesh for a lease's chips: n150 → 1×1, n300 → 1×2, four n300 (a LoudBox) → 2×4."""
+    if chips == 8 and card_type == "n300":
+        return (2, 4)
+    if chips == 32:
+        return (4, 8)  # a Galaxy
+    return (1, chips)
+
+
+@dataclass(frozen=True)
+class KernelLease:
+    """The lease of this kernel, as the scheduler records it."""
+
+    id: str
+    user: str
+    kernel_id: str | None
+    devices: tuple[LeasedDevice, ...]
+    simulated: bool
+    active: bool = True
+    end_reason: str | None = None
+
+    @property
+    def card_types(self) -> list[str]:
+        return sorted({d.card_type for d in self.devices})
+
+    @property
+    def chips(self) -> int:
+        return sum(d.chips for d in self.devices)
+
+    @property
+    def mesh_shape(self) -> tuple[int, int]:
+        return mesh_shape(self.card_types[0] if len(self.card_types) == 1 else "mixed", self.chips)
+
+    @property
+    def bdfs(self) -> list[str]:
+        return [d.bdf for d in self.devices]
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "user": self.user,
+            "kernel_id": self.kernel_id,
+            "devices": [d.__dict__ for d in self.devices],
+            "card_types": self.card_types,
+            "chips": self.chips,
+            "mesh_shape": list(self.mesh_shape),
+            "simulated": self.simulated,
+            "active": self.active,
+            "end_reason": self.end_reason,
+        }
+
+    def __repr__(self) -> str:
+        rows, cols = self.mesh_shape
+        state = "active" if self.active else f"ENDED ({self.end_reason})"
+        sim = " [SIMULATED]" if self.simulated else ""
+        devices = ", ".join(f"{d.id}:{d.card_type}@{d.bdf}" for d in self.devices)
+        return f"<Lease {self.id}{sim} {state}: {len(self.devices)} device(s) [{devices}], {self.chips} chips, mesh {rows}x{cols}>"
+
+    def _repr_html_(self) -> str:
+        rows, cols = self.mesh_shape
+        badge = (
+            '<span style="background:#b45309;color:white;padding:1px 6px;border-radius:3px">SIMULATED</span> '
+            if self.simulated
+            else ""
+        )
+        state = "active" if self.active else f"<b>ended</b>: {html.escape(self.end_reason or '')}"
+        body = "".join(
+            f"<tr><td>{d.id}</td><td>{html.escape(d.card_type)}</td><td><code>{html.escape(d.bdf)}</code></td>"
+            f"<td>{d.chips}</td><td><code>{html.escape(d.path)}</code></td></tr>"
+            for d in self.devices
+        )
+        return (
+            f"<div class='jupyter-tt-lease'>{badge}<b>Lease {html.escape(self.id)}</b> · {html.escape(self.user)} · "
+            f"{state} · {self.chips} chips · mesh {rows}×{cols}"
+            "<table><thead><tr><th>device</th><th>card</th><th>PCI BDF</th><th>chips</th><th>node</th></tr></thead>"
+            f"<tbody>{body}</tbody></table></div>"
+        )
+
+
+def lease() -> KernelLease:
+    """The lease this kernel holds. LeaseError (with what to do) when it holds none."""
+    lease_id = os.environ.get("JUPYTER_TT_LEASE")
+    if not lease_id:
+        raise LeaseError(NO_LEASE)
+    scheduler = open_scheduler(TTSettings())
+    simulated = scheduler.inventory.simulated
+    current = scheduler.get_lease(lease_id)
+    if current is not None:
+        return KernelLease(current.id, current.user, current.kernel_id, current.devices, simulated)
+    row = scheduler.db.execute("SELECT * FROM history WHERE lease_id=?", (lease_id,)).fetchone()
+    if row is None:
+        raise LeaseError(
+            f"lease {lease_id} is unknown to the scheduler state in {scheduler.state_dir}: this kernel's "
+            f"JUPYTER_TT_STATE_DIR / JUPYTER_TT_INVENTORY differ from its server's. Restart the kernel"
+        )
+    devices = tuple(LeasedDevice(**d) for d in json.loads(row["devices_json"]))
+    return KernelLease(lease_id, row["user"], row["kernel_id"], devices, simulated, False, row["end_reason"])
+
+
+_open_meshes: list = []
+
+
+def open_mesh_device(**kwargs):
+    """Open this kernel's leased devices with ttnn as one mesh (n150 1×1, n300 1×2, LoudBox 2×4).
+
+    Keyword arguments go to ``ttnn.open_mesh_device``. The mesh is closed by ``close_mesh_device``
+    or when the kernel exits. Raises LeaseError on a simulated or ended lease and TTError without ttnn.
+    """
+    current = lease()
+    if not current.active:
+        raise LeaseError(f"lease {current.id} has ended ({current.end_reason}): restart the kernel to get devices again")
+    if current.simulated:
+        raise LeaseError(
+            f"lease {current.id} is on a simulated inventory: there is no Wormhole device to open. Run on a host "
+            f"with Tenstorrent cards (JUPYTER_TT_INVENTORY=auto or sysfs), or use the torch backend, "
+            f"e.g. jupyter_tt.serve(backend='torch')"
+        )
+    if len(current.card_types) != 1:
+        raise LeaseError(f"lease {current.id} mixes card types {current.card_types}: ttnn opens one mesh of like chips")
+    try:
+        import ttnn
+    except ImportError as e:
+        raise TTError(
+            f"ttnn is not importable in this kernel ({e}). Install it in the kernel's environment: "
+            f"pip install ttnn (wheels exist for CPython 3.10 and 3.12), or use the torch backend"
+        ) from e
+    # ttnn enumerates what TT_VISIBLE_DEVICES shows: it must be exactly this lease's devices.
+    os.environ["TT_VISIBLE_DEVICES"] = ",".join(current.bdfs)
+    rows, cols = current.mesh_shape
+    mesh = ttnn.open_mesh_device(ttnn.MeshShape(rows, cols), **kwargs)
+    _open_meshes.append(mesh)
+    return mesh
+
+
+def close_mesh_device(mesh) -> None:
+    """Close a mesh from ``open_mesh_device`` (safe to call twice)."""
+    if mesh in _open_meshes:
+        _open_meshes.remove(mesh)
+        import ttnn
+
+        ttnn.close_mesh_device(mesh)
+
+
+@atexit.register
+def _close_all() -> None:
+    for mesh in list(_open_meshes):
+        close_mesh_device(mesh)

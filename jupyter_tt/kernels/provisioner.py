@@ -1,0 +1,163 @@
+"""``tt-provisioner``: a local kernel that holds Tenstorrent devices for its whole life.
+
+jupyter_client calls, for each kernel:
+
+- ``pre_launch`` before every start and restart: we get (or keep) the lease, waiting in the queue if
+  needed, and give the kernel ``TT_VISIBLE_DEVICES`` (the leased BDFs) and ``JUPYTER_TT_LEASE``;
+- ``launch_kernel``: the lease now follows the kernel process; a failed launch releases it;
+- ``post_launch``: we hook the restarter's "dead" event, after which jupyter_client cleans up nothing;
+- ``cleanup(restart)``: a restart keeps the devices, anything else releases them (shutdown, culling).
+
+What no callback covers (the kernel or the server killed with SIGKILL) the scheduler reclaims by
+itself: see ``jupyter_tt.scheduler``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_client.provisioning import LocalProvisioner
+from traitlets import Float, Int, Unicode, validate
+
+from ..config import TTSettings
+from ..errors import ConfigError, TTError
+from ..scheduler import Lease, Waiting, check_card_type, open_scheduler
+
+
+class TTProvisioner(LocalProvisioner):
+    """Starts a local kernel on devices leased from the host-wide scheduler.
+
+    Its ``config`` in the kernelspec: ``devices`` (how many device nodes, 0 for none), ``card_type``
+    ("n150", "n300" or "any") and ``wait_timeout`` (seconds in the queue before giving up).
+    """
+
+    devices = Int(1, help="How many devices (cards) the kernel gets; 0 for none.", config=True)
+    card_type = Unicode("any", help="'n150', 'n300' or 'any'.", config=True)
+    wait_timeout = Float(None, allow_none=True, help="Seconds to wait for free devices.", config=True)
+
+    lease: Lease | None = None
+    _dead_hooked = False
+
+    def __init__(self, **kwargs: Any):
+        known = {"devices", "card_type", "wait_timeout"}
+        base = {"kernel_id", "kernel_spec", "connection_info", "parent", "config", "log"}
+        unknown = set(kwargs) - known - base
+        if unknown:
+            raise ConfigError(
+                f"unknown key{'s' * (len(unknown) > 1)} {', '.join(sorted(unknown))} in the kernelspec's "
+                f"tt-provisioner config: use devices, card_type and wait_timeout"
+            )
+        try:
+            super().__init__(**kwargs)
+        except TTError:
+            raise
+        except Exception as e:  # a TraitError names the trait but not the fix
+            raise ConfigError(
+                f"bad tt-provisioner config in the kernelspec ({e}): devices is a whole number, "
+                f"card_type one of n150, n300, any, wait_timeout a number of seconds"
+            ) from e
+        self.settings = TTSettings(parent=self)
+
+    @validate("devices")
+    def _check_devices(self, proposal):
+        if proposal["value"] < 0:
+            raise ConfigError(f"tt-provisioner config: devices must be 0 or more, not {proposal['value']}")
+        return proposal["value"]
+
+    @validate("card_type")
+    def _check_card_type(self, proposal):
+        return check_card_type(proposal["value"])
+
+    @property
+    def scheduler(self):
+        return open_scheduler(self.settings)
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        if self.devices and not self._lease_still_held():
+            self.lease = await self._acquire()
+        try:
+            kwargs = await super().pre_launch(**kwargs)
+        except BaseException:
+            self._release("kernel launch failed")
+            raise
+        env = kwargs["env"]
+        env.update(self.settings.environment())
+        env["TT_VISIBLE_DEVICES"] = ",".join(self.lease.bdfs) if self.lease else ""
+        if self.lease:
+            env["JUPYTER_TT_LEASE"] = self.lease.id
+        else:
+            env.pop("JUPYTER_TT_LEASE", None)
+        return kwargs
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any):
+        try:
+            connection_info = await super().launch_kernel(cmd, **kwargs)
+            if self.lease:
+                self.scheduler.attach_kernel(self.lease.id, self.pid)
+        except BaseException:
+            self._release("kernel launch failed")
+            raise
+        return connection_info
+
+    async def post_launch(self, **kwargs: Any) -> None:
+        await super().post_launch(**kwargs)
+        km = self.parent
+        if km is not None and not self._dead_hooked and getattr(km, "_restarter", None) is not None:
+            # After the restart limit the restarter fires "dead" and jupyter_server drops the kernel
+            # without calling cleanup(): release here, or the devices would wait for reclaiming.
+            km.add_restart_callback(self._on_dead, "dead")
+            self._dead_hooked = True
+
+    async def cleanup(self, restart: bool = False) -> None:
+        await super().cleanup(restart=restart)
+        if restart and self.lease:
+            if not self.scheduler.detach_kernel(self.lease.id):
+                self.lease = None  # reclaimed meanwhile: pre_launch asks again
+        else:
+            self._release("kernel shut down")
+
+    def _on_dead(self) -> None:
+        self._release("kernel died and the restart limit was reached")
+
+    def get_provisioner_info(self) -> dict[str, Any]:
+        info = super().get_provisioner_info()
+        info["lease_id"] = self.lease.id if self.lease else None
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        lease_id = provisioner_info.get("lease_id")
+        self.lease = self.scheduler.get_lease(lease_id) if lease_id else None
+
+    # ------------------------------------------------------------------
+
+    def _lease_still_held(self) -> bool:
+        if self.lease is None:
+            return False
+        if self.scheduler.get_lease(self.lease.id) is None:
+            self.log.warning("Lease %s of kernel %s ended while it restarted; asking again", self.lease.id, self.kernel_id)
+            self.lease = None
+            return False
+        return True
+
+    async def _acquire(self) -> Lease:
+        timeout = self.wait_timeout if self.wait_timeout is not None else self.settings.wait_timeout
+
+        def report(waiting: Waiting) -> None:
+            self.log.info("Kernel %s is %s", self.kernel_id, waiting.message)
+
+        lease = await self.scheduler.acquire_async(
+            self.devices, self.card_type, kernel_id=self.kernel_id, timeout=timeout, on_wait=report
+        )
+        simulated = " (simulated)" if self.scheduler.inventory.simulated else ""
+        self.log.info(
+            "Kernel %s leased %s%s: %s", self.kernel_id, lease.id, simulated, ", ".join(lease.bdfs)
+        )
+        return lease
+
+    def _release(self, reason: str) -> None:
+        lease, self.lease = self.lease, None
+        if lease is None:
+            return
+        if self.scheduler.release(lease.id, reason=reason):
+            self.log.info("Kernel %s released %s (%s)", self.kernel_id, lease.id, reason)

@@ -1,0 +1,546 @@
+"""The host-wide scheduler: leases, the fair queue, and reclaiming what dead processes held.
+
+Every call runs in one SQLite transaction (see ``store.py``); a *pass* inside it first ends the
+leases whose processes are gone, then grants waiting requests in fair order. Any process's pass
+serves everyone's requests, so a waiter only has to look again to find out it was granted.
+
+Liveness: a lease follows its kernel process once launched, and the process that asked for it
+(the Jupyter server) before that and between restarts. It ends when both are gone, or when the
+kernel has been gone for ``restart_grace`` seconds and its server did not start a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+from ..devices import Device, InventoryBackend
+from ..errors import LeaseError, RequestError, WaitTimeout
+from . import store
+from .placement import ANY, check_card_type, place, types_for
+from .processes import ProcessRef, describe, lineage
+
+
+@dataclass(frozen=True)
+class LeasedDevice:
+    id: int
+    path: str
+    bdf: str
+    card_type: str
+    chips: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Devices held exclusively by one kernel (or process) of one user."""
+
+    id: str
+    user: str
+    server: str
+    kernel_id: str | None
+    card_type: str
+    devices: tuple[LeasedDevice, ...]
+    pid: int  # the kernel's while it runs, else the process that asked
+    requested_at: float
+    granted_at: float
+
+    @property
+    def device_ids(self) -> list[int]:
+        return [d.id for d in self.devices]
+
+    @property
+    def bdfs(self) -> list[str]:
+        return [d.bdf for d in self.devices]
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "devices": self.device_ids,
+            "bdfs": self.bdfs,
+            "card_types": sorted({d.card_type for d in self.devices}),
+            "chips": sum(d.chips for d in self.devices),
+            "user": self.user,
+            "kernel_id": self.kernel_id,
+            "server": self.server,
+            "pid": self.pid,
+            "since": self.granted_at,
+            "requested_at": self.requested_at,
+        }
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A request in the queue: where it stands."""
+
+    request_id: str
+    user: str
+    kernel_id: str | None
+    devices: int
+    card_type: str
+    position: int  # 1 is next
+    queued: int  # requests waiting in all
+    since: float
+
+    @property
+    def message(self) -> str:
+        what = f"{self.devices} {'device' if self.card_type == ANY else self.card_type}{'s' if self.devices > 1 else ''}"
+        ahead = self.position - 1
+        return (
+            f"waiting for {what}: position {self.position} in the queue "
+            f"({ahead} request{'s' if ahead != 1 else ''} ahead of you)"
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.request_id,
+            "user": self.user,
+            "kernel_id": self.kernel_id,
+            "devices": self.devices,
+            "card_type": self.card_type,
+            "position": self.position,
+            "since": self.since,
+        }
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+class Scheduler:
+    """Leases devices of one inventory to processes of this host, through a shared state folder.
+
+    ``user`` is whom this process asks for; ``quota`` the most devices that user may hold (0: no limit).
+    """
+
+    poll_interval = 0.2  # seconds between a waiter's looks at the queue
+    inventory_ttl = 1.0  # seconds a device list is reused by scheduling passes
+
+    def __init__(
+        self,
+        inventory: InventoryBackend,
+        state_dir: str,
+        *,
+        user: str,
+        quota: int = 0,
+        restart_grace: float = 15.0,
+        server: str | None = None,
+    ):
+        self.inventory = inventory
+        self.state_dir = str(state_dir)
+        self.user = user
+        self.quota = quota
+        self.restart_grace = restart_grace
+        self.server = server or f"{socket.gethostname()}:{os.getpid()}"
+        self.db = store.connect(state_dir, inventory.key)
+        self._me: ProcessRef | None = None
+        self._devices: tuple[float, list[Device]] = (float("-inf"), [])
+
+    @property
+    def me(self) -> ProcessRef:
+        # Looked up lazily and per PID: a forked child must not inherit its parent's identity.
+        if self._me is None or self._me.pid != os.getpid():
+            self._me = ProcessRef.current()
+        return self._me
+
+    def devices(self, fresh: bool = False) -> list[Device]:
+        when, devices = self._devices
+        now = time.monotonic()
+        if fresh or now - when > self.inventory_ttl:
+            devices = self.inventory.devices()
+            self._devices = (now, devices)
+        return devices
+
+    # ------------------------------------------------------------------ requests
+
+    def submit(self, count: int, card_type: str = ANY, *, kernel_id: str | None = None) -> Lease | Waiting:
+        """Ask for ``count`` devices of ``card_type``: the lease if granted now, else the queue position.
+
+        Raises RequestError at once for a request that can never be met.
+        """
+        card_type = self._check_request(count, card_type)
+        request_id = _new_id("req")
+        now = time.time()
+        with store.transaction(self.db) as db:
+            held = self._held_by(db, self.user)
+            if self.quota and held + count > self.quota:
+                raise RequestError(
+                    f"{self.user} holds {held} device{'s' * (held != 1)} and may hold {self.quota} at once: "
+                    f"a request for {count} more is over the quota. Shut down a kernel that holds devices, "
+                    f"or ask for at most {max(self.quota - held, 0)}"
+                )
+            db.execute(
+                "INSERT INTO requests (id, user, server, kernel_id, devices, card_type, quota, owner_pid,"
+                " owner_started, requested_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (request_id, self.user, self.server, kernel_id, count, card_type, self.quota, self.me.pid,
+                 self.me.started, now),
+            )
+            self._pass(db)
+            return self._outcome(db, request_id)
+
+    def check(self, request_id: str) -> Lease | Waiting:
+        """Look again at a waiting request (running a pass): its lease, or where it stands now."""
+        with store.transaction(self.db) as db:
+            self._pass(db)
+            return self._outcome(db, request_id)
+
+    def cancel(self, request_id: str) -> Lease | None:
+        """Leave the queue. If the request was granted meanwhile, the lease is returned (and kept)."""
+        with store.transaction(self.db) as db:
+            row = db.execute("SELECT lease_id FROM requests WHERE id=?", (request_id,)).fetchone()
+            db.execute("DELETE FROM requests WHERE id=?", (request_id,))
+            lease = self._lease(db, row["lease_id"]) if row and row["lease_id"] else None
+            self._pass(db)  # others may go now
+            return lease
+
+    def acquire(
+        self,
+        count: int,
+        card_type: str = ANY,
+        *,
+        kernel_id: str | None = None,
+        timeout: float | None = None,
+        on_wait: Callable[[Waiting], None] | None = None,
+    ) -> Lease:
+        """Block until the devices are leased (or ``timeout`` seconds pass: WaitTimeout)."""
+        steps = self._acquire_steps(count, card_type, kernel_id, timeout, on_wait)
+        try:
+            while True:
+                time.sleep(next(steps))
+        except StopIteration as done:
+            return done.value
+        finally:
+            steps.close()
+
+    async def acquire_async(
+        self,
+        count: int,
+        card_type: str = ANY,
+        *,
+        kernel_id: str | None = None,
+        timeout: float | None = None,
+        on_wait: Callable[[Waiting], None] | None = None,
+    ) -> Lease:
+        """``acquire`` for an event loop; cancelling the task leaves the queue."""
+        steps = self._acquire_steps(count, card_type, kernel_id, timeout, on_wait)
+        try:
+            while True:
+                await asyncio.sleep(next(steps))
+        except StopIteration as done:
+            return done.value
+        finally:
+            steps.close()
+
+    def _acquire_steps(self, count, card_type, kernel_id, timeout, on_wait) -> Generator[float, None, Lease]:
+        """Submits, then yields how long to sleep before each new look, and returns the lease."""
+        result = self.submit(count, card_type, kernel_id=kernel_id)
+        deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+        reported = None
+        try:
+            while isinstance(result, Waiting):
+                if on_wait and result.position != reported:
+                    on_wait(result)
+                    reported = result.position
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    lease = self.cancel(result.request_id)
+                    if lease:
+                        return lease
+                    raise WaitTimeout(self._timeout_message(result, timeout))
+                yield min(self.poll_interval, remaining)
+                result = self.check(result.request_id)
+            return result
+        except BaseException:
+            if isinstance(result, Waiting):  # cancelled or failed while queued: leave no trace
+                lease = self.cancel(result.request_id)
+                if lease:
+                    self.release(lease.id, reason="request cancelled while granted")
+            raise
+
+    # ------------------------------------------------------------------ leases
+
+    def release(self, lease_id: str, *, reason: str = "released", user: str | None = None) -> bool:
+        """End a lease. With ``user``, only that user's lease may be ended (LeaseError otherwise).
+
+        Returns False when the lease had already ended.
+        """
+        with store.transaction(self.db) as db:
+            row = db.execute("SELECT * FROM leases WHERE id=?", (lease_id,)).fetchone()
+            if row is None:
+                if user is not None:
+                    raise LeaseError(f"no active lease {lease_id!r}: it has ended or never existed", status=404)
+                return False
+            if user is not None and row["user"] != user:
+                raise LeaseError(f"lease {lease_id} belongs to {row['user']}: only they can release it", status=403)
+            self._end(db, row, reason)
+            self._pass(db)
+            return True
+
+    def attach_kernel(self, lease_id: str, pid: int) -> None:
+        """From now on the lease follows kernel process ``pid``."""
+        ref = ProcessRef.of(pid)
+        with store.transaction(self.db) as db:
+            db.execute(
+                "UPDATE leases SET kernel_pid=?, kernel_started=?, kernel_gone_since=NULL WHERE id=?",
+                (ref.pid, ref.started, lease_id),
+            )
+
+    def detach_kernel(self, lease_id: str) -> bool:
+        """The kernel is being restarted: the lease follows this process until the next attach.
+
+        Returns False when the lease has ended meanwhile (reclaimed): the caller must ask again.
+        """
+        with store.transaction(self.db) as db:
+            cursor = db.execute(
+                "UPDATE leases SET kernel_pid=NULL, kernel_started=NULL, kernel_gone_since=NULL,"
+                " owner_pid=?, owner_started=? WHERE id=?",
+                (self.me.pid, self.me.started, lease_id),
+            )
+            return cursor.rowcount == 1
+
+    def get_lease(self, lease_id: str) -> Lease | None:
+        """The lease if it is active."""
+        return self._lease(self.db, lease_id)
+
+    # ------------------------------------------------------------------ reports
+
+    def reconcile(self) -> list[str]:
+        """Run a pass: end leases of dead processes, grant what can be. Returns the ended lease ids."""
+        with store.transaction(self.db) as db:
+            return self._pass(db)
+
+    def leases(self) -> list[Lease]:
+        rows = self.db.execute("SELECT * FROM leases ORDER BY granted_at, id").fetchall()
+        return [self._to_lease(r) for r in rows]
+
+    def queue(self) -> list[Waiting]:
+        with store.snapshot(self.db) as db:
+            return self._queue(db)
+
+    def history(self, limit: int = 100) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM history ORDER BY ended_at DESC LIMIT ?", (limit,)).fetchall()
+        return [{**dict(r), "devices": [d["id"] for d in json.loads(r["devices_json"])]} for r in rows]
+
+    def usage(self, since: float = 0.0) -> list[dict]:
+        """Device-hours and chip-hours per user since ``since`` (epoch seconds), active leases included."""
+        now = time.time()
+        totals: dict[str, dict] = {}
+        with store.snapshot(self.db) as db:
+            ended = db.execute(
+                "SELECT user, devices_json, granted_at, ended_at FROM history WHERE ended_at > ?", (since,)
+            ).fetchall()
+            active = db.execute("SELECT user, devices_json, granted_at, ? AS ended_at FROM leases", (now,)).fetchall()
+        for row in [*ended, *active]:
+            devices = json.loads(row["devices_json"])
+            hours = (row["ended_at"] - max(row["granted_at"], since)) / 3600.0
+            entry = totals.setdefault(row["user"], {"user": row["user"], "leases": 0, "device_hours": 0.0, "chip_hours": 0.0})
+            entry["leases"] += 1
+            entry["device_hours"] += len(devices) * hours
+            entry["chip_hours"] += sum(d["chips"] for d in devices) * hours
+        return sorted(totals.values(), key=lambda e: -e["device_hours"])
+
+    def device_states(self) -> list[dict]:
+        """Every device with its state (free, leased, unhealthy), holder, and unaccounted processes."""
+        devices = self.devices(fresh=True)
+        leases = {lease.id: lease for lease in self.leases()}
+        by_device = {d: lease for lease in leases.values() for d in lease.device_ids}
+        states = []
+        for device in devices:
+            lease = by_device.get(device.id)
+            covered = set()
+            if lease is not None:
+                row = self.db.execute("SELECT owner_pid, kernel_pid FROM leases WHERE id=?", (lease.id,)).fetchone()
+                covered = {p for p in (row["owner_pid"], row["kernel_pid"]) if p} if row else set()
+            unaccounted = [describe(pid) for pid in device.holders if not (lineage(pid) & covered)]
+            states.append(
+                {
+                    **device.to_json(),
+                    "state": "unhealthy" if not device.healthy else "leased" if lease else "free",
+                    "lease_id": lease.id if lease else None,
+                    "user": lease.user if lease else None,
+                    "kernel_id": lease.kernel_id if lease else None,
+                    "unaccounted_processes": unaccounted,
+                }
+            )
+        return states
+
+    def report(self) -> dict:
+        """Everything about the devices in one document (``GET /jupyter-tt/api/devices``)."""
+        states = self.device_states()
+        return {
+            "inventory": self.inventory.describe(),
+            "devices": states,
+            "unaccounted_processes": [{**p, "device": s["id"]} for s in states for p in s["unaccounted_processes"]],
+            "leases": [lease.to_json() for lease in self.leases()],
+            "queue": [w.to_json() for w in self.queue()],
+        }
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_request(self, count: int, card_type: str) -> str:
+        card_type = check_card_type(card_type)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise RequestError(f"a request needs a whole number of devices of at least 1, not {count!r}")
+        if self.quota and count > self.quota:
+            raise RequestError(
+                f"{count} devices is over {self.user}'s quota of {self.quota}: ask for at most {self.quota}"
+            )
+        devices = self.devices()
+        counts = Counter(d.card_type for d in devices)
+        most = max((counts[t] for t in types_for(card_type, devices)), default=0)
+        if count > most:
+            have = ", ".join(f"{n} {t}" for t, n in sorted(counts.items())) or "no devices"
+            label = " (simulated)" if self.inventory.simulated else ""
+            what = "of one card type" if card_type == ANY else card_type
+            raise RequestError(
+                f"this host has {have}{label}: {count} {what} can never be leased at once. "
+                f"Ask for at most {most}{'' if card_type == ANY else ' ' + card_type}"
+                + ("" if card_type == ANY else ", or for card type 'any'")
+            )
+        return card_type
+
+    def _timeout_message(self, waiting: Waiting, timeout: float | None) -> str:
+        what = "device" if waiting.card_type == ANY else waiting.card_type
+        taken = {d for lease in self.leases() for d in lease.device_ids}
+        free = Counter(d.card_type for d in self.devices() if d.id not in taken and d.healthy)
+        free_now = ", ".join(f"{n} {t}" for t, n in sorted(free.items())) or "nothing"
+        return (
+            f"no {waiting.devices} {what}{'s' * (waiting.devices > 1)} became free within {timeout:g} s "
+            f"(you were at position {waiting.position} of {waiting.queued} in the queue; free now: {free_now}). "
+            f"Try again later, ask for fewer devices, or pick a kernel for another card type"
+        )
+
+    def _held_by(self, db: sqlite3.Connection, user: str) -> int:
+        return db.execute(
+            "SELECT COUNT(*) FROM lease_devices JOIN leases ON leases.id = lease_devices.lease_id WHERE user=?",
+            (user,),
+        ).fetchone()[0]
+
+    def _pass(self, db: sqlite3.Connection) -> list[str]:
+        """Reclaim, then grant. Must run inside a write transaction."""
+        now = time.time()
+        ended = []
+        for row in db.execute("SELECT * FROM leases").fetchall():
+            reason = self._dead_reason(db, row, now)
+            if reason:
+                self._end(db, row, reason)
+                ended.append(row["id"])
+        for row in db.execute("SELECT id, owner_pid, owner_started FROM requests").fetchall():
+            if not ProcessRef(row["owner_pid"], row["owner_started"]).alive():
+                db.execute("DELETE FROM requests WHERE id=?", (row["id"],))
+        self._grant(db, now)
+        return ended
+
+    def _dead_reason(self, db: sqlite3.Connection, row: sqlite3.Row, now: float) -> str | None:
+        owner_alive = ProcessRef(row["owner_pid"], row["owner_started"]).alive()
+        if row["kernel_pid"] is None:
+            return None if owner_alive else f"process {row['owner_pid']} that asked for it exited"
+        if ProcessRef(row["kernel_pid"], row["kernel_started"]).alive():
+            if row["kernel_gone_since"] is not None:
+                db.execute("UPDATE leases SET kernel_gone_since=NULL WHERE id=?", (row["id"],))
+            return None
+        if not owner_alive:
+            return f"kernel process {row['kernel_pid']} and its server (pid {row['owner_pid']}) exited"
+        if row["kernel_gone_since"] is None:
+            db.execute("UPDATE leases SET kernel_gone_since=? WHERE id=?", (now, row["id"]))
+            return None
+        if now - row["kernel_gone_since"] > self.restart_grace:
+            return f"kernel process {row['kernel_pid']} exited and was not restarted within {self.restart_grace:g} s"
+        return None
+
+    def _grant(self, db: sqlite3.Connection, now: float) -> None:
+        pending = self._queue(db)
+        if not pending:
+            return
+        taken = {r[0] for r in db.execute("SELECT device_id FROM lease_devices")}
+        free = [d for d in self.devices() if d.id not in taken]
+        held = Counter(dict(db.execute(
+            "SELECT user, COUNT(*) FROM lease_devices JOIN leases ON leases.id = lease_devices.lease_id GROUP BY user"
+        ).fetchall()))
+        blocked: set[str] = set()  # card types a request ahead is waiting for: nobody behind may take them
+        for waiting in pending:
+            types = set(types_for(waiting.card_type, self.devices()))
+            if types & blocked:
+                continue
+            row = db.execute("SELECT * FROM requests WHERE id=?", (waiting.request_id,)).fetchone()
+            if row["quota"] and held[row["user"]] + row["devices"] > row["quota"]:
+                continue
+            chosen = place(free, row["devices"], row["card_type"])
+            if chosen is None:
+                blocked |= types
+                continue
+            lease_id = _new_id("lease")
+            devices = [
+                {"id": d.id, "path": d.path, "bdf": d.bdf, "card_type": d.card_type, "chips": d.chips} for d in chosen
+            ]
+            db.execute(
+                "INSERT INTO leases (id, user, server, kernel_id, card_type, devices_json, owner_pid, owner_started,"
+                " requested_at, granted_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (lease_id, row["user"], row["server"], row["kernel_id"], row["card_type"], json.dumps(devices),
+                 row["owner_pid"], row["owner_started"], row["requested_at"], now),
+            )
+            db.executemany("INSERT INTO lease_devices (device_id, lease_id) VALUES (?, ?)", [(d.id, lease_id) for d in chosen])
+            db.execute("UPDATE requests SET lease_id=? WHERE id=?", (lease_id, row["id"]))
+            chosen_ids = {d.id for d in chosen}
+            free = [d for d in free if d.id not in chosen_ids]
+            held[row["user"]] += len(chosen)
+
+    def _queue(self, db: sqlite3.Connection) -> list[Waiting]:
+        """Waiting requests in the order they will be served: fewer devices held first, then first come."""
+        held = Counter(dict(db.execute(
+            "SELECT user, COUNT(*) FROM lease_devices JOIN leases ON leases.id = lease_devices.lease_id GROUP BY user"
+        ).fetchall()))
+        rows = db.execute("SELECT * FROM requests WHERE lease_id IS NULL").fetchall()
+        rows.sort(key=lambda r: (held[r["user"]], r["requested_at"], r["id"]))
+        return [
+            Waiting(r["id"], r["user"], r["kernel_id"], r["devices"], r["card_type"], i + 1, len(rows), r["requested_at"])
+            for i, r in enumerate(rows)
+        ]
+
+    def _outcome(self, db: sqlite3.Connection, request_id: str) -> Lease | Waiting:
+        row = db.execute("SELECT lease_id FROM requests WHERE id=?", (request_id,)).fetchone()
+        if row is None:
+            raise LeaseError(f"request {request_id} is no longer queued (its process exited or it was cancelled)")
+        if row["lease_id"]:
+            db.execute("DELETE FROM requests WHERE id=?", (request_id,))
+            lease = self._lease(db, row["lease_id"])
+            if lease is None:
+                raise LeaseError(f"the lease granted to request {request_id} ended before it was picked up")
+            return lease
+        return next(w for w in self._queue(db) if w.request_id == request_id)
+
+    def _end(self, db: sqlite3.Connection, row: sqlite3.Row, reason: str) -> None:
+        db.execute("DELETE FROM lease_devices WHERE lease_id=?", (row["id"],))
+        db.execute("DELETE FROM leases WHERE id=?", (row["id"],))
+        db.execute(
+            "INSERT OR REPLACE INTO history (lease_id, user, server, kernel_id, card_type, devices_json, pid,"
+            " requested_at, granted_at, ended_at, end_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (row["id"], row["user"], row["server"], row["kernel_id"], row["card_type"], row["devices_json"],
+             row["kernel_pid"] or row["owner_pid"], row["requested_at"], row["granted_at"], time.time(), reason),
+        )
+
+    def _lease(self, db: sqlite3.Connection, lease_id: str) -> Lease | None:
+        row = db.execute("SELECT * FROM leases WHERE id=?", (lease_id,)).fetchone()
+        return self._to_lease(row) if row else None
+
+    @staticmethod
+    def _to_lease(row: sqlite3.Row) -> Lease:
+        return Lease(
+            id=row["id"],
+            user=row["user"],
+            server=row["server"],
+            kernel_id=row["kernel_id"],
+            card_type=row["card_type"],
+            devices=tuple(LeasedDevice(**d) for d in json.loads(row["devices_json"])),
+            pid=row["kernel_pid"] or row["owner_pid"],
+            requested_at=row["requested_at"],
+            granted_at=row["granted_at"],
+        )
+

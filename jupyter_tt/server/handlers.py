@@ -1,0 +1,88 @@
+"""REST API under ``/jupyter-tt/api`` (CONTRACT.md). Jupyter-authenticated; 403 otherwise."""
+
+from __future__ import annotations
+
+import json
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from tornado import web
+
+from ..errors import TTError
+
+
+class TTHandler(ExtensionHandlerMixin, APIHandler):
+    auth_resource = "jupyter_tt"
+
+    @property
+    def scheduler(self):
+        return self.extensionapp.scheduler
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, TTError):  # our message, without tornado's "HTTP 409: ..." wrapping
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"message": exc.message}))
+        else:
+            super().write_error(status_code, **kwargs)
+
+
+class DevicesHandler(TTHandler):
+    @web.authenticated
+    @authorized
+    def get(self):
+        self.finish(json.dumps(self.scheduler.report()))
+
+
+class LeasesHandler(TTHandler):
+    @web.authenticated
+    @authorized
+    def get(self):
+        self.finish(json.dumps({"leases": [lease.to_json() for lease in self.scheduler.leases()]}))
+
+
+class LeaseHandler(TTHandler):
+    @web.authenticated
+    @authorized
+    def get(self, lease_id: str):
+        lease = self.scheduler.get_lease(lease_id)
+        if lease is None:
+            raise web.HTTPError(404, f"no active lease {lease_id}")
+        self.finish(json.dumps(lease.to_json()))
+
+    @web.authenticated
+    @authorized
+    def delete(self, lease_id: str):
+        """End a lease of this server's user (e.g. one left by a kernel that no server manages)."""
+        self.scheduler.release(lease_id, reason=f"released through the API by {self.scheduler.user}", user=self.scheduler.user)
+        self.set_status(204)
+        self.finish()
+
+
+class QueueHandler(TTHandler):
+    @web.authenticated
+    @authorized
+    def get(self):
+        self.finish(json.dumps({"requests": [w.to_json() for w in self.scheduler.queue()]}))
+
+
+class UsageHandler(TTHandler):
+    @web.authenticated
+    @authorized
+    def get(self):
+        try:
+            since = float(self.get_query_argument("since", "0"))
+        except ValueError:
+            raise web.HTTPError(400, "since must be a time in seconds since the epoch, e.g. ?since=1767225600") from None
+        self.finish(json.dumps({"since": since, "usage": self.scheduler.usage(since)}))
+
+
+def handlers() -> list[tuple[str, type]]:
+    return [
+        (r"/jupyter-tt/api/devices", DevicesHandler),
+        (r"/jupyter-tt/api/leases", LeasesHandler),
+        (r"/jupyter-tt/api/leases/([\w-]+)", LeaseHandler),
+        (r"/jupyter-tt/api/queue", QueueHandler),
+        (r"/jupyter-tt/api/usage", UsageHandler),
+    ]

@@ -1,0 +1,62 @@
+"""Prometheus gauges for ``/metrics``: device telemetry and lease counts, read at scrape time."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily
+
+
+class DeviceCollector:
+    """Collects from whichever server extension registered last (one per process)."""
+
+    def __init__(self):
+        self.app = None
+
+    def collect(self):
+        if self.app is None:
+            return
+        scheduler = self.app.scheduler
+        states = scheduler.device_states()
+        simulated = "true" if scheduler.inventory.simulated else "false"
+        labels = ["device", "bdf", "card_type", "simulated"]
+        gauges = {
+            "temperature_c": GaugeMetricFamily("jupyter_tt_device_temperature_celsius", "ASIC temperature", labels=labels),
+            "power_w": GaugeMetricFamily("jupyter_tt_device_power_watts", "Board power", labels=labels),
+            "aiclk_mhz": GaugeMetricFamily("jupyter_tt_device_aiclk_mhz", "AI clock", labels=labels),
+        }
+        leased = GaugeMetricFamily("jupyter_tt_device_leased", "1 when the device is leased", labels=labels)
+        healthy = GaugeMetricFamily("jupyter_tt_device_healthy", "1 when the device is healthy", labels=labels)
+        unaccounted = GaugeMetricFamily(
+            "jupyter_tt_device_unaccounted_processes", "Processes holding the device without a lease", labels=labels
+        )
+        for state in states:
+            values = [str(state["id"]), state["bdf"], state["card_type"], simulated]
+            for key, gauge in gauges.items():
+                if state["telemetry"].get(key) is not None:
+                    gauge.add_metric(values, state["telemetry"][key])
+            leased.add_metric(values, 1 if state["lease_id"] else 0)
+            healthy.add_metric(values, 1 if state["healthy"] else 0)
+            unaccounted.add_metric(values, len(state["unaccounted_processes"]))
+        yield from gauges.values()
+        yield from (leased, healthy, unaccounted)
+
+        per_user = GaugeMetricFamily("jupyter_tt_leased_devices", "Devices leased, per user", labels=["user"])
+        for user, n in Counter(lease.user for lease in scheduler.leases() for _ in lease.devices).items():
+            per_user.add_metric([user], n)
+        yield per_user
+        yield GaugeMetricFamily("jupyter_tt_leases", "Active leases on the host", value=len(scheduler.leases()))
+        yield GaugeMetricFamily("jupyter_tt_queue_requests", "Requests waiting for devices", value=len(scheduler.queue()))
+
+
+collector = DeviceCollector()
+_registered = False
+
+
+def register(app) -> None:
+    global _registered
+    collector.app = app
+    if not _registered:
+        REGISTRY.register(collector)
+        _registered = True
