@@ -34,7 +34,7 @@ def parse_spec(spec: str) -> list[tuple[str, int]]:
                 f"known types: {', '.join(CARD_TYPES)}"
             )
         if not 1 <= count <= 4096:
-            raise ConfigError(f"{item!r}: a simulated inventory holds 1 to 4096 cards of a type")
+            raise ConfigError(f"{item!r}: a simulated inventory holds 1 to 4096 cards of a type; {example}")
         parsed.append((card, count))
     return parsed
 

@@ -1,0 +1,139 @@
+"""Inventory backends: the sysfs reader on generated driver trees, and the simulated one."""
+
+import pytest
+
+from jupyter_tt.devices import SimulatedInventory, SysfsInventory, open_inventory
+from jupyter_tt.errors import ConfigError
+from sysfs_tree import Card, make_host
+
+
+def test_n150_host_lists_one_single_chip_device_with_telemetry(host):
+    tree = host("n150")
+    [device] = SysfsInventory(str(tree.root)).devices()
+    assert (device.id, device.card_type, device.chips, device.bdf) == (0, "n150", 1, "0000:04:00.0")
+    assert device.path == "/dev/tenstorrent/0"
+    assert device.numa_node == 0 and device.serial == "TT1000"
+    assert device.telemetry.temperature_c == 48.5
+    assert device.telemetry.power_w == 65.0
+    assert device.telemetry.voltage_v == 0.85 and device.telemetry.current_a == 70.0
+    assert device.telemetry.aiclk_mhz == 1000
+    assert device.firmware == {"fw_bundle": "18.3.0", "arc_fw": "2.32.0", "eth_fw": "7.0.0"}
+    assert device.healthy and not device.simulated
+
+
+def test_n300_is_one_device_node_with_two_chips(host):
+    [device] = SysfsInventory(str(host("n300").root)).devices()
+    assert (device.card_type, device.chips) == ("n300", 2)
+
+
+def test_loudbox_lists_four_n300_on_two_numa_nodes(host):
+    devices = SysfsInventory(str(host("loudbox").root)).devices()
+    assert [d.card_type for d in devices] == ["n300"] * 4
+    assert [d.numa_node for d in devices] == [0, 0, 1, 1]
+    assert sum(d.chips for d in devices) == 8
+    assert len({d.bdf for d in devices}) == 4
+
+
+def test_mixed_host_keeps_each_card_type(host):
+    devices = SysfsInventory(str(host("mixed").root)).devices()
+    assert [d.card_type for d in devices] == ["n150", "n300", "n150", "n300"]
+
+
+def test_missing_optional_attributes_are_unknown_not_errors(tmp_path):
+    tree = make_host(tmp_path, [Card(card_type="n150", temperature_c=None, power_w=None, heartbeat=None, aiclk=None, firmware={})])
+    [device] = SysfsInventory(str(tree.root)).devices()
+    assert device.telemetry.temperature_c is None and device.telemetry.power_w is None
+    assert device.telemetry.aiclk_mhz is None and device.firmware == {}
+    assert device.healthy
+
+
+def test_unknown_or_missing_card_type_is_listed_as_unknown(tmp_path):
+    tree = make_host(tmp_path, [Card(card_type="x9000"), Card(card_type=None)])
+    assert [d.card_type for d in SysfsInventory(str(tree.root)).devices()] == ["unknown", "unknown"]
+
+
+def test_device_hotter_than_its_max_is_unhealthy(tmp_path):
+    tree = make_host(tmp_path, [Card(temperature_c=95.0, temperature_max_c=90.0)])
+    [device] = SysfsInventory(str(tree.root)).devices()
+    assert not device.healthy
+    assert "95.0 °C is above its max 90.0 °C" in device.problem
+
+
+def test_missing_device_node_is_unhealthy(tmp_path):
+    tree = make_host(tmp_path, [Card(device_node=False)])
+    [device] = SysfsInventory(str(tree.root)).devices()
+    assert "is missing" in device.problem
+
+
+def test_vanished_device_stays_listed_as_unhealthy(host):
+    tree = host("loudbox")
+    inventory = SysfsInventory(str(tree.root))
+    assert all(d.healthy for d in inventory.devices())
+    tree.remove(2)
+    devices = inventory.devices()
+    assert [d.id for d in devices] == [0, 1, 2, 3]
+    assert "vanished" in devices[2].problem
+    assert [d.healthy for d in devices] == [True, True, False, True]
+
+
+def test_heartbeat_that_stops_advancing_makes_device_unhealthy(host):
+    tree = host("n300")
+    now = [0.0]
+    inventory = SysfsInventory(str(tree.root), heartbeat_timeout=10, clock=lambda: now[0])
+    assert inventory.devices()[0].healthy
+    now[0] = 5.0
+    tree.set(0, heartbeat=1001)
+    assert inventory.devices()[0].healthy
+    now[0] = 16.0  # 11 s without change
+    [device] = inventory.devices()
+    assert "heartbeat stopped at 1001" in device.problem
+    tree.set(0, heartbeat=1002)
+    assert inventory.devices()[0].healthy
+
+
+def test_driver_pids_file_gives_holders(tmp_path):
+    tree = make_host(tmp_path, [Card(holders=[4242, 17])])
+    assert SysfsInventory(str(tree.root)).devices()[0].holders == (17, 4242)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [("n300x4", ["n300"] * 4), ("n150x2,n300x1", ["n150", "n150", "n300"]), ("n150", ["n150"])],
+)
+def test_simulated_inventory_follows_its_spec_and_is_labelled(spec, expected):
+    inventory = SimulatedInventory(spec)
+    devices = inventory.devices()
+    assert [d.card_type for d in devices] == expected
+    assert all(d.simulated for d in devices)
+    assert inventory.describe()["simulated"] is True
+    assert "SIMULATED" in inventory.describe()["label"]
+    assert len({d.bdf for d in devices}) == len(devices)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("n999x2", "unknown card type 'n999'"), ("n300x0", "1 to 4096"), ("n300 x 2", "cannot read"), ("", "empty")],
+)
+def test_bad_simulated_spec_says_what_to_write(spec, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        SimulatedInventory(spec)
+    assert "n300x4" in str(info.value) or "known types" in str(info.value)
+
+
+def test_auto_uses_real_devices_when_present_else_simulates_n300x4(host, tmp_path):
+    tree = host("n150")
+    assert open_inventory("auto", str(tree.root)).kind == "sysfs"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fallback = open_inventory("auto", str(empty))
+    assert fallback.kind == "simulated" and fallback.spec == "n300x4"
+
+
+def test_sysfs_inventory_without_devices_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no Tenstorrent device.*tt-kmd.*simulated"):
+        open_inventory("sysfs", str(tmp_path))
+
+
+def test_unknown_inventory_name_is_a_clear_error():
+    with pytest.raises(ConfigError, match="use 'auto', 'sysfs' or 'simulated:<spec>'"):
+        open_inventory("cloud")
