@@ -34,3 +34,37 @@ def host(tmp_path):
         return make_host(tmp_path / "root", kind)
 
     return make
+
+
+@pytest.fixture
+def kernelspecs():
+    """Kernelspecs in the test's own Jupyter data dir, as `jupyter tt kernelspec install --user` writes them."""
+    from jupyter_tt.kernels.kernelspec import install
+
+    install("tt-n150", 1, "n150", user=True)
+    install("tt-n300", 1, "n300", user=True)
+    install("tt-loudbox", 4, "n300", user=True)
+    install("tt-n300-quick", 1, "n300", wait_timeout=1.0, user=True)
+    install("tt-none", 0, "any", user=True)
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """``servers(inventory=..., user=..., args=[...])`` starts a real Jupyter server; all stop at the end."""
+    from jupyter_servers import Server
+
+    started = []
+
+    def start(inventory="simulated:n300x4", user=None, args=(), env=None, name=None):
+        name = name or f"server{len(started)}"
+        extra = {"JUPYTER_TT_INVENTORY": inventory, **(env or {})}
+        if user:
+            extra["JUPYTERHUB_USER"] = user
+        server = Server(tmp_path / name, extra, args, name)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+        print(f"----- {server.name} log (tail) -----\n{server.log_text()[-4000:]}")

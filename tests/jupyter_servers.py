@@ -1,0 +1,120 @@
+"""Real ``jupyter server`` processes on 127.0.0.1 for tests, driven over HTTP."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1, message: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; that value is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+class Server:
+    def __init__(self, workdir: Path, env: dict | None = None, args: list[str] = (), name: str = "server"):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, **(env or {})}
+        self.args = list(args)
+        self.name = name
+        self.token = secrets.token_hex(8)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.workdir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"token {self.token}"}, timeout=60)
+
+    def start(self) -> "Server":
+        cmd = [
+            sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
+            f"--port={self.port}", "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1",
+            f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.workdir}",
+            "--ServerApp.log_level=DEBUG", "--TTSettings.watch_interval=0.3", *self.args,
+        ]
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                return httpx.get(f"{self.url}/api/status", headers=self.http.headers, timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=60, message=f"{self.name} to answer")
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    # ---------------------------------------------------------------- API
+
+    def get(self, path: str, **kw) -> httpx.Response:
+        return self.http.get(path, **kw)
+
+    def json(self, path: str):
+        response = self.get(path)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def start_kernel(self, name: str) -> str:
+        response = self.http.post("/api/kernels", json={"name": name})
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def shutdown_kernel(self, kernel_id: str) -> None:
+        assert self.http.delete(f"/api/kernels/{kernel_id}").status_code == 204
+
+    def leases(self) -> list[dict]:
+        return self.json("/jupyter-tt/api/leases")["leases"]
+
+    def lease_of(self, kernel_id: str) -> dict | None:
+        return next((lease for lease in self.leases() if lease["kernel_id"] == kernel_id), None)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.http.close()
+
+
+def kernel_environ(pid: int) -> dict[str, str]:
+    """The environment a kernel process was started with."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+    return status == "Z"
