@@ -12,6 +12,7 @@ kernel has been gone for ``restart_grace`` seconds and its server did not start 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -141,6 +142,8 @@ class Scheduler:
         self.server = server or f"{socket.gethostname()}:{os.getpid()}"
         self.db = store.connect(state_dir, inventory.key)
         self._me: ProcessRef | None = None
+        #: Called after a transaction of this process changed the state (the server emits events then).
+        self.listeners: list[Callable[[], None]] = []
         self._devices: tuple[float, list[Device]] = (float("-inf"), [])
 
     @property
@@ -168,7 +171,7 @@ class Scheduler:
         card_type = self._check_request(count, card_type)
         request_id = _new_id("req")
         now = time.time()
-        with store.transaction(self.db) as db:
+        with self._write() as db:
             held = self._held_by(db, self.user)
             if self.quota and held + count > self.quota:
                 raise RequestError(
@@ -187,13 +190,13 @@ class Scheduler:
 
     def check(self, request_id: str) -> Lease | Waiting:
         """Look again at a waiting request (running a pass): its lease, or where it stands now."""
-        with store.transaction(self.db) as db:
+        with self._write() as db:
             self._pass(db)
             return self._outcome(db, request_id)
 
     def cancel(self, request_id: str) -> Lease | None:
         """Leave the queue. If the request was granted meanwhile, the lease is returned (and kept)."""
-        with store.transaction(self.db) as db:
+        with self._write() as db:
             row = db.execute("SELECT lease_id FROM requests WHERE id=?", (request_id,)).fetchone()
             db.execute("DELETE FROM requests WHERE id=?", (request_id,))
             lease = self._lease(db, row["lease_id"]) if row and row["lease_id"] else None
@@ -271,7 +274,7 @@ class Scheduler:
 
         Returns False when the lease had already ended.
         """
-        with store.transaction(self.db) as db:
+        with self._write() as db:
             row = db.execute("SELECT * FROM leases WHERE id=?", (lease_id,)).fetchone()
             if row is None:
                 if user is not None:
@@ -286,7 +289,7 @@ class Scheduler:
     def attach_kernel(self, lease_id: str, pid: int) -> None:
         """From now on the lease follows kernel process ``pid``."""
         ref = ProcessRef.of(pid)
-        with store.transaction(self.db) as db:
+        with self._write() as db:
             db.execute(
                 "UPDATE leases SET kernel_pid=?, kernel_started=?, kernel_gone_since=NULL WHERE id=?",
                 (ref.pid, ref.started, lease_id),
@@ -297,7 +300,7 @@ class Scheduler:
 
         Returns False when the lease has ended meanwhile (reclaimed): the caller must ask again.
         """
-        with store.transaction(self.db) as db:
+        with self._write() as db:
             cursor = db.execute(
                 "UPDATE leases SET kernel_pid=NULL, kernel_started=NULL, kernel_gone_since=NULL,"
                 " owner_pid=?, owner_started=? WHERE id=?",
@@ -313,7 +316,7 @@ class Scheduler:
 
     def reconcile(self) -> list[str]:
         """Run a pass: end leases of dead processes, grant what can be. Returns the ended lease ids."""
-        with store.transaction(self.db) as db:
+        with self._write() as db:
             return self._pass(db)
 
     def leases(self) -> list[Lease]:
@@ -405,6 +408,15 @@ class Scheduler:
                 + ("" if card_type == ANY else ", or for card type 'any'")
             )
         return card_type
+
+    @contextlib.contextmanager
+    def _write(self):
+        before = self.db.total_changes
+        with store.transaction(self.db) as db:
+            yield db
+        if self.db.total_changes != before:
+            for listener in self.listeners:
+                listener()
 
     def _timeout_message(self, waiting: Waiting, timeout: float | None) -> str:
         what = "device" if waiting.card_type == ANY else waiting.card_type

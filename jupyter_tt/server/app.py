@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from jupyter_server.extension.application import ExtensionApp
-from tornado.ioloop import PeriodicCallback
+from tornado.ioloop import IOLoop, PeriodicCallback
 
 from .._version import __version__
 from ..config import TTSettings
@@ -45,12 +45,22 @@ class JupyterTTApp(ExtensionApp):
         self.watcher.poll()  # reconcile at start: leases of processes that died while no server ran end now
         self._watch = PeriodicCallback(self._poll, self.tt_settings.watch_interval * 1000)
         self._watch.start()
+        self._poll_soon = False
+        self.scheduler.listeners.append(self._changed)
         metrics.register(self)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())
 
+    def _changed(self) -> None:
+        # This process changed the state (a kernel got or gave back devices): report it now,
+        # not at the next tick, so that short-lived leases are not missed.
+        if not self._poll_soon:
+            self._poll_soon = True
+            IOLoop.current().add_callback(self._poll)
+
     def _poll(self) -> None:
+        self._poll_soon = False
         try:
             self.watcher.poll()
         except Exception:  # a bad pass must not stop the next ones
@@ -58,4 +68,5 @@ class JupyterTTApp(ExtensionApp):
 
     async def stop_extension(self) -> None:
         self._watch.stop()
+        self.scheduler.listeners.remove(self._changed)
 

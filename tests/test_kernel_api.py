@@ -1,0 +1,120 @@
+"""Inside a kernel: jupyter_tt.lease() and open_mesh_device(), in real kernels started by jupyter_client."""
+
+import json
+
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+import jupyter_tt
+from jupyter_tt.devices import SysfsInventory
+from jupyter_tt.errors import LeaseError, TTError
+from jupyter_tt.kernels.current import mesh_shape
+from jupyter_tt.scheduler import Scheduler
+from sysfs_tree import make_host
+
+pytestmark = pytest.mark.usefixtures("kernelspecs")
+
+
+def run(client, code):
+    """Execute ``code``; returns (stdout, display data, error) from the kernel's replies."""
+    msg_id = client.execute(code)
+    stdout, displays, error = "", [], None
+    while True:
+        msg = client.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            stdout += content["text"]
+        elif kind in ("display_data", "execute_result"):
+            displays.append(content["data"])
+        elif kind == "error":
+            error = content
+        elif kind == "status" and content["execution_state"] == "idle":
+            return stdout, displays, error
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    monkeypatch.setenv("JUPYTER_TT_INVENTORY", "simulated:n300x4")
+    started = []
+
+    def start(name):
+        km, client = start_new_kernel(kernel_name=name)
+        started.append((km, client))
+        return km, client
+
+    yield start
+    for km, client in started:
+        client.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_lease_inside_the_kernel_describes_its_devices(kernel):
+    km, client = kernel("tt-loudbox")
+    out, displays, error = run(client, "import jupyter_tt, json; lease = jupyter_tt.lease(); print(json.dumps(lease.to_json())); lease")
+    assert error is None, error
+    lease = json.loads(out)
+    assert lease["card_types"] == ["n300"] and lease["chips"] == 8 and lease["mesh_shape"] == [2, 4]
+    assert lease["simulated"] is True and lease["active"] is True
+    assert lease["id"] == km.provisioner.lease.id
+    html = displays[-1]["text/html"]
+    assert "SIMULATED" in html and lease["id"] in html and "mesh 2×4" in html
+
+
+def test_open_mesh_device_on_a_simulated_lease_says_why_and_what_to_do(kernel):
+    _, client = kernel("tt-n300")
+    _, _, error = run(client, "import jupyter_tt; jupyter_tt.open_mesh_device()")
+    assert error["ename"] == "LeaseError"
+    assert "simulated inventory: there is no Wormhole device to open" in error["evalue"]
+    assert "torch backend" in error["evalue"]
+
+
+def test_lease_in_a_kernel_without_devices_says_how_to_get_some(kernel):
+    _, client = kernel("tt-none")
+    out, _, error = run(client, "import os; print(repr(os.environ['TT_VISIBLE_DEVICES'])); import jupyter_tt; jupyter_tt.lease()")
+    assert out.strip() == "''"
+    assert error["ename"] == "LeaseError" and "jupyter tt kernelspec install" in error["evalue"]
+
+
+def test_shutting_down_a_jupyter_client_kernel_frees_its_lease(kernel, state_dir):
+    km, client = kernel("tt-n300")
+    lease_id = km.provisioner.lease.id
+    client.stop_channels()
+    km.shutdown_kernel(now=True)
+    scheduler = km.provisioner.scheduler
+    assert scheduler.get_lease(lease_id) is None
+    assert scheduler.history()[0]["end_reason"] == "kernel shut down"
+
+
+@pytest.mark.parametrize(
+    "card_type, cards, shape", [("n150", 1, (1, 1)), ("n300", 1, (1, 2)), ("n300", 2, (1, 4)), ("n300", 4, (2, 4))]
+)
+def test_mesh_shape_follows_the_leased_chips(card_type, cards, shape):
+    chips = cards * (2 if card_type == "n300" else 1)
+    assert mesh_shape(card_type, chips) == shape
+
+
+def test_open_mesh_device_without_ttnn_says_how_to_install_it(tmp_path, state_dir, monkeypatch):
+    tree = make_host(tmp_path, "n300")
+    lease = Scheduler(SysfsInventory(str(tree.root)), state_dir, user="alice").acquire(1)
+    monkeypatch.setenv("JUPYTER_TT_INVENTORY", "sysfs")
+    monkeypatch.setenv("JUPYTER_TT_SYSFS_ROOT", str(tree.root))
+    monkeypatch.setenv("JUPYTER_TT_LEASE", lease.id)
+    assert jupyter_tt.lease().simulated is False
+    with pytest.raises(TTError, match="ttnn is not importable.*pip install ttnn"):
+        jupyter_tt.open_mesh_device()
+
+
+def test_lease_of_an_ended_lease_shows_why_it_ended(tmp_path, state_dir, monkeypatch):
+    tree = make_host(tmp_path, "n150")
+    scheduler = Scheduler(SysfsInventory(str(tree.root)), state_dir, user="alice")
+    lease = scheduler.acquire(1)
+    scheduler.release(lease.id, reason="released by an admin")
+    monkeypatch.setenv("JUPYTER_TT_INVENTORY", "sysfs")
+    monkeypatch.setenv("JUPYTER_TT_SYSFS_ROOT", str(tree.root))
+    monkeypatch.setenv("JUPYTER_TT_LEASE", lease.id)
+    ended = jupyter_tt.lease()
+    assert not ended.active and "released by an admin" in repr(ended)
+    with pytest.raises(LeaseError, match="has ended"):
+        jupyter_tt.open_mesh_device()
