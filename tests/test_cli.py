@@ -1,0 +1,85 @@
+"""`jupyter tt` on the command line, run as users run it: a subprocess."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from jupyter_tt.devices import SimulatedInventory, SysfsInventory
+from jupyter_tt.scheduler import Scheduler
+from sysfs_tree import Card, make_host
+
+
+def jupyter_tt(*args, env=None):
+    return subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "jupyter"), "tt", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=60
+    )
+
+
+def test_devices_prints_a_table_labelled_simulated(state_dir):
+    Scheduler(SimulatedInventory("n150x1,n300x2"), state_dir, user="alice").acquire(1, "n150")
+    done = jupyter_tt("devices", env={"JUPYTER_TT_INVENTORY": "simulated:n150x1,n300x2"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "Inventory: SIMULATED inventory (n150x1,n300x2): no real card"
+    header = next(i for i, line in enumerate(lines) if line.startswith("ID"))
+    rows = [line.split() for line in lines[header + 1 : header + 4]]
+    assert [r[1] for r in rows] == ["n150", "n300", "n300"]
+    assert rows[0][4:7] == ["leased", "[sim]", "alice"]
+    assert [r[4:6] for r in rows[1:]] == [["free", "[sim]"], ["free", "[sim]"]]
+
+
+def test_devices_json_is_the_api_document(tmp_path):
+    tree = make_host(tmp_path, "loudbox")
+    done = jupyter_tt("devices", "--json", env={"JUPYTER_TT_INVENTORY": "sysfs", "JUPYTER_TT_SYSFS_ROOT": str(tree.root)})
+    report = json.loads(done.stdout)
+    assert report["inventory"]["kind"] == "sysfs" and report["inventory"]["simulated"] is False
+    assert [(d["id"], d["card_type"], d["state"]) for d in report["devices"]] == [(i, "n300", "free") for i in range(4)]
+
+
+def test_devices_reports_unhealthy_devices_and_unaccounted_processes(tmp_path):
+    stray = int(subprocess.run(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True).stdout)
+    try:
+        tree = make_host(tmp_path, [Card(card_type="n150", temperature_c=97.0), Card(card_type="n300", holders=[stray])])
+        done = jupyter_tt("devices", env={"JUPYTER_TT_INVENTORY": "sysfs", "JUPYTER_TT_SYSFS_ROOT": str(tree.root)})
+        assert "device 0: temperature 97.0 °C is above its max 90.0 °C" in done.stdout
+        assert f"device 1: pid {stray} sleep" in done.stdout
+    finally:
+        os.kill(stray, signal.SIGKILL)
+
+
+def test_kernelspec_install_writes_a_tt_provisioner_spec(tmp_path):
+    done = jupyter_tt("kernelspec", "install", "--prefix", str(tmp_path), "--name", "tt-n300", "--devices", "1", "--card-type", "n300", "--wait-timeout", "30")
+    assert done.returncode == 0, done.stderr
+    spec = json.loads((tmp_path / "share/jupyter/kernels/tt-n300/kernel.json").read_text())
+    assert spec["metadata"]["kernel_provisioner"] == {
+        "provisioner_name": "tt-provisioner",
+        "config": {"devices": 1, "card_type": "n300", "wait_timeout": 30.0},
+    }
+    assert spec["display_name"] == "Python 3 (1× n300, 2 chips)"
+    assert os.path.samefile(spec["argv"][0], sys.executable)
+
+
+def test_kernelspec_install_with_an_unknown_card_type_fails_clearly(tmp_path):
+    done = jupyter_tt("kernelspec", "install", "--prefix", str(tmp_path), "--name", "x", "--card-type", "n400")
+    assert done.returncode == 2
+    assert "unknown card type 'n400': ask for one of n150, n300" in done.stderr
+    assert not (tmp_path / "share/jupyter/kernels/x").exists()
+
+
+def test_usage_and_release_act_for_the_current_user_only(state_dir):
+    env = {"JUPYTER_TT_INVENTORY": "simulated:n300x4", "JUPYTERHUB_USER": "alice"}
+    mine = Scheduler(SimulatedInventory("n300x4"), state_dir, user="alice").acquire(2)
+    theirs = Scheduler(SimulatedInventory("n300x4"), state_dir, user="bob").acquire(1)
+    refused = jupyter_tt("release", theirs.id, env=env)
+    assert refused.returncode == 2 and "belongs to bob" in refused.stderr
+    assert jupyter_tt("release", mine.id, env=env).returncode == 0
+    usage = json.loads(jupyter_tt("usage", "--json", env=env).stdout)
+    assert {u["user"]: u["leases"] for u in usage} == {"alice": 1, "bob": 1}
+
+
+def test_bad_inventory_setting_is_a_clear_error():
+    done = jupyter_tt("devices", env={"JUPYTER_TT_INVENTORY": "simulated:n300x0"})
+    assert done.returncode == 2
+    assert "holds 1 to 4096 cards" in done.stderr and "Traceback" not in done.stderr
