@@ -282,7 +282,7 @@ class Scheduler:
                 return False
             if user is not None and row["user"] != user:
                 raise LeaseError(f"lease {lease_id} belongs to {row['user']}: only they can release it", status=403)
-            self._end(db, row, reason)
+            self._end(db, row, reason, time.time())
             self._pass(db)
             return True
 
@@ -442,7 +442,7 @@ class Scheduler:
         for row in db.execute("SELECT * FROM leases").fetchall():
             reason = self._dead_reason(db, row, now)
             if reason:
-                self._end(db, row, reason)
+                self._end(db, row, reason, now)
                 ended.append(row["id"])
         for row in db.execute("SELECT id, owner_pid, owner_started FROM requests").fetchall():
             if not ProcessRef(row["owner_pid"], row["owner_started"]).alive():
@@ -528,14 +528,14 @@ class Scheduler:
             return lease
         return next(w for w in self._queue(db) if w.request_id == request_id)
 
-    def _end(self, db: sqlite3.Connection, row: sqlite3.Row, reason: str) -> None:
+    def _end(self, db: sqlite3.Connection, row: sqlite3.Row, reason: str, now: float) -> None:
         db.execute("DELETE FROM lease_devices WHERE lease_id=?", (row["id"],))
         db.execute("DELETE FROM leases WHERE id=?", (row["id"],))
         db.execute(
             "INSERT OR REPLACE INTO history (lease_id, user, server, kernel_id, card_type, devices_json, pid,"
             " requested_at, granted_at, ended_at, end_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (row["id"], row["user"], row["server"], row["kernel_id"], row["card_type"], row["devices_json"],
-             row["kernel_pid"] or row["owner_pid"], row["requested_at"], row["granted_at"], time.time(), reason),
+             row["kernel_pid"] or row["owner_pid"], row["requested_at"], row["granted_at"], now, reason),
         )
 
     def _lease(self, db: sqlite3.Connection, lease_id: str) -> Lease | None:
