@@ -1,14 +1,17 @@
 """The host-wide state: one SQLite file in WAL mode per device set.
 
-Why SQLite: every Jupyter server on the host (one per user under JupyterHub) opens the same file;
-``BEGIN IMMEDIATE`` takes SQLite's OS-level write lock, so each scheduling pass runs alone and
-either commits whole or not at all, also when its process is killed mid-way. ``lease_devices`` has
+Why SQLite: every Jupyter server on the host (one per user under JupyterHub) opens the same file,
+and each scheduling pass is one transaction that commits whole or not at all, also when its
+process is killed mid-way. Writers first take a blocking ``flock`` on ``<name>.lock``: the kernel
+wakes the next writer the moment the lock is free and drops it when a holder dies, where SQLite's
+own busy handler would sleep and retry (up to 100 ms a try under contention). ``lease_devices`` has
 the device id as primary key: a device cannot be in two leases, whatever the code above does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 from pathlib import Path
@@ -67,7 +70,11 @@ CREATE INDEX IF NOT EXISTS history_user ON history(user, ended_at);
 """
 
 
-def connect(state_dir: str | os.PathLike, name: str) -> sqlite3.Connection:
+class Connection(sqlite3.Connection):
+    lock_fd: int = -1
+
+
+def connect(state_dir: str | os.PathLike, name: str) -> Connection:
     """Open (creating if needed) ``<state_dir>/<name>.sqlite3``, shared by every user of the host."""
     directory = Path(state_dir)
     try:
@@ -79,7 +86,7 @@ def connect(state_dir: str | os.PathLike, name: str) -> sqlite3.Connection:
         ) from e
     path = directory / f"{name}.sqlite3"
     try:
-        db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False, factory=Connection)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL keeps it consistent
@@ -90,22 +97,28 @@ def connect(state_dir: str | os.PathLike, name: str) -> sqlite3.Connection:
             f"cannot open the scheduler state {path}: {e}. Check that the folder is writable by every "
             f"Jupyter server on this host, or set JUPYTER_TT_STATE_DIR to one that is"
         ) from e
-    for suffix in ("", "-wal", "-shm"):  # other users' servers must be able to write too
+    lock = directory / f"{name}.lock"
+    db.lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    for suffix in (".sqlite3", ".sqlite3-wal", ".sqlite3-shm", ".lock"):  # other users' servers write too
         with contextlib.suppress(OSError):
-            os.chmod(f"{path}{suffix}", 0o666)
+            os.chmod(directory / f"{name}{suffix}", 0o666)
     return db
 
 
 @contextlib.contextmanager
 def transaction(db: sqlite3.Connection):
     """A write transaction that holds the host-wide lock from its first statement."""
-    db.execute("BEGIN IMMEDIATE")
+    fcntl.flock(db.lock_fd, fcntl.LOCK_EX)
     try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    finally:
+        fcntl.flock(db.lock_fd, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
