@@ -10,11 +10,11 @@ import atexit
 import html
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 from ..config import TTSettings
 from ..errors import LeaseError, TTError
-from ..scheduler import LeasedDevice, open_scheduler
+from ..scheduler import Lease, LeasedDevice, open_scheduler
 
 NO_LEASE = (
     "this kernel holds no Tenstorrent devices (JUPYTER_TT_LEASE is not set). Pick a kernel that asks for "
@@ -33,41 +33,21 @@ def mesh_shape(card_type: str, chips: int) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class KernelLease:
-    """The lease of this kernel, as the scheduler records it."""
+class KernelLease(Lease):
+    """The lease of this kernel as the scheduler records it, and what ttnn needs to open it."""
 
-    id: str
-    user: str
-    kernel_id: str | None
-    devices: tuple[LeasedDevice, ...]
-    simulated: bool
+    simulated: bool = False
     active: bool = True
     end_reason: str | None = None
-
-    @property
-    def card_types(self) -> list[str]:
-        return sorted({d.card_type for d in self.devices})
-
-    @property
-    def chips(self) -> int:
-        return sum(d.chips for d in self.devices)
 
     @property
     def mesh_shape(self) -> tuple[int, int]:
         return mesh_shape(self.card_types[0] if len(self.card_types) == 1 else "mixed", self.chips)
 
-    @property
-    def bdfs(self) -> list[str]:
-        return [d.bdf for d in self.devices]
-
     def to_json(self) -> dict:
         return {
-            "id": self.id,
-            "user": self.user,
-            "kernel_id": self.kernel_id,
-            "devices": [d.__dict__ for d in self.devices],
-            "card_types": self.card_types,
-            "chips": self.chips,
+            **super().to_json(),
+            "devices": [asdict(d) for d in self.devices],
             "mesh_shape": list(self.mesh_shape),
             "simulated": self.simulated,
             "active": self.active,
@@ -111,15 +91,19 @@ def lease() -> KernelLease:
     simulated = scheduler.inventory.simulated
     current = scheduler.get_lease(lease_id)
     if current is not None:
-        return KernelLease(current.id, current.user, current.kernel_id, current.devices, simulated)
+        return KernelLease(**{f.name: getattr(current, f.name) for f in fields(Lease)}, simulated=simulated)
     row = scheduler.db.execute("SELECT * FROM history WHERE lease_id=?", (lease_id,)).fetchone()
     if row is None:
         raise LeaseError(
             f"lease {lease_id} is unknown to the scheduler state in {scheduler.state_dir}: this kernel's "
             f"JUPYTER_TT_STATE_DIR / JUPYTER_TT_INVENTORY differ from its server's. Restart the kernel"
         )
-    devices = tuple(LeasedDevice(**d) for d in json.loads(row["devices_json"]))
-    return KernelLease(lease_id, row["user"], row["kernel_id"], devices, simulated, False, row["end_reason"])
+    return KernelLease(
+        id=lease_id, user=row["user"], server=row["server"], kernel_id=row["kernel_id"], card_type=row["card_type"],
+        devices=tuple(LeasedDevice(**d) for d in json.loads(row["devices_json"])), pid=row["pid"],
+        requested_at=row["requested_at"], granted_at=row["granted_at"],
+        simulated=simulated, active=False, end_reason=row["end_reason"],
+    )
 
 
 _open_meshes: list = []

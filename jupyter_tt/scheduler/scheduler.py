@@ -61,13 +61,21 @@ class Lease:
     def bdfs(self) -> list[str]:
         return [d.bdf for d in self.devices]
 
+    @property
+    def card_types(self) -> list[str]:
+        return sorted({d.card_type for d in self.devices})
+
+    @property
+    def chips(self) -> int:
+        return sum(d.chips for d in self.devices)
+
     def to_json(self) -> dict:
         return {
             "id": self.id,
             "devices": self.device_ids,
             "bdfs": self.bdfs,
-            "card_types": sorted({d.card_type for d in self.devices}),
-            "chips": sum(d.chips for d in self.devices),
+            "card_types": self.card_types,
+            "chips": self.chips,
             "user": self.user,
             "kernel_id": self.kernel_id,
             "server": self.server,
