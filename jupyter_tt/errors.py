@@ -21,6 +21,9 @@ class TTError(HTTPError):
     def __str__(self) -> str:
         return self.message
 
+    def __repr__(self) -> str:  # jupyter_server logs a failed extension load with repr()
+        return f"{type(self).__name__}({self.message!r})"
+
 
 class ConfigError(TTError):
     """Bad configuration: an inventory spec, a kernelspec's provisioner config, a state dir."""

@@ -136,3 +136,9 @@ def test_metrics_expose_telemetry_and_lease_gauges(servers):
     assert 'jupyter_tt_device_leased{bdf="0000:01:01.0",card_type="n300",device="1",simulated="true"} 0.0' in text
     assert "jupyter_tt_device_temperature_celsius{" in text and "jupyter_tt_device_power_watts{" in text
     assert "jupyter_tt_leases 1.0" in text and "jupyter_tt_queue_requests 0.0" in text
+
+
+def test_a_bad_inventory_setting_is_named_in_the_server_log(servers):
+    server = servers(inventory="simulated:n999")
+    assert server.get("/jupyter-tt/api/devices").status_code == 404  # the extension did not load...
+    assert "unknown card type 'n999' in simulated inventory spec" in server.log_text()  # ...and says why

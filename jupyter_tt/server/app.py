@@ -67,6 +67,8 @@ class JupyterTTApp(ExtensionApp):
             self.log.exception("jupyter-tt: reconcile pass failed")
 
     async def stop_extension(self) -> None:
+        if getattr(self, "_watch", None) is None:  # initialize_settings failed: nothing started
+            return
         self._watch.stop()
         self.scheduler.listeners.remove(self._changed)
 
