@@ -39,7 +39,8 @@ def default_display_name(devices: int, card_type: str) -> str:
     if card_type == "n300" and devices == 4:
         return "Python 3 (LoudBox: 4× n300, 8 chips)"
     card = "device" if card_type == ANY else card_type
-    chips = f", {devices * CHIPS_PER_CARD[card_type]} chips" if card_type != ANY else ""
+    n = devices * CHIPS_PER_CARD.get(card_type, 1)
+    chips = f", {n} chip{'s' * (n > 1)}" if card_type != ANY else ""
     return f"Python 3 ({devices}× {card}{chips})"
 
 
