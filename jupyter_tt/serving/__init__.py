@@ -1,0 +1,1 @@
+"""Serving Llama-family models: checkpoints, the torch model, the engine, the OpenAI-compatible server."""

@@ -1,0 +1,170 @@
+"""A Llama-family transformer in plain torch, reading and writing a paged KV cache.
+
+gpt-fast's shape: a dataclass of sizes (``ModelArgs``), then ``RMSNorm``, ``Attention``,
+``FeedForward``, ``Block`` and ``Transformer``. What differs is the batch: the tokens of many
+sequences are packed into one ``[T]`` row (each sequence adds a prefill chunk or one decode token),
+so every linear layer runs once per step; attention then looks at each sequence's own context,
+gathered from the paged cache through its block table (see ``Batch``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import ModelArgs
+
+
+@dataclass
+class Batch:
+    """Where the packed tokens of one step go, built by the model runner.
+
+    ``T`` tokens of ``B`` sequences; sequence b contributes ``q_lens[b]`` tokens at positions
+    ``start_pos[b]...`` and then attends to ``ctx_lens[b] = start_pos[b] + q_lens[b]`` positions.
+    """
+
+    positions: torch.Tensor  # [T] position of each packed token
+    slots: torch.Tensor  # [T] cache slot (block * block_size + offset) each token's K/V is written to
+    context_slots: torch.Tensor  # [B, C] cache slots of each sequence's context, padded with 0
+    attn_mask: torch.Tensor  # [B, 1, Q, C] bool: query i of sequence b may see context slot j
+    unpack: torch.Tensor  # [B, Q] packed index of query i of sequence b (padding repeats a valid one)
+    pack: torch.Tensor  # [T] index into the flattened [B*Q] padded queries for each packed token
+    logits_index: torch.Tensor  # [S] packed tokens whose next-token logits are wanted
+
+
+def precompute_rope(args: ModelArgs, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [length, head_dim] (Hugging Face's rotate-half layout), with Llama 3.1 scaling."""
+    dim = args.head_dim
+    inv_freq = 1.0 / (args.rope_base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    if args.rope_scaling:
+        s = args.rope_scaling
+        factor, low, high = s["factor"], s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
+        old = s.get("original_max_position_embeddings", 8192)
+        wavelen = 2 * math.pi / inv_freq
+        smooth = ((old / wavelen) - low) / (high - low)
+        scaled = torch.where(wavelen > old / low, inv_freq / factor, inv_freq)
+        mid = (wavelen <= old / low) & (wavelen >= old / high)
+        inv_freq = torch.where(mid, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
+    freqs = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().float(), emb.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, head_dim]; cos/sin [T, head_dim]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None, :] + rotated * sin[:, None, :]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, batch: Batch) -> torch.Tensor:
+        T = x.shape[0]
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = apply_rope(q.view(T, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(T, self.n_kv_heads, self.head_dim), cos, sin)
+        k_cache.index_copy_(0, batch.slots, k)
+        v_cache.index_copy_(0, batch.slots, v.view(T, self.n_kv_heads, self.head_dim))
+
+        B, Q = batch.unpack.shape
+        qp = q[batch.unpack].transpose(1, 2)  # [B, heads, Q, d]
+        kp = k_cache[batch.context_slots].transpose(1, 2)  # [B, kv_heads, C, d]
+        vp = v_cache[batch.context_slots].transpose(1, 2)
+        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=batch.attn_mask, enable_gqa=True)
+        out = out.transpose(1, 2).reshape(B * Q, q_size)[batch.pack]
+        return self.wo(out)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.w13 = nn.Linear(args.dim, 2 * args.intermediate_size, bias=False)  # gate and up, fused
+        self.w2 = nn.Linear(args.intermediate_size, args.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, batch: Batch) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, k_cache, v_cache, batch)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        cos, sin = precompute_rope(args, args.max_seq_len)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, batch: Batch, kv_cache: torch.Tensor) -> torch.Tensor:
+        """Logits ``[S, vocab]`` for ``batch.logits_index``; ``kv_cache`` is ``[layers, 2, slots, kv_heads, d]``."""
+        x = self.tok_embeddings(tokens)
+        cos, sin = self.rope_cos[batch.positions], self.rope_sin[batch.positions]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, kv_cache[i, 0], kv_cache[i, 1], batch)
+        return self.output(self.norm(x[batch.logits_index]))
+
+    @classmethod
+    def from_weights(cls, args: ModelArgs, weights: dict[str, torch.Tensor], dtype=torch.float32) -> "Transformer":
+        """Build from Hugging Face-named weights (as ``load_checkpoint`` gives them)."""
+        with torch.device("meta"):
+            model = cls(args)
+        w = weights
+        state = {
+            "tok_embeddings.weight": w["model.embed_tokens.weight"],
+            "norm.weight": w["model.norm.weight"],
+            "output.weight": w["model.embed_tokens.weight"] if args.tie_embeddings else w["lm_head.weight"],
+        }
+        for i in range(args.n_layers):
+            p = f"model.layers.{i}."
+            state[f"layers.{i}.attention_norm.weight"] = w[p + "input_layernorm.weight"]
+            state[f"layers.{i}.ffn_norm.weight"] = w[p + "post_attention_layernorm.weight"]
+            state[f"layers.{i}.attention.wqkv.weight"] = torch.cat(
+                [w[p + "self_attn.q_proj.weight"], w[p + "self_attn.k_proj.weight"], w[p + "self_attn.v_proj.weight"]]
+            )
+            state[f"layers.{i}.attention.wo.weight"] = w[p + "self_attn.o_proj.weight"]
+            state[f"layers.{i}.feed_forward.w13.weight"] = torch.cat([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]])
+            state[f"layers.{i}.feed_forward.w2.weight"] = w[p + "mlp.down_proj.weight"]
+        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
+        cos, sin = precompute_rope(args, args.max_seq_len)
+        model.rope_cos, model.rope_sin = cos, sin
+        if args.tie_embeddings:
+            model.output.weight = model.tok_embeddings.weight
+        return model.eval()

@@ -1,0 +1,119 @@
+"""The model-runner interface the engine drives, and its torch implementation.
+
+A step hands the runner, for each sequence in the running batch, the new tokens (a prefill chunk or
+one decode token), where they start, and the sequence's block table; the runner returns the
+next-token logits of the sequences that asked for them. The engine owns the block allocator; the
+runner owns the cache memory. The ttnn backend implements the same ``ModelRunner``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import torch
+
+from .checkpoint import Checkpoint, ModelArgs
+from .model import Batch, Transformer
+
+
+@dataclass
+class SequenceStep:
+    tokens: list[int]
+    start_pos: int
+    block_table: list[int]
+    want_logits: bool = True
+
+
+class ModelRunner(abc.ABC):
+    """Runs the model over one step of a continuous batch on a paged KV cache."""
+
+    args: ModelArgs
+    block_size: int
+    num_blocks: int
+
+    @abc.abstractmethod
+    def step(self, sequences: list[SequenceStep]) -> torch.Tensor:
+        """Float logits ``[S, vocab]`` for the sequences with ``want_logits``, in their order."""
+
+    @property
+    def max_tokens_in_cache(self) -> int:
+        return self.block_size * self.num_blocks
+
+
+def kv_cache_blocks(args: ModelArgs, block_size: int, budget_bytes: int, dtype: torch.dtype) -> int:
+    per_block = args.n_layers * 2 * block_size * args.n_kv_heads * args.head_dim * torch.finfo(dtype).bits // 8
+    return max(budget_bytes // per_block, 1)
+
+
+class TorchModelRunner(ModelRunner):
+    """The model in plain torch on CPU (or CUDA where present)."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        block_size: int = 16,
+        kv_cache_bytes: int = 256 * 2**20,
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+    ):
+        self.args = checkpoint.args
+        self.device = torch.device(device)
+        self.block_size = block_size
+        self.num_blocks = kv_cache_blocks(self.args, block_size, kv_cache_bytes, dtype)
+        self.model = Transformer.from_weights(self.args, checkpoint.weights, dtype).to(self.device)
+        a = self.args
+        self.kv_cache = torch.zeros(
+            a.n_layers, 2, self.num_blocks * block_size, a.n_kv_heads, a.head_dim, dtype=dtype, device=self.device
+        )
+
+    def step(self, sequences: list[SequenceStep]) -> torch.Tensor:
+        tokens, batch = self.build_batch(sequences)
+        return self.model(tokens, batch, self.kv_cache).float()
+
+    def build_batch(self, sequences: list[SequenceStep]) -> tuple[torch.Tensor, Batch]:
+        bs = self.block_size
+        B = len(sequences)
+        q_lens = [len(s.tokens) for s in sequences]
+        ctx_lens = [s.start_pos + q for s, q in zip(sequences, q_lens)]
+        Q, C = max(q_lens), max(ctx_lens)
+        offsets = [0]
+        for q in q_lens:
+            offsets.append(offsets[-1] + q)
+
+        tables = torch.zeros(B, (C + bs - 1) // bs, dtype=torch.long)
+        for b, s in enumerate(sequences):
+            used = s.block_table[: tables.shape[1]]
+            tables[b, : len(used)] = torch.tensor(used, dtype=torch.long)
+        ctx_pos = torch.arange(C)
+        context_slots = tables[:, ctx_pos // bs] * bs + ctx_pos % bs  # [B, C]
+        ctx_len_t = torch.tensor(ctx_lens)
+        context_slots = torch.where(ctx_pos[None, :] < ctx_len_t[:, None], context_slots, 0)
+
+        start = torch.tensor([s.start_pos for s in sequences])
+        q_len_t = torch.tensor(q_lens)
+        qi = torch.arange(Q)
+        query_pos = start[:, None] + qi[None, :]  # [B, Q]
+        valid_q = qi[None, :] < q_len_t[:, None]
+        mask = ctx_pos[None, None, :] <= query_pos[:, :, None]  # causal within the context
+        mask = torch.where(valid_q[:, :, None], mask, ctx_pos[None, None, :] == 0)  # padding rows see slot 0 only
+        offset_t = torch.tensor(offsets[:-1])
+        unpack = offset_t[:, None] + torch.minimum(qi[None, :], q_len_t[:, None] - 1)
+        pack = torch.cat([b * Q + torch.arange(q) for b, q in enumerate(q_lens)])
+        positions = torch.cat([torch.arange(s.start_pos, s.start_pos + q) for s, q in zip(sequences, q_lens)])
+        token_tables = torch.repeat_interleave(torch.arange(B), q_len_t)
+        slots = tables[token_tables, positions // bs] * bs + positions % bs
+        logits_index = torch.tensor([offsets[b + 1] - 1 for b, s in enumerate(sequences) if s.want_logits], dtype=torch.long)
+        tokens = torch.tensor([t for s in sequences for t in s.tokens], dtype=torch.long)
+        d = self.device
+        batch = Batch(
+            positions=positions.to(d),
+            slots=slots.to(d),
+            context_slots=context_slots.to(d),
+            attn_mask=mask[:, None].to(d),
+            unpack=unpack.to(d),
+            pack=pack.to(d),
+            logits_index=logits_index.to(d),
+        )
+        return tokens.to(d), batch

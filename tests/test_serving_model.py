@@ -1,0 +1,229 @@
+"""The torch model and engine against transformers' implementation of the same checkpoint.
+
+Tolerance: both run in float32 from the same dequantized weights; logits agree to 1e-3 absolute
+(seen: about 5e-5), and greedy decoding gives the same tokens.
+"""
+
+import json
+import os
+import threading
+
+import pytest
+import torch
+
+from jupyter_tt.serving.checkpoint import CheckpointError, load_checkpoint
+from jupyter_tt.serving.engine import Engine, PromptTooLong
+from jupyter_tt.serving.runner import SequenceStep, TorchModelRunner
+from jupyter_tt.serving.sampling import SamplingError, SamplingParams
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three prime numbers.",
+    "Who wrote Hamlet?",
+    "Explain what a GPU does in one sentence.",
+    "Translate 'good morning' into Spanish.",
+    "What is 12 times 12?",
+    "Name a famous painting by Leonardo da Vinci.",
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint():
+    torch.set_num_threads(2)
+    return load_checkpoint("smollm2-135m-instruct", progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    from transformers import AutoModelForCausalLM
+
+    path = checkpoint.source
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+    model.generation_config.eos_token_id = None  # generate exactly max_new_tokens, like ignore_eos
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def runner(checkpoint):
+    return TorchModelRunner(checkpoint, kv_cache_bytes=64 * 2**20)
+
+
+def chat_ids(checkpoint, prompt):
+    ids = checkpoint.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def generate(engine, prompts_ids, params_for):
+    """Run requests through the engine together; returns {index: (text, token_ids, finish_reason)}."""
+    results, done, lock = {}, threading.Event(), threading.Lock()
+
+    def collect(i):
+        def on_output(out):
+            with lock:
+                text, ids, _ = results.get(i, ("", [], None))
+                results[i] = (text + out.text, ids + out.token_ids, out.finish_reason)
+                if out.finished and sum(1 for r in results.values() if r[2]) == len(prompts_ids):
+                    done.set()
+
+        return on_output
+
+    for i, ids in enumerate(prompts_ids):
+        engine.add_request(ids, params_for(i), collect(i), request_id=f"r{i}")
+    assert done.wait(300), "requests did not finish"
+    return results
+
+
+def test_logits_match_transformers_after_prefill_and_each_decode_step(checkpoint, reference, runner):
+    ids = chat_ids(checkpoint, PROMPTS[0])
+    with torch.no_grad():
+        ref = reference(torch.tensor([ids + [504, 3575, 282, 4649, 314, 7042, 30, 2]])).logits[0]
+    table = list(range(8))
+    ours = runner.step([SequenceStep(ids, 0, table)])[0]
+    assert (ours - ref[len(ids) - 1]).abs().max() < 1e-3
+    for k, token in enumerate([504, 3575, 282, 4649, 314, 7042, 30]):
+        ours = runner.step([SequenceStep([token], len(ids) + k, table)])[0]
+        assert (ours - ref[len(ids) + k]).abs().max() < 1e-3, f"decode step {k}"
+
+
+def test_greedy_output_equals_transformers_generate_for_64_tokens(checkpoint, reference, runner):
+    engine = Engine(runner, checkpoint.tokenizer).start()
+    try:
+        prompts = [chat_ids(checkpoint, p) for p in PROMPTS[:3]]
+        ours = generate(engine, prompts, lambda i: SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True))
+    finally:
+        engine.stop()
+    for i, ids in enumerate(prompts):
+        with torch.no_grad():
+            # An explicit mask: the chat template holds <|im_end|>, which generate would take for padding.
+            ref = reference.generate(
+                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=64, do_sample=False, pad_token_id=2,
+            )[0, len(ids):]
+        assert ours[i][1] == ref.tolist(), f"prompt {i}"
+        assert ours[i][2] == "length"
+
+
+def test_a_request_gives_the_same_tokens_alone_and_in_a_full_batch(checkpoint, runner):
+    prompts = [chat_ids(checkpoint, p) for p in PROMPTS]
+    params = lambda i: SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)  # noqa: E731
+    engine = Engine(runner, checkpoint.tokenizer, max_num_seqs=8, max_step_tokens=64).start()
+    try:
+        together = generate(engine, prompts, params)
+        for i in (0, 5):
+            alone = generate(engine, [prompts[i]], params)[0]
+            assert alone[1] == together[i][1], f"prompt {i}"
+    finally:
+        engine.stop()
+    assert engine.stats["steps"] > 24  # prompts were read in 64-token chunks while others decoded
+
+
+def test_sampling_with_a_seed_is_reproducible_and_differs_across_seeds(checkpoint, runner):
+    ids = chat_ids(checkpoint, "Tell me a story.")
+    engine = Engine(runner, checkpoint.tokenizer).start()
+    try:
+        params = lambda seed: SamplingParams(max_tokens=20, temperature=1.0, top_p=0.9, top_k=50, seed=seed, ignore_eos=True)  # noqa: E731
+        a = generate(engine, [ids, ids, ids], lambda i: params([7, 7, 8][i]))
+    finally:
+        engine.stop()
+    assert a[0][1] == a[1][1]
+    assert a[0][1] != a[2][1]
+
+
+def test_stop_strings_max_tokens_min_tokens_and_eos(checkpoint, runner):
+    ids = chat_ids(checkpoint, PROMPTS[0])  # greedy answer: "The capital of France is Paris."
+    engine = Engine(runner, checkpoint.tokenizer).start()
+    try:
+        out = generate(
+            engine,
+            [ids, ids, ids, ids],
+            lambda i: [
+                SamplingParams(max_tokens=30, temperature=0.0, stop=[" is"]),
+                SamplingParams(max_tokens=3, temperature=0.0),
+                SamplingParams(max_tokens=30, temperature=0.0),
+                SamplingParams(max_tokens=30, temperature=0.0, min_tokens=12),
+            ][i],
+        )
+    finally:
+        engine.stop()
+    assert out[0][0] == "The capital of France" and out[0][2] == "stop"
+    assert len(out[1][1]) == 3 and out[1][2] == "length"
+    assert out[2][0] == "The capital of France is Paris." and out[2][2] == "stop"  # stopped at <|im_end|>
+    assert len(out[3][1]) >= 12 and out[3][0].startswith("The capital of France is Paris.")
+
+
+def test_cancelling_a_request_frees_its_cache_blocks(checkpoint, runner):
+    engine = Engine(runner, checkpoint.tokenizer).start()
+    free_before = len(engine.blocks.free)
+    finished = threading.Event()
+    reasons = []
+
+    def on_output(out):
+        if out.completion_tokens == 2:
+            engine.cancel(out.request_id)
+        if out.finished:
+            reasons.append(out.finish_reason)
+            finished.set()
+
+    engine.add_request(chat_ids(checkpoint, PROMPTS[1]), SamplingParams(max_tokens=500, temperature=0.0, ignore_eos=True), on_output)
+    assert finished.wait(60)
+    engine.stop()
+    assert reasons == ["abort"] and len(engine.blocks.free) == free_before
+
+
+def test_bad_requests_get_clear_errors(checkpoint, runner):
+    engine = Engine(runner, checkpoint.tokenizer)
+    with pytest.raises(PromptTooLong, match="more than this model's context"):
+        engine.add_request([1] * (engine.max_model_len - 5), SamplingParams(max_tokens=10), print)
+    with pytest.raises(SamplingError, match="temperature must be between 0 and 2") as info:
+        engine.add_request([1, 2], SamplingParams(temperature=3.0), print)
+    assert info.value.param == "temperature"
+    with pytest.raises(SamplingError, match="top_p"):
+        engine.add_request([1, 2], SamplingParams(top_p=0.0), print)
+
+
+def test_a_hugging_face_folder_loads_and_matches_transformers(tmp_path, checkpoint):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=checkpoint.args.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0,
+        tie_word_embeddings=False,
+    )
+    reference = LlamaForCausalLM(config).eval()
+    reference.save_pretrained(tmp_path)
+    checkpoint.tokenizer.save_pretrained(tmp_path)
+    loaded = load_checkpoint(str(tmp_path), progress=False)
+    assert (loaded.args.n_layers, loaded.args.n_kv_heads, loaded.args.tie_embeddings) == (2, 2, False)
+    runner = TorchModelRunner(loaded, kv_cache_bytes=2**20)
+    ids = chat_ids(loaded, "hello there")
+    with torch.no_grad():
+        ref = reference(torch.tensor([ids])).logits[0, -1]
+    assert (runner.step([SequenceStep(ids, 0, list(range(4)))])[0] - ref).abs().max() < 1e-4
+
+
+def test_broken_and_unsupported_checkpoints_are_named(tmp_path):
+    import gguf
+
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="broken.gguf is not a readable GGUF file"):
+        load_checkpoint(str(broken), progress=False)
+
+    writer = gguf.GGUFWriter(str(tmp_path / "bert.gguf"), "bert")
+    writer.add_tensor("token_embd.weight", torch.zeros(4, 4).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(CheckpointError, match="architecture 'bert' is not supported; supported: llama"):
+        load_checkpoint(str(tmp_path / "bert.gguf"), progress=False)
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(CheckpointError, match="model_type 'gpt2' is not supported"):
+        load_checkpoint(str(folder), progress=False)
+    with pytest.raises(CheckpointError, match="no model 'nope'.*embedded models: smollm2-135m-instruct"):
+        load_checkpoint("nope", progress=False)
