@@ -104,6 +104,16 @@ def cmd_release(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serving.server import build_engine, serve_forever
+
+    engine, name = build_engine(
+        args.model, args.backend, weights=args.weights, max_num_seqs=args.max_num_seqs, kv_cache_mb=args.kv_cache_mb
+    )
+    serve_forever(engine, args.served_model_name or name, args.host, args.port, args.backend)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jupyter tt", description="Tenstorrent devices for Jupyter kernels.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -130,6 +140,17 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--days", type=float, default=0, help="only the last N days (default: all)")
     u.add_argument("--json", action="store_true")
     u.set_defaults(func=cmd_usage)
+
+    s = sub.add_parser("serve", help="serve a model with an OpenAI-compatible API")
+    s.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name, .gguf file or Hugging Face folder")
+    s.add_argument("--backend", default="torch", help="torch (CPU, or CUDA where present) or ttnn")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--weights", default="int8", choices=["int8", "bfloat16", "float32"], help="torch backend weight format")
+    s.add_argument("--max-num-seqs", type=int, default=16, help="most requests in the running batch")
+    s.add_argument("--kv-cache-mb", type=int, default=256, help="KV cache memory")
+    s.add_argument("--served-model-name", default=None, help="the name clients use (default: the model's)")
+    s.set_defaults(func=cmd_serve)
 
     r = sub.add_parser("release", help="end one of your leases (e.g. one whose server is gone)")
     r.add_argument("lease_id")

@@ -227,3 +227,13 @@ def test_broken_and_unsupported_checkpoints_are_named(tmp_path):
         load_checkpoint(str(folder), progress=False)
     with pytest.raises(CheckpointError, match="no model 'nope'.*embedded models: smollm2-135m-instruct"):
         load_checkpoint("nope", progress=False)
+
+
+def test_too_many_waiting_requests_are_refused_not_queued_forever(checkpoint, runner):
+    from jupyter_tt.serving.engine import EngineBusy
+
+    engine = Engine(runner, checkpoint.tokenizer, max_waiting=2)  # not started: nothing leaves the queue
+    engine.add_request([1, 2, 3], SamplingParams(max_tokens=4), print)
+    engine.add_request([1, 2, 3], SamplingParams(max_tokens=4), print)
+    with pytest.raises(EngineBusy, match="2 requests are already waiting: retry later"):
+        engine.add_request([1, 2, 3], SamplingParams(max_tokens=4), print)

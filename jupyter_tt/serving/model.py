@@ -58,7 +58,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """x [T, heads, head_dim]; cos/sin [T, head_dim]."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
+    return (x * cos[:, None, :] + rotated * sin[:, None, :]).to(x.dtype)  # tables stay float32
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One query per sequence: q [B, heads, d], k/v [B, C, kv_heads, d], mask [B, C] -> [B, heads*d].
+
+    Two small matmuls; on a CPU this beats the general SDPA kernel, whose setup dominates at Q=1.
+    """
+    B, H, D = q.shape
+    kv_heads = k.shape[2]
+    qg = q.view(B, kv_heads, H // kv_heads, D)  # query heads grouped by the KV head they share
+    scores = torch.matmul(qg, k.permute(0, 2, 3, 1)) * (D**-0.5)  # [B, kv, group, C]
+    scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return torch.matmul(weights, v.transpose(1, 2)).reshape(B, H * D)
 
 
 class RMSNorm(nn.Module):
@@ -68,7 +82,51 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        x32 = x.float()  # in float32 whatever the model's dtype, as transformers does
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class Int8Linear(nn.Module):
+    """Weight-only int8 (one scale per output row), bfloat16 activations: gpt-fast's int8 mode.
+
+    Decoding reads every weight once per step, so on a CPU the step time follows the bytes of
+    weights: int8 reads a quarter of float32's.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+        self.register_buffer("weight", (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scales", scales.to(torch.bfloat16))
+        self.out_features = w.shape[0]
+
+    #: Above this many rows (a prefill chunk) the int8 kernel scales worse than dequantizing the
+    #: weight and running a float32 matmul (measured on a 2-core AVX2 machine).
+    max_int8_rows = 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if x2.shape[0] <= self.max_int8_rows:
+            out = torch._weight_int8pack_mm(x2.to(torch.bfloat16), self.weight, self.scales)
+        else:
+            weight = self.weight.float() * self.scales.float()[:, None]
+            out = (x2.float() @ weight.T).to(torch.bfloat16)
+        return out.reshape(*shape[:-1], self.out_features)
+
+
+def quantize_int8(model: "Transformer") -> "Transformer":
+    """Replace every linear layer (the LM head included) with an ``Int8Linear``; the rest goes to bfloat16."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(module, name, Int8Linear(child))
+    model.tok_embeddings.to(torch.bfloat16)
+    for module in model.modules():
+        if isinstance(module, RMSNorm):
+            module.to(torch.bfloat16)
+    return model
 
 
 class Attention(nn.Module):
@@ -88,11 +146,20 @@ class Attention(nn.Module):
         v_cache.index_copy_(0, batch.slots, v.view(T, self.n_kv_heads, self.head_dim))
 
         B, Q = batch.unpack.shape
-        qp = q[batch.unpack].transpose(1, 2)  # [B, heads, Q, d]
-        kp = k_cache[batch.context_slots].transpose(1, 2)  # [B, kv_heads, C, d]
-        vp = v_cache[batch.context_slots].transpose(1, 2)
-        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=batch.attn_mask, enable_gqa=True)
-        out = out.transpose(1, 2).reshape(B * Q, q_size)[batch.pack]
+        # Attention math in float32 whatever the cache holds: CPUs without bf16 matmul units run
+        # bfloat16 bmm/SDPA many times slower.
+        kp = k_cache[batch.context_slots].float()  # [B, C, kv_heads, d]
+        vp = v_cache[batch.context_slots].float()
+        q = q.float()
+        if Q == 1:  # decode-only step: one query per sequence, already in order
+            out = decode_attention(q, kp, vp, batch.attn_mask[:, 0, 0])
+        else:
+            qp = q[batch.unpack].transpose(1, 2)  # [B, heads, Q, d]
+            out = F.scaled_dot_product_attention(
+                qp, kp.transpose(1, 2), vp.transpose(1, 2), attn_mask=batch.attn_mask, enable_gqa=True
+            )
+            out = out.transpose(1, 2).reshape(B * Q, q_size)[batch.pack]
+        out = out.to(x.dtype)
         return self.wo(out)
 
 
@@ -132,7 +199,7 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: torch.compile cannot trace inference tensors
     def forward(self, tokens: torch.Tensor, batch: Batch, kv_cache: torch.Tensor) -> torch.Tensor:
         """Logits ``[S, vocab]`` for ``batch.logits_index``; ``kv_cache`` is ``[layers, 2, slots, kv_heads, d]``."""
         x = self.tok_embeddings(tokens)

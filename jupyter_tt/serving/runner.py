@@ -14,7 +14,10 @@ from dataclasses import dataclass
 import torch
 
 from .checkpoint import Checkpoint, ModelArgs
-from .model import Batch, Transformer
+from .model import Batch, Transformer, quantize_int8
+
+#: Weight formats of the torch backend: name -> (weights, activations and KV cache).
+WEIGHT_FORMATS = {"int8": torch.bfloat16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
@@ -55,14 +58,20 @@ class TorchModelRunner(ModelRunner):
         *,
         block_size: int = 16,
         kv_cache_bytes: int = 256 * 2**20,
-        dtype: torch.dtype = torch.float32,
+        weights: str = "float32",
         device: str = "cpu",
     ):
+        """``weights``: "float32" (exact, the reference), "bfloat16", or "int8" (weight-only, fastest on CPU)."""
+        if weights not in WEIGHT_FORMATS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, not {weights!r}")
+        dtype = WEIGHT_FORMATS[weights]
         self.args = checkpoint.args
+        self.weights = weights
         self.device = torch.device(device)
         self.block_size = block_size
         self.num_blocks = kv_cache_blocks(self.args, block_size, kv_cache_bytes, dtype)
-        self.model = Transformer.from_weights(self.args, checkpoint.weights, dtype).to(self.device)
+        model = Transformer.from_weights(self.args, checkpoint.weights, torch.float32 if weights == "int8" else dtype)
+        self.model = (quantize_int8(model) if weights == "int8" else model).to(self.device)
         a = self.args
         self.kv_cache = torch.zeros(
             a.n_layers, 2, self.num_blocks * block_size, a.n_kv_heads, a.head_dim, dtype=dtype, device=self.device

@@ -1,0 +1,120 @@
+"""`jupyter tt serve` over real HTTP, driven by the official openai client (and raw HTTP for errors)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from jupyter_servers import free_port, wait_until
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    jupyter = os.path.join(os.path.dirname(sys.executable), "jupyter")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([jupyter, "tt", "serve", "--port", str(port), "--kv-cache-mb", "64"], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready():
+        assert proc.poll() is None, log.read_text()[-2000:]
+        try:
+            return httpx.get(url + "/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, timeout=180, interval=0.5, message="jupyter tt serve to load the model")
+    yield url
+    proc.terminate()
+    proc.wait(30)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_models_lists_the_embedded_model(client):
+    [model] = client.models.list().data
+    assert model.id == "smollm2-135m-instruct"
+
+
+def test_chat_completion_answers(client):
+    reply = client.chat.completions.create(model="smollm2-135m-instruct", messages=QUESTION, temperature=0)
+    assert reply.choices[0].message.content == "The capital of France is Paris."
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage.prompt_tokens == 37 and reply.usage.completion_tokens == 8
+    assert reply.id.startswith("chatcmpl-")
+
+
+def test_streamed_chat_equals_the_whole_answer_and_ends_with_usage(client):
+    chunks = list(client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=QUESTION, temperature=0, stream=True, stream_options={"include_usage": True}
+    ))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "The capital of France is Paris."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_completions_accept_text_or_token_ids_and_the_vllm_extras(client):
+    by_text = client.completions.create(model="smollm2-135m-instruct", prompt="The capital of France is", max_tokens=5, temperature=0)
+    ids = [504, 3575, 282, 4649, 314]
+    by_ids = client.completions.create(model="smollm2-135m-instruct", prompt=ids, max_tokens=5, temperature=0)
+    assert by_text.choices[0].text == by_ids.choices[0].text and by_text.choices[0].text.startswith(" Paris")
+    long = client.completions.create(
+        model="smollm2-135m-instruct", prompt="Hi", max_tokens=40, temperature=0, extra_body={"ignore_eos": True, "min_tokens": 40}
+    )
+    assert long.usage.completion_tokens == 40 and long.choices[0].finish_reason == "length"
+
+
+def test_errors_use_the_openai_shape(client, server):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-4", messages=QUESTION)
+    assert info.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="smollm2-135m-instruct", messages=QUESTION, temperature=5)
+    assert info.value.body["param"] == "temperature" and "between 0 and 2" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="smollm2-135m-instruct", prompt="word " * 9000, max_tokens=10)
+    assert info.value.body["code"] == "context_length_exceeded"
+    bad = httpx.post(server + "/v1/chat/completions", content=b"{not json")
+    assert bad.status_code == 400
+    assert set(bad.json()["error"]) == {"message", "type", "param", "code"}
+    assert httpx.get(server + "/v1/nothing").status_code == 404
+
+
+def test_a_client_that_disconnects_cancels_its_request(server):
+    body = {"model": "smollm2-135m-instruct", "prompt": "Count:", "max_tokens": 4000, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", server + "/v1/completions", json=body, timeout=60) as response:
+        for i, _ in enumerate(response.iter_lines()):
+            if i > 4:
+                break
+
+    def idle():
+        text = httpx.get(server + "/metrics").text
+        return "jupyter_tt_requests_running 0.0" in text
+
+    wait_until(idle, timeout=20, message="the abandoned request to be cancelled")
+
+
+def test_health_and_metrics_count_requests_and_latencies(client, server):
+    client.completions.create(model="smollm2-135m-instruct", prompt="Hello", max_tokens=4, temperature=0)
+    assert httpx.get(server + "/health").json()["status"] == "ok"
+    metrics = httpx.get(server + "/metrics").text
+    for name in ("jupyter_tt_requests_total", "jupyter_tt_time_to_first_token_seconds_count",
+                 "jupyter_tt_time_per_output_token_seconds_count", "jupyter_tt_generation_tokens_total",
+                 "jupyter_tt_kv_cache_usage", "jupyter_tt_requests_waiting"):
+        assert name in metrics, name
+    assert 'jupyter_tt_requests_total{endpoint="completions",status="200"}' in metrics
