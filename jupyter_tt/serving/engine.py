@@ -147,9 +147,15 @@ class Engine:
             self._wake.notify()
 
     def start(self) -> "Engine":
+        """Run the loop in a background thread (tests, embedding). A server should prefer ``run()``
+        on its main thread: on CPUs, torch's OpenMP teams run ~2x slower from other threads."""
         self._thread = threading.Thread(target=self._loop, name="jupyter-tt-engine", daemon=True)
         self._thread.start()
         return self
+
+    def run(self) -> None:
+        """Run the loop in this thread until ``stop()``."""
+        self._loop()
 
     def stop(self) -> None:
         with self._wake:

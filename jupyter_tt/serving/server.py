@@ -305,7 +305,7 @@ def build_engine(
     kv_cache_mb: int = 256,
     progress: bool = True,
 ) -> tuple[Engine, str]:
-    """Load ``model`` and start an engine on ``backend``; returns (engine, served model name)."""
+    """Load ``model`` and make an engine on ``backend`` (not started); returns (engine, served model name)."""
     import torch
 
     from .checkpoint import load_checkpoint
@@ -322,26 +322,42 @@ def build_engine(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     runner = TorchModelRunner(checkpoint, weights=weights, kv_cache_bytes=kv_cache_mb * 2**20, device=device)
     checkpoint.weights.clear()  # the runner holds its own copy; free the float32 one
-    engine = Engine(runner, checkpoint.tokenizer, max_num_seqs=max_num_seqs).start()
+    engine = Engine(runner, checkpoint.tokenizer, max_num_seqs=max_num_seqs)
     return engine, checkpoint.name
 
 
 def serve_forever(engine: Engine, name: str, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch") -> None:
-    """Serve until interrupted (``jupyter tt serve``)."""
+    """Serve until interrupted (``jupyter tt serve``): HTTP in a helper thread, the engine on this one."""
+    import signal
+    import threading
+
     from tornado.httpserver import HTTPServer
-    from tornado.ioloop import IOLoop
 
     app = ServingApp(engine, name, backend)
+    listening = threading.Event()
+    failure: list[BaseException] = []
 
-    async def main():
-        server = HTTPServer(app.web_app())
-        server.listen(port, address=host)
-        print(f"Serving {name} ({backend}) on http://{host}:{port}/v1", flush=True)
-        await asyncio.Event().wait()
+    def http() -> None:
+        async def main():
+            try:
+                HTTPServer(app.web_app()).listen(port, address=host)
+            except OSError as e:
+                failure.append(e)
+                return
+            finally:
+                listening.set()
+            await asyncio.Event().wait()
 
-    try:
         asyncio.run(main())
+
+    threading.Thread(target=http, name="jupyter-tt-http", daemon=True).start()
+    listening.wait()
+    if failure:
+        engine.stop()
+        raise TTError(f"cannot listen on {host}:{port} ({failure[0]}): pick another --port")
+    print(f"Serving {name} ({backend}) on http://{host}:{port}/v1", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: engine.stop())
+    try:
+        engine.run()
     except KeyboardInterrupt:
         pass
-    finally:
-        engine.stop()
