@@ -322,8 +322,21 @@ def build_engine(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     runner = TorchModelRunner(checkpoint, weights=weights, kv_cache_bytes=kv_cache_mb * 2**20, device=device)
     checkpoint.weights.clear()  # the runner holds its own copy; free the float32 one
+    _return_freed_memory()
     engine = Engine(runner, checkpoint.tokenizer, max_num_seqs=max_num_seqs)
     return engine, checkpoint.name
+
+
+def _return_freed_memory() -> None:
+    """Give the heap freed after loading back to the OS (glibc keeps it otherwise), for idle RSS."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def serve_forever(engine: Engine, name: str, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch") -> None:
