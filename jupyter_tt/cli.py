@@ -105,7 +105,10 @@ def cmd_release(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serving.server import build_engine, serve_forever
+    try:
+        from .serving.server import build_engine, serve_forever
+    except ImportError as e:
+        raise TTError(f"serving needs packages that are not installed ({e.name}): pip install 'jupyter-tt[serve]'") from e
 
     engine, name = build_engine(
         args.model, args.backend, weights=args.weights, max_num_seqs=args.max_num_seqs, kv_cache_mb=args.kv_cache_mb
