@@ -8,6 +8,13 @@ from ._version import __version__
 from .errors import ConfigError, LeaseError, RequestError, TTError, WaitTimeout
 from .kernels.current import close_mesh_device, lease, open_mesh_device
 
+
+def serve(*args, **kwargs):
+    """Serve a model from this kernel (see ``jupyter_tt.serving.notebook.serve``); returns an ``LLM``."""
+    from .serving.notebook import serve as _serve
+
+    return _serve(*args, **kwargs)
+
 __all__ = [
     "ConfigError",
     "LeaseError",
@@ -18,6 +25,7 @@ __all__ = [
     "close_mesh_device",
     "lease",
     "open_mesh_device",
+    "serve",
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -113,8 +114,24 @@ def cmd_serve(args) -> int:
     engine, name = build_engine(
         args.model, args.backend, weights=args.weights, max_num_seqs=args.max_num_seqs, kv_cache_mb=args.kv_cache_mb
     )
+    if args.parent_pid:
+        _exit_with_parent(args.parent_pid, engine)
     serve_forever(engine, args.served_model_name or name, args.host, args.port, args.backend)
     return 0
+
+
+def _exit_with_parent(pid: int, engine) -> None:
+    """Stop serving when process ``pid`` (the kernel that started us) is gone."""
+    import threading
+
+    import psutil
+
+    def watch():
+        while psutil.pid_exists(pid) and os.getppid() == pid:
+            time.sleep(1.0)
+        engine.stop()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -153,6 +170,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-num-seqs", type=int, default=16, help="most requests in the running batch")
     s.add_argument("--kv-cache-mb", type=int, default=256, help="KV cache memory")
     s.add_argument("--served-model-name", default=None, help="the name clients use (default: the model's)")
+    s.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # jupyter_tt.serve(): exit with the kernel
     s.set_defaults(func=cmd_serve)
 
     r = sub.add_parser("release", help="end one of your leases (e.g. one whose server is gone)")

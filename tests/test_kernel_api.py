@@ -15,12 +15,12 @@ from sysfs_tree import make_host
 pytestmark = pytest.mark.usefixtures("kernelspecs")
 
 
-def run(client, code):
+def run(client, code, timeout=30):
     """Execute ``code``; returns (stdout, display data, error) from the kernel's replies."""
     msg_id = client.execute(code)
     stdout, displays, error = "", [], None
     while True:
-        msg = client.get_iopub_msg(timeout=30)
+        msg = client.get_iopub_msg(timeout=timeout)
         if msg["parent_header"].get("msg_id") != msg_id:
             continue
         kind, content = msg["msg_type"], msg["content"]

@@ -1,0 +1,48 @@
+"""jupyter_tt.serve() inside a real kernel that holds a lease: serves, answers, and dies with the kernel."""
+
+import json
+
+import httpx
+import psutil
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+from jupyter_servers import kernel_environ, wait_until
+from test_kernel_api import run
+
+pytestmark = pytest.mark.usefixtures("kernelspecs")
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    monkeypatch.setenv("JUPYTER_TT_INVENTORY", "simulated:n300x4")
+    km, client = start_new_kernel(kernel_name="tt-n300")
+    yield km, client
+    client.stop_channels()
+    if km.is_alive():
+        km.shutdown_kernel(now=True)
+
+
+def test_serve_in_a_kernel_answers_on_the_kernels_devices_and_stops_with_it(kernel):
+    km, client = kernel
+    out, _, error = run(client, "import jupyter_tt, json; llm = jupyter_tt.serve(); print(json.dumps([llm.base_url, llm.process.pid]))", timeout=300)
+    assert error is None, error
+    base_url, pid = json.loads(out)
+    reply = httpx.post(base_url + "/chat/completions", timeout=60, json={
+        "messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0,
+    }).json()
+    assert reply["choices"][0]["message"]["content"] == "The capital of France is Paris."
+    assert kernel_environ(pid)["TT_VISIBLE_DEVICES"] == ",".join(km.provisioner.lease.bdfs)
+
+    km.shutdown_kernel(now=True)
+    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+               timeout=30, message="the model server to stop with its kernel")
+
+
+def test_close_stops_the_server_and_a_bad_backend_says_why(kernel):
+    _, client = kernel
+    out, _, error = run(client, "import jupyter_tt; llm = jupyter_tt.serve(); llm.close(); print(llm.running, llm.process.returncode is not None)", timeout=300)
+    assert error is None, error
+    assert out.split() == ["False", "True"]
+    _, _, error = run(client, "jupyter_tt.serve(backend='ttnn')", timeout=120)
+    assert error["ename"] == "TTError" and "ttnn backend is not available" in error["evalue"]
