@@ -46,3 +46,23 @@ def test_close_stops_the_server_and_a_bad_backend_says_why(kernel):
     assert out.split() == ["False", "True"]
     _, _, error = run(client, "jupyter_tt.serve(backend='ttnn')", timeout=120)
     assert error["ename"] == "TTError" and "ttnn backend is not available" in error["evalue"]
+
+
+def test_the_jupyter_server_proxies_a_kernels_model_with_its_authentication(kernel, servers):
+    server = servers()
+    _, client = kernel
+    out, _, error = run(client, "import jupyter_tt; llm = jupyter_tt.serve(); print(llm.port, llm.proxy_path)", timeout=300)
+    assert error is None, error
+    port, proxy_path = out.split()
+    import openai
+
+    # The OpenAI SDK through Jupyter: the Jupyter token is the API key (sent as a bearer token).
+    sdk = openai.OpenAI(base_url=f"{server.url}/{proxy_path}", api_key=server.token, max_retries=0)
+    chunks = list(sdk.chat.completions.create(
+        model="smollm2-135m-instruct", messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0, stream=True,
+    ))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "The capital of France is Paris."
+    assert httpx.get(f"{server.url}/{proxy_path}/models").status_code == 403  # no token
+    other = server.get(f"/jupyter-tt/serve/{int(port) + 1}/v1/models")
+    assert other.status_code == 404 and "jupyter_tt.serve()" in other.json()["message"]

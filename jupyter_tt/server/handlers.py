@@ -78,6 +78,64 @@ class UsageHandler(TTHandler):
         self.finish(json.dumps({"since": since, "usage": self.scheduler.usage(since)}))
 
 
+class ServeProxyHandler(TTHandler):
+    """``/jupyter-tt/serve/<port>/<path>``: a model served by one of this user's kernels, through Jupyter.
+
+    Only ports that a kernel registered with ``jupyter_tt.serve()`` (in this user's runtime dir, by a
+    live process) are proxied: never an arbitrary local port. Streams (SSE) pass through as they come.
+    """
+
+    @web.authenticated
+    @authorized
+    async def get(self, port: str, path: str):
+        await self._forward(int(port), path)
+
+    @web.authenticated
+    @authorized
+    async def post(self, port: str, path: str):
+        await self._forward(int(port), path)
+
+    async def _forward(self, port: int, path: str) -> None:
+        import psutil
+        from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+        from ..serving.notebook import registry_path
+
+        try:
+            with open(registry_path(port, self.serverapp.runtime_dir)) as f:
+                entry = json.load(f)
+            alive = psutil.pid_exists(entry["pid"])
+        except (OSError, ValueError, KeyError):
+            alive = False
+        if not alive:
+            raise web.HTTPError(404, f"no model is served from a kernel on port {port}: start one with jupyter_tt.serve()")
+
+        def on_header(line: str) -> None:
+            if line.startswith("HTTP/"):
+                self.set_status(int(line.split()[1]))
+            elif line.lower().startswith("content-type:"):
+                self.set_header("Content-Type", line.split(":", 1)[1].strip())
+
+        def on_chunk(chunk: bytes) -> None:
+            self.write(chunk)
+            self.flush()
+
+        query = f"?{self.request.query}" if self.request.query else ""
+        request = HTTPRequest(
+            f"http://127.0.0.1:{port}/{path}{query}",
+            method=self.request.method,
+            body=self.request.body if self.request.method == "POST" else None,
+            headers={"Content-Type": self.request.headers.get("Content-Type", "application/json")},
+            header_callback=on_header,
+            streaming_callback=on_chunk,
+            request_timeout=3600,
+        )
+        response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        if response.code == 599:
+            raise web.HTTPError(502, f"the model server on port {port} did not answer ({response.error})")
+        self.finish()
+
+
 def handlers() -> list[tuple[str, type]]:
     return [
         (r"/jupyter-tt/api/devices", DevicesHandler),
@@ -85,4 +143,5 @@ def handlers() -> list[tuple[str, type]]:
         (r"/jupyter-tt/api/leases/([\w-]+)", LeaseHandler),
         (r"/jupyter-tt/api/queue", QueueHandler),
         (r"/jupyter-tt/api/usage", UsageHandler),
+        (r"/jupyter-tt/serve/(\d+)/(.*)", ServeProxyHandler),
     ]

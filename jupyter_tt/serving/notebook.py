@@ -9,7 +9,9 @@ the kernel: it watches its parent and exits when the kernel does. It inherits th
 from __future__ import annotations
 
 import atexit
+import contextlib
 import html
+import json
 import os
 import socket
 import subprocess
@@ -17,8 +19,14 @@ import sys
 import time
 
 import httpx
+from jupyter_core.paths import jupyter_runtime_dir
 
 from ..errors import TTError
+
+
+def registry_path(port: int, runtime_dir: str | None = None) -> str:
+    """Where a kernel records the model it serves, so that the Jupyter server proxies that port only."""
+    return os.path.join(runtime_dir or jupyter_runtime_dir(), f"jupyter-tt-serve-{port}.json")
 
 
 def _free_port() -> int:
@@ -38,8 +46,15 @@ class LLM:
     def running(self) -> bool:
         return self.process.poll() is None
 
+    @property
+    def proxy_path(self) -> str:
+        """The same API through the Jupyter server (with its authentication), below its base URL."""
+        return f"jupyter-tt/serve/{self.port}/v1"
+
     def close(self) -> None:
         """Stop the server and free its memory (safe to call twice)."""
+        with contextlib.suppress(OSError):
+            os.remove(registry_path(self.port))
         if self.running:
             self.process.terminate()
             try:
@@ -94,6 +109,10 @@ def serve(
             raise TTError(f"the model server exited while starting: {message}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                path = registry_path(port)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as f:
+                    json.dump({"port": port, "pid": process.pid, "model": model, "backend": backend, "kernel_pid": os.getpid()}, f)
                 return llm
         except httpx.HTTPError:
             pass
