@@ -108,8 +108,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
+        x2 = x2.to(torch.bfloat16)  # both paths see the same rounded input, as batch-invariance wants
         if x2.shape[0] <= self.max_int8_rows:
-            out = torch._weight_int8pack_mm(x2.to(torch.bfloat16), self.weight, self.scales)
+            out = torch._weight_int8pack_mm(x2, self.weight, self.scales)
         else:
             weight = self.weight.float() * self.scales.float()[:, None]
             out = (x2.float() @ weight.T).to(torch.bfloat16)
