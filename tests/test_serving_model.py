@@ -237,3 +237,17 @@ def test_too_many_waiting_requests_are_refused_not_queued_forever(checkpoint, ru
     engine.add_request([1, 2, 3], SamplingParams(max_tokens=4), print)
     with pytest.raises(EngineBusy, match="2 requests are already waiting: retry later"):
         engine.add_request([1, 2, 3], SamplingParams(max_tokens=4), print)
+
+
+def test_a_gguf_tokenizer_is_cached_and_the_cached_one_is_the_same(checkpoint):
+    from jupyter_tt.serving.checkpoint import _load_tokenizer, _tokenizer_cache, resolve
+
+    path = resolve("smollm2-135m-instruct")  # each test has its own Jupyter data dir: this one starts empty
+    assert not _tokenizer_cache(path).exists()
+    _load_tokenizer(path)  # converts the GGUF vocabulary and caches it
+    assert (_tokenizer_cache(path) / "tokenizer.json").exists()
+    cached = _load_tokenizer(path)
+    messages = [{"role": "user", "content": "Héllo, wörld! 12345"}]
+    assert cached.apply_chat_template(messages, tokenize=False) == checkpoint.tokenizer.apply_chat_template(messages, tokenize=False)
+    assert cached.encode("Héllo, wörld! 12345") == checkpoint.tokenizer.encode("Héllo, wörld! 12345")
+    assert cached.eos_token_id == checkpoint.tokenizer.eos_token_id

@@ -235,12 +235,42 @@ def _load_tokenizer(path: Path):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # conversion of a GGUF vocabulary is chatty
     try:
-        if path.is_file():
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if path.is_dir():
+            return AutoTokenizer.from_pretrained(str(path))
+        cache = _tokenizer_cache(path)
+        if (cache / "tokenizer.json").exists():
+            return AutoTokenizer.from_pretrained(str(cache))
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        _save_to_cache(tokenizer, cache)
+        return tokenizer
     except Exception as e:
         raise CheckpointError(f"cannot load the tokenizer of {path} ({e})") from e
     finally:
         hf_logging.set_verbosity(verbosity)
-    return tokenizer
+
+
+def _tokenizer_cache(path: Path) -> Path:
+    """Converting a GGUF vocabulary takes seconds; the result is kept per file (and transformers version)."""
+    import hashlib
+
+    import transformers
+    from jupyter_core.paths import jupyter_data_dir
+
+    stat = path.stat()
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}"
+    return Path(jupyter_data_dir()) / "tt-cache" / "tokenizers" / hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def _save_to_cache(tokenizer, cache: Path) -> None:
+    import shutil
+    import tempfile
+
+    staging = None
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cache.parent))
+        tokenizer.save_pretrained(str(staging))
+        staging.rename(cache)  # atomic: a concurrent loader sees all of it or none
+    except OSError:  # read-only home, or another process cached it first: fine either way
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
