@@ -66,3 +66,22 @@ def test_the_jupyter_server_proxies_a_kernels_model_with_its_authentication(kern
     assert httpx.get(f"{server.url}/{proxy_path}/models").status_code == 403  # no token
     other = server.get(f"/jupyter-tt/serve/{int(port) + 1}/v1/models")
     assert other.status_code == 404 and "jupyter_tt.serve()" in other.json()["message"]
+
+
+def test_chat_widget_streams_the_answer_and_shows_ttft_and_tpot(kernel):
+    _, client = kernel
+    code = (
+        "import jupyter_tt, json\n"
+        "llm = jupyter_tt.serve()\n"
+        "chat = llm.chat(temperature=0)\n"
+        "display(chat)\n"
+        "chat.send('What is the capital of France?').join(120)\n"
+        "print(json.dumps([chat.messages, chat.stats.value, chat.transcript.value, chat.send_button.disabled]))\n"
+    )
+    out, displays, error = run(client, code, timeout=300)
+    assert error is None, error
+    messages, stats, transcript, disabled = json.loads(out)
+    assert messages[-1] == {"role": "assistant", "content": "The capital of France is Paris."}
+    assert "TTFT" in stats and "TPOT" in stats and "8 tokens" in stats
+    assert "The capital of France is Paris." in transcript and disabled is False
+    assert any("application/vnd.jupyter.widget-view+json" in d for d in displays)

@@ -51,6 +51,20 @@ class LLM:
         """The same API through the Jupyter server (with its authentication), below its base URL."""
         return f"jupyter-tt/serve/{self.port}/v1"
 
+    def chat(self, **options):
+        """A chat widget on this model, streaming answers with live TTFT and TPOT.
+
+        ``options``: ``system`` (a system prompt), ``temperature``, ``max_tokens``.
+        """
+        from .chat import ChatWidget
+
+        return ChatWidget(self.base_url, self.served_name, **options)
+
+    @property
+    def served_name(self) -> str:
+        """The name clients send as ``model`` (for a file path, the file's stem)."""
+        return httpx.get(f"{self.base_url}/models", timeout=10).json()["data"][0]["id"]
+
     def close(self) -> None:
         """Stop the server and free its memory (safe to call twice)."""
         with contextlib.suppress(OSError):
