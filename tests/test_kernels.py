@@ -15,7 +15,7 @@ def test_kernel_gets_its_leased_devices_and_shutdown_frees_them(servers):
     server = servers()
     kernel_id = server.start_kernel("tt-n300")
     lease = server.lease_of(kernel_id)
-    env = kernel_environ(lease["pid"])
+    env = _exec_environ(lease["pid"], lease["id"])
     devices = {d["id"]: d for d in server.json("/jupyter-tt/api/devices")["devices"]}
     assert env["TT_VISIBLE_DEVICES"] == ",".join(devices[i]["bdf"] for i in lease["devices"])
     assert env["JUPYTER_TT_LEASE"] == lease["id"]
@@ -31,7 +31,7 @@ def test_loudbox_kernel_holds_all_four_n300_as_eight_chips(servers):
     server = servers()
     lease = server.lease_of(server.start_kernel("tt-loudbox"))
     assert lease["devices"] == [0, 1, 2, 3] and lease["chips"] == 8
-    assert len(kernel_environ(lease["pid"])["TT_VISIBLE_DEVICES"].split(",")) == 4
+    assert len(_exec_environ(lease["pid"], lease["id"])["TT_VISIBLE_DEVICES"].split(",")) == 4
 
 
 def test_kernels_without_a_lease_see_no_device(servers):
@@ -42,6 +42,12 @@ def test_kernels_without_a_lease_see_no_device(servers):
         assert env["TT_VISIBLE_DEVICES"] == ""
         assert "JUPYTER_TT_LEASE" not in env
     assert server.leases() == []
+
+
+def _exec_environ(pid, lease_id):
+    """The environment of a just-spawned kernel, once it has exec'd (before that /proc shows the parent's)."""
+    return wait_until(lambda: (env := kernel_environ(pid)).get("JUPYTER_TT_LEASE") == lease_id and env,
+                      message=f"kernel {pid} to start with lease {lease_id}")
 
 
 def _kernel_pid(kernel_id):
@@ -62,8 +68,7 @@ def test_restart_keeps_the_same_devices(servers):
     assert server.http.post(f"/api/kernels/{kernel_id}/restart").status_code == 200
     after = wait_until(lambda: (lease := server.lease_of(kernel_id)) and lease["pid"] != before["pid"] and lease)
     assert (after["id"], after["devices"]) == (before["id"], before["devices"])
-    env = kernel_environ(after["pid"])
-    assert env["JUPYTER_TT_LEASE"] == before["id"]
+    env = _exec_environ(after["pid"], before["id"])
     assert env["TT_VISIBLE_DEVICES"] == ",".join(before["bdfs"])
 
 
@@ -71,11 +76,11 @@ def test_a_kernel_killed_with_sigkill_is_restarted_on_the_same_devices(servers):
     server = servers()
     kernel_id = server.start_kernel("tt-n300")
     before = server.lease_of(kernel_id)
-    bdfs = kernel_environ(before["pid"])["TT_VISIBLE_DEVICES"]
+    bdfs = _exec_environ(before["pid"], before["id"])["TT_VISIBLE_DEVICES"]
     os.kill(before["pid"], signal.SIGKILL)
     after = wait_until(lambda: (lease := server.lease_of(kernel_id)) and lease["pid"] != before["pid"] and lease, timeout=30)
     assert after["id"] == before["id"]
-    assert kernel_environ(after["pid"])["TT_VISIBLE_DEVICES"] == bdfs
+    assert _exec_environ(after["pid"], before["id"])["TT_VISIBLE_DEVICES"] == bdfs
 
 
 def test_final_death_after_the_restart_limit_frees_the_devices(servers):
