@@ -78,9 +78,22 @@ def test_a_kernel_killed_with_sigkill_is_restarted_on_the_same_devices(servers):
     before = server.lease_of(kernel_id)
     bdfs = _exec_environ(before["pid"], before["id"])["TT_VISIBLE_DEVICES"]
     os.kill(before["pid"], signal.SIGKILL)
-    after = wait_until(lambda: (lease := server.lease_of(kernel_id)) and lease["pid"] != before["pid"] and lease, timeout=30)
+    seen = []
+
+    def restarted():
+        lease = server.lease_of(kernel_id)
+        if not lease or lease["pid"] == before["pid"]:
+            return None
+        env = kernel_environ(lease["pid"]) if not pid_gone(lease["pid"]) else {}
+        seen.append((lease["id"], lease["pid"], len(env), env.get("JUPYTER_TT_LEASE")))
+        return env.get("JUPYTER_TT_LEASE") == lease["id"] and (lease, env)
+
+    try:
+        after, env = wait_until(restarted, timeout=40, message="the kernel to restart on its lease")
+    except AssertionError as e:  # say what was seen: lease, pid, size of its environment, its lease variable
+        raise AssertionError(f"{e}; seen {sorted(set(seen))[-5:]}") from None
     assert after["id"] == before["id"]
-    assert _exec_environ(after["pid"], before["id"])["TT_VISIBLE_DEVICES"] == bdfs
+    assert env["TT_VISIBLE_DEVICES"] == bdfs
 
 
 def test_final_death_after_the_restart_limit_frees_the_devices(servers):
