@@ -360,15 +360,13 @@ class Scheduler:
     def device_states(self) -> list[dict]:
         """Every device with its state (free, leased, unhealthy), holder, and unaccounted processes."""
         devices = self.devices(fresh=True)
-        leases = {lease.id: lease for lease in self.leases()}
-        by_device = {d: lease for lease in leases.values() for d in lease.device_ids}
+        rows = self.db.execute("SELECT * FROM leases").fetchall()
+        by_device = {d.id: lease for lease in map(self._to_lease, rows) for d in lease.devices}
+        pids = {r["id"]: {p for p in (r["owner_pid"], r["kernel_pid"]) if p} for r in rows}  # who may hold the node
         states = []
         for device in devices:
             lease = by_device.get(device.id)
-            covered = set()
-            if lease is not None:
-                row = self.db.execute("SELECT owner_pid, kernel_pid FROM leases WHERE id=?", (lease.id,)).fetchone()
-                covered = {p for p in (row["owner_pid"], row["kernel_pid"]) if p} if row else set()
+            covered = pids[lease.id] if lease else set()
             unaccounted = [describe(pid) for pid in device.holders if not (lineage(pid) & covered)]
             states.append(
                 {

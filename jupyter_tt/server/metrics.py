@@ -42,11 +42,12 @@ class DeviceCollector:
         yield from gauges.values()
         yield from (leased, healthy, unaccounted)
 
+        leases = scheduler.leases()
         per_user = GaugeMetricFamily("jupyter_tt_leased_devices", "Devices leased, per user", labels=["user"])
-        for user, n in Counter(lease.user for lease in scheduler.leases() for _ in lease.devices).items():
+        for user, n in Counter(lease.user for lease in leases for _ in lease.devices).items():
             per_user.add_metric([user], n)
         yield per_user
-        yield GaugeMetricFamily("jupyter_tt_leases", "Active leases on the host", value=len(scheduler.leases()))
+        yield GaugeMetricFamily("jupyter_tt_leases", "Active leases on the host", value=len(leases))
         yield GaugeMetricFamily("jupyter_tt_queue_requests", "Requests waiting for devices", value=len(scheduler.queue()))
 
 
