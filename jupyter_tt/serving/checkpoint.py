@@ -91,6 +91,11 @@ def load_checkpoint(name_or_path: str = DEFAULT_MODEL, progress: bool = True) ->
     return Checkpoint(name=name, source=str(path), args=args, weights=weights, tokenizer=_load_tokenizer(path))
 
 
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
+    """Only the tokenizer of a checkpoint (for clients and benchmarks; no weights are read)."""
+    return _load_tokenizer(resolve(name_or_path))
+
+
 # ----------------------------------------------------------------------------- GGUF
 
 _GGUF_NAMES = {

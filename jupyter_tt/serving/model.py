@@ -31,6 +31,7 @@ class Batch:
     slots: torch.Tensor  # [T] cache slot (block * block_size + offset) each token's K/V is written to
     context_slots: torch.Tensor  # [B, C] cache slots of each sequence's context, padded with 0
     attn_mask: torch.Tensor  # [B, 1, Q, C] bool: query i of sequence b may see context slot j
+    attn_bias: torch.Tensor | None  # [B, 1, 1, C] float 0/-inf, for decode-only steps (Q == 1)
     unpack: torch.Tensor  # [B, Q] packed index of query i of sequence b (padding repeats a valid one)
     pack: torch.Tensor  # [T] index into the flattened [B*Q] padded queries for each packed token
     logits_index: torch.Tensor  # [S] packed tokens whose next-token logits are wanted
@@ -54,23 +55,31 @@ def precompute_rope(args: ModelArgs, length: int) -> tuple[torch.Tensor, torch.T
     return emb.cos().float(), emb.sin().float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, head_dim]; cos/sin [T, head_dim]."""
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tables for ``apply_rope``: cos as is, sin with the sign of rotate-half folded into its first half."""
+    half = sin.shape[-1] // 2
+    return cos, torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE in three ops: x [T, heads, head_dim]; tables [T, head_dim] from ``rope_tables``.
+
+    rotate_half(x) * sin == roll(x, half) * signed_sin, so no slicing, negation or concatenation.
+    """
     half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos[:, None, :] + rotated * sin[:, None, :]).to(x.dtype)  # tables stay float32
+    return torch.addcmul(x * cos[:, None, :], x.roll(half, dims=-1), signed_sin[:, None, :])
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """One query per sequence: q [B, heads, d], k/v [B, C, kv_heads, d], mask [B, C] -> [B, heads*d].
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """One query per sequence: q [B, heads, d], k/v [B, C, kv_heads, d], bias [B, 1, 1, C] -> [B, heads*d].
 
     Two small matmuls; on a CPU this beats the general SDPA kernel, whose setup dominates at Q=1.
+    ``bias`` is 0 where a sequence may look and -inf elsewhere (built once per step).
     """
     B, H, D = q.shape
     kv_heads = k.shape[2]
-    qg = q.view(B, kv_heads, H // kv_heads, D)  # query heads grouped by the KV head they share
-    scores = torch.matmul(qg, k.permute(0, 2, 3, 1)) * (D**-0.5)  # [B, kv, group, C]
-    scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    qg = q.view(B, kv_heads, H // kv_heads, D) * (D**-0.5)  # query heads grouped by the KV head they share
+    scores = torch.matmul(qg, k.permute(0, 2, 3, 1)).add_(bias)  # [B, kv, group, C]
     weights = torch.softmax(scores, dim=-1)
     return torch.matmul(weights, v.transpose(1, 2)).reshape(B, H * D)
 
@@ -82,15 +91,16 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()  # in float32 whatever the model's dtype, as transformers does
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        # In float32 whatever the model's dtype, as transformers does; one fused op in float32 mode.
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 class Int8Linear(nn.Module):
-    """Weight-only int8 (one scale per output row), bfloat16 activations: gpt-fast's int8 mode.
+    """Weight-only int8 (one scale per output row): gpt-fast's int8 mode.
 
     Decoding reads every weight once per step, so on a CPU the step time follows the bytes of
-    weights: int8 reads a quarter of float32's.
+    weights: int8 reads a quarter of float32's. Inputs are rounded to bfloat16 (the int8 kernel's
+    fast path); the output is bfloat16 for decode-sized inputs and float32 for prefill chunks.
     """
 
     def __init__(self, linear: nn.Linear):
@@ -108,25 +118,24 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        x2 = x2.to(torch.bfloat16)  # both paths see the same rounded input, as batch-invariance wants
+        x2 = x2.to(torch.bfloat16)  # both paths see the same rounded input
         if x2.shape[0] <= self.max_int8_rows:
             out = torch._weight_int8pack_mm(x2, self.weight, self.scales)
-        else:
-            weight = self.weight.float() * self.scales.float()[:, None]
-            out = (x2.float() @ weight.T).to(torch.bfloat16)
+        else:  # scale the output rows, not the weight: one pass over the weight less
+            out = (x2.float() @ self.weight.float().T).mul_(self.scales.float())
         return out.reshape(*shape[:-1], self.out_features)
 
 
 def quantize_int8(model: "Transformer") -> "Transformer":
-    """Replace every linear layer (the LM head included) with an ``Int8Linear``; the rest goes to bfloat16."""
+    """Replace every linear layer (the LM head included) with an ``Int8Linear``.
+
+    The embedding table goes to bfloat16 (it is only indexed); norms and the residual stream stay float32.
+    """
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
                 setattr(module, name, Int8Linear(child))
     model.tok_embeddings.to(torch.bfloat16)
-    for module in model.modules():
-        if isinstance(module, RMSNorm):
-            module.to(torch.bfloat16)
     return model
 
 
@@ -138,22 +147,21 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
     def forward(self, x, cos, sin, k_cache, v_cache, batch: Batch) -> torch.Tensor:
-        T = x.shape[0]
-        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = apply_rope(q.view(T, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(k.view(T, self.n_kv_heads, self.head_dim), cos, sin)
-        k_cache.index_copy_(0, batch.slots, k)
-        v_cache.index_copy_(0, batch.slots, v.view(T, self.n_kv_heads, self.head_dim))
+        T, H, KV = x.shape[0], self.n_heads, self.n_kv_heads
+        q_size = H * self.head_dim
+        # Attention math in float32 whatever the weights: CPUs without bf16 matmul units run
+        # bfloat16 bmm/SDPA many times slower. RoPE turns q and k in one go.
+        qkv = self.wqkv(x).float().view(T, H + 2 * KV, self.head_dim)
+        qk = apply_rope(qkv[:, : H + KV], cos, sin)
+        q = qk[:, :H]
+        k_cache.index_copy_(0, batch.slots, qk[:, H:].to(k_cache.dtype))
+        v_cache.index_copy_(0, batch.slots, qkv[:, H + KV :].to(v_cache.dtype))
 
         B, Q = batch.unpack.shape
-        # Attention math in float32 whatever the cache holds: CPUs without bf16 matmul units run
-        # bfloat16 bmm/SDPA many times slower.
         kp = k_cache[batch.context_slots].float()  # [B, C, kv_heads, d]
         vp = v_cache[batch.context_slots].float()
-        q = q.float()
         if Q == 1:  # decode-only step: one query per sequence, already in order
-            out = decode_attention(q, kp, vp, batch.attn_mask[:, 0, 0])
+            out = decode_attention(q, kp, vp, batch.attn_bias)
         else:
             qp = q[batch.unpack].transpose(1, 2)  # [B, heads, Q, d]
             out = F.scaled_dot_product_attention(
@@ -172,7 +180,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)
-        return self.w2(F.silu(gate) * up)
+        return self.w2(F.silu(gate).mul_(up))
 
 
 class Block(nn.Module):
@@ -196,14 +204,14 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
-        cos, sin = precompute_rope(args, args.max_seq_len)
+        cos, sin = rope_tables(*precompute_rope(args, args.max_seq_len))
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
     @torch.no_grad()  # not inference_mode: torch.compile cannot trace inference tensors
     def forward(self, tokens: torch.Tensor, batch: Batch, kv_cache: torch.Tensor) -> torch.Tensor:
         """Logits ``[S, vocab]`` for ``batch.logits_index``; ``kv_cache`` is ``[layers, 2, slots, kv_heads, d]``."""
-        x = self.tok_embeddings(tokens)
+        x = self.tok_embeddings(tokens).to(self.norm.weight.dtype)  # the residual stream's dtype
         cos, sin = self.rope_cos[batch.positions], self.rope_sin[batch.positions]
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, kv_cache[i, 0], kv_cache[i, 1], batch)
@@ -231,8 +239,7 @@ class Transformer(nn.Module):
             state[f"layers.{i}.feed_forward.w13.weight"] = torch.cat([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]])
             state[f"layers.{i}.feed_forward.w2.weight"] = w[p + "mlp.down_proj.weight"]
         model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
-        cos, sin = precompute_rope(args, args.max_seq_len)
-        model.rope_cos, model.rope_sin = cos, sin
+        model.rope_cos, model.rope_sin = rope_tables(*precompute_rope(args, args.max_seq_len))
         if args.tie_embeddings:
             model.output.weight = model.tok_embeddings.weight
         return model.eval()

