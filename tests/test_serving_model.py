@@ -130,6 +130,24 @@ def test_sampling_with_a_seed_is_reproducible_and_differs_across_seeds(checkpoin
     assert a[0][1] != a[2][1]
 
 
+def test_streamed_text_is_the_decoded_tokens_including_accents_and_emoji(checkpoint, runner):
+    """Incremental detokenization: the pieces sent as tokens arrive add up to decoding all of them,
+    multi-byte characters split over several tokens included (no replacement characters)."""
+    prompt = "Write a French sentence with accents (é, è, à) and three emoji, like 🙂🚀🎉."
+    ids = chat_ids(checkpoint, prompt)
+    engine = Engine(runner, checkpoint.tokenizer).start()
+    try:
+        out = generate(engine, [ids, ids], lambda i: SamplingParams(max_tokens=96, temperature=[0.0, 1.2][i], seed=3))
+    finally:
+        engine.stop()
+    for text, token_ids, reason in out.values():
+        eos = reason == "stop" and token_ids[-1] in engine.eos_ids
+        full = checkpoint.tokenizer.decode(token_ids[:-1] if eos else token_ids, skip_special_tokens=True)
+        assert text == full
+        assert "\ufffd" not in text
+    assert any(ord(ch) > 127 for text, _, _ in out.values() for ch in text)  # the case was exercised
+
+
 def test_stop_strings_max_tokens_min_tokens_and_eos(checkpoint, runner):
     ids = chat_ids(checkpoint, PROMPTS[0])  # greedy answer: "The capital of France is Paris."
     engine = Engine(runner, checkpoint.tokenizer).start()

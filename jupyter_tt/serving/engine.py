@@ -60,6 +60,8 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     computed: int = 0  # tokens whose K/V are in the cache
     text: str = ""  # decoded output so far
+    prefix_offset: int = 0  # incremental detokenization: output_ids[prefix_offset:read_offset] is
+    read_offset: int = 0  # already in ``text`` and is decoded again only as context for the next tokens
     sent: int = 0  # characters of ``text`` already delivered
     generator: torch.Generator | None = None
 
@@ -87,7 +89,8 @@ class BlockAllocator:
 
 
 class Engine:
-    """Owns the running batch. ``max_num_seqs`` bounds the batch, ``max_step_tokens`` a step's tokens."""
+    """Owns the running batch. ``max_num_seqs`` bounds the batch, ``max_step_tokens`` a step's tokens
+    while sequences are decoding, ``max_prefill_tokens`` those of a step that has only prompts to read."""
 
     def __init__(
         self,
@@ -96,6 +99,7 @@ class Engine:
         *,
         max_num_seqs: int = 16,
         max_step_tokens: int = 256,
+        max_prefill_tokens: int = 2048,
         max_waiting: int = 256,
         max_model_len: int | None = None,
     ):
@@ -103,6 +107,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_num_seqs = max_num_seqs
         self.max_step_tokens = max_step_tokens
+        self.max_prefill_tokens = max(max_prefill_tokens, max_step_tokens)
         self.max_waiting = max_waiting
         self.max_model_len = min(max_model_len or runner.args.max_seq_len, runner.args.max_seq_len, runner.max_tokens_in_cache)
         self.blocks = BlockAllocator(runner.num_blocks)
@@ -225,6 +230,8 @@ class Engine:
                 continue
             work.append((seq, 1, True))
             budget -= 1
+        if not work:  # no decode waits on this step: read prompts in larger chunks (fewer, bigger matmuls)
+            budget = self.max_prefill_tokens
         for seq in [s for s in self.running if s.prefilling]:  # then prompts being read, in chunks
             budget = self._add_chunk(seq, budget, work)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
@@ -286,7 +293,7 @@ class Engine:
             reason = "stop"
         elif len(seq.output_ids) >= params.max_tokens or len(seq.all_ids) >= self.max_model_len:
             reason = "length"
-        text = self.tokenizer.decode(seq.output_ids if reason != "stop" else seq.output_ids[:-1], skip_special_tokens=True)
+        text = seq.text if reason == "stop" else seq.text + self._detokenize(seq)
         if params.stop and len(seq.output_ids) >= params.min_tokens:
             start = max(0, seq.sent - max(len(s) for s in params.stop))
             hits = [i for s in params.stop if (i := text.find(s, start)) != -1]
@@ -306,6 +313,17 @@ class Engine:
             seq.sent = ready
         else:
             seq.on_output(Output(seq.request_id, "", [token], False, None, len(seq.prompt_ids), len(seq.output_ids)))
+
+    def _detokenize(self, seq: Sequence) -> str:
+        """The text the newest tokens add (vLLM's incremental detokenization: a few tokens of context,
+        so that a word's leading space survives; nothing while a UTF-8 character is incomplete)."""
+        ids = seq.output_ids
+        done = self.tokenizer.decode(ids[seq.prefix_offset : seq.read_offset], skip_special_tokens=True)
+        text = self.tokenizer.decode(ids[seq.prefix_offset :], skip_special_tokens=True)
+        if len(text) <= len(done) or text.endswith("\ufffd"):
+            return ""
+        seq.prefix_offset, seq.read_offset = seq.read_offset, len(ids)
+        return text[len(done) :]
 
     def _finish(self, seq: Sequence, reason: str, last_token: int | None = None) -> None:
         for queue in (self.running, self.waiting, self._incoming):

@@ -29,9 +29,10 @@ class Batch:
 
     positions: torch.Tensor  # [T] position of each packed token
     slots: torch.Tensor  # [T] cache slot (block * block_size + offset) each token's K/V is written to
-    context_slots: torch.Tensor  # [B, C] cache slots of each sequence's context, padded with 0
-    attn_mask: torch.Tensor  # [B, 1, Q, C] bool: query i of sequence b may see context slot j
-    attn_bias: torch.Tensor | None  # [B, 1, 1, C] float 0/-inf, for decode-only steps (Q == 1)
+    block_tables: torch.Tensor  # [B, N] cache blocks of each sequence's context (C = N * block_size), padded with 0
+    attn_mask: torch.Tensor  # [B, 1, Q, C] bool: query i of sequence b may see context position j
+    attn_bias: torch.Tensor | None  # [1, B, 1, C] float 0/-inf, for decode-only steps (Q == 1)
+    causal: bool  # one sequence read from position 0: plain causal attention, no mask needed
     unpack: torch.Tensor  # [B, Q] packed index of query i of sequence b (padding repeats a valid one)
     pack: torch.Tensor  # [T] index into the flattened [B*Q] padded queries for each packed token
     logits_index: torch.Tensor  # [S] packed tokens whose next-token logits are wanted
@@ -71,17 +72,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """One query per sequence: q [B, heads, d], k/v [B, C, kv_heads, d], bias [B, 1, 1, C] -> [B, heads*d].
+    """One query per sequence: q [B, heads, d], k/v [kv_heads, B, C, d], bias [1, B, 1, C] -> [B, heads*d].
 
-    Two small matmuls; on a CPU this beats the general SDPA kernel, whose setup dominates at Q=1.
-    ``bias`` is 0 where a sequence may look and -inf elsewhere (built once per step).
+    Two batched matmuls straight on the gathered cache (no copies); on a CPU this beats the general
+    SDPA kernel, whose setup dominates at Q=1. ``bias`` is 0 where a sequence may look, else -inf.
     """
     B, H, D = q.shape
-    kv_heads = k.shape[2]
-    qg = q.view(B, kv_heads, H // kv_heads, D) * (D**-0.5)  # query heads grouped by the KV head they share
-    scores = torch.matmul(qg, k.permute(0, 2, 3, 1)).add_(bias)  # [B, kv, group, C]
-    weights = torch.softmax(scores, dim=-1)
-    return torch.matmul(weights, v.transpose(1, 2)).reshape(B, H * D)
+    kv_heads = k.shape[0]
+    # Query heads grouped by the KV head they share: [kv, B, group, d].
+    qg = (q * (D**-0.5)).view(B, kv_heads, H // kv_heads, D).transpose(0, 1)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).add_(bias)  # [kv, B, group, C]
+    out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [kv, B, group, d]
+    return out.transpose(0, 1).reshape(B, H * D)
 
 
 class RMSNorm(nn.Module):
@@ -147,6 +149,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
     def forward(self, x, cos, sin, k_cache, v_cache, batch: Batch) -> torch.Tensor:
+        """``k_cache``/``v_cache``: this layer's ``[kv_heads, blocks, block_size, d]``."""
         T, H, KV = x.shape[0], self.n_heads, self.n_kv_heads
         q_size = H * self.head_dim
         # Attention math in float32 whatever the weights: CPUs without bf16 matmul units run
@@ -154,18 +157,23 @@ class Attention(nn.Module):
         qkv = self.wqkv(x).float().view(T, H + 2 * KV, self.head_dim)
         qk = apply_rope(qkv[:, : H + KV], cos, sin)
         q = qk[:, :H]
-        k_cache.index_copy_(0, batch.slots, qk[:, H:].to(k_cache.dtype))
-        v_cache.index_copy_(0, batch.slots, qkv[:, H + KV :].to(v_cache.dtype))
+        slots = k_cache.flatten(1, 2)  # [kv_heads, blocks * block_size, d]: a view
+        slots.index_copy_(1, batch.slots, qk[:, H:].transpose(0, 1).to(k_cache.dtype))
+        v_cache.flatten(1, 2).index_copy_(1, batch.slots, qkv[:, H + KV :].transpose(0, 1).to(v_cache.dtype))
 
         B, Q = batch.unpack.shape
-        kp = k_cache[batch.context_slots].float()  # [B, C, kv_heads, d]
-        vp = v_cache[batch.context_slots].float()
+        # Whole blocks at once (index_select copies rows; it is 4x faster than advanced indexing here).
+        context = (KV, B, -1, self.head_dim)  # [kv_heads, B * N, block_size, d] -> [kv_heads, B, C, d]: a view
+        blocks = batch.block_tables.flatten()
+        kp = k_cache.index_select(1, blocks).view(context).float()
+        vp = v_cache.index_select(1, blocks).view(context).float()
         if Q == 1:  # decode-only step: one query per sequence, already in order
             out = decode_attention(q, kp, vp, batch.attn_bias)
         else:
             qp = q[batch.unpack].transpose(1, 2)  # [B, heads, Q, d]
+            mask = None if batch.causal else batch.attn_mask  # causal: the kernel skips the masked half
             out = F.scaled_dot_product_attention(
-                qp, kp.transpose(1, 2), vp.transpose(1, 2), attn_mask=batch.attn_mask, enable_gqa=True
+                qp, kp.transpose(0, 1), vp.transpose(0, 1), attn_mask=mask, is_causal=batch.causal, enable_gqa=True
             )
             out = out.transpose(1, 2).reshape(B * Q, q_size)[batch.pack]
         out = out.to(x.dtype)
@@ -210,7 +218,7 @@ class Transformer(nn.Module):
 
     @torch.no_grad()  # not inference_mode: torch.compile cannot trace inference tensors
     def forward(self, tokens: torch.Tensor, batch: Batch, kv_cache: torch.Tensor) -> torch.Tensor:
-        """Logits ``[S, vocab]`` for ``batch.logits_index``; ``kv_cache`` is ``[layers, 2, slots, kv_heads, d]``."""
+        """Logits ``[S, vocab]`` for ``batch.logits_index``; ``kv_cache`` is ``[layers, 2, kv_heads, blocks, block_size, d]``."""
         x = self.tok_embeddings(tokens).to(self.norm.weight.dtype)  # the residual stream's dtype
         cos, sin = self.rope_cos[batch.positions], self.rope_sin[batch.positions]
         for i, layer in enumerate(self.layers):

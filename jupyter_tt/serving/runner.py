@@ -75,8 +75,9 @@ class TorchModelRunner(ModelRunner):
         model = Transformer.from_weights(self.args, checkpoint.weights, torch.bfloat16 if weights == "bfloat16" else torch.float32)
         self.model = (quantize_int8(model) if weights == "int8" else model).to(self.device)
         a = self.args
+        # Heads before blocks: a gathered context is [kv_heads, B, C, d], ready for batched matmuls.
         self.kv_cache = torch.zeros(
-            a.n_layers, 2, self.num_blocks * block_size, a.n_kv_heads, a.head_dim, dtype=dtype, device=self.device
+            a.n_layers, 2, a.n_kv_heads, self.num_blocks, block_size, a.head_dim, dtype=dtype, device=self.device
         )
 
     def step(self, sequences: list[SequenceStep]) -> torch.Tensor:
@@ -88,19 +89,17 @@ class TorchModelRunner(ModelRunner):
         B = len(sequences)
         q_lens = [len(s.tokens) for s in sequences]
         ctx_lens = [s.start_pos + q for s, q in zip(sequences, q_lens)]
-        Q, C = max(q_lens), max(ctx_lens)
+        Q = max(q_lens)
+        C = -(-max(ctx_lens) // bs) * bs  # context length padded to whole blocks
         offsets = [0]
         for q in q_lens:
             offsets.append(offsets[-1] + q)
 
-        tables = torch.zeros(B, (C + bs - 1) // bs, dtype=torch.long)
-        for b, s in enumerate(sequences):
-            used = s.block_table[: tables.shape[1]]
+        tables = torch.zeros(B, C // bs, dtype=torch.long)
+        for b, (s, n) in enumerate(zip(sequences, ctx_lens)):
+            used = s.block_table[: -(-n // bs)]
             tables[b, : len(used)] = torch.tensor(used, dtype=torch.long)
         ctx_pos = torch.arange(C)
-        context_slots = tables[:, ctx_pos // bs] * bs + ctx_pos % bs  # [B, C]
-        ctx_len_t = torch.tensor(ctx_lens)
-        context_slots = torch.where(ctx_pos[None, :] < ctx_len_t[:, None], context_slots, 0)
 
         start = torch.tensor([s.start_pos for s in sequences])
         q_len_t = torch.tensor(q_lens)
@@ -120,13 +119,14 @@ class TorchModelRunner(ModelRunner):
         d = self.device
         bias = None
         if Q == 1:  # decode-only: an additive mask, shared by every layer
-            bias = torch.zeros(B, 1, 1, C).masked_fill_(~mask[:, None, :1], float("-inf")).to(d)
+            bias = torch.zeros(1, B, 1, C).masked_fill_(~mask[None, :, :1], float("-inf")).to(d)
         batch = Batch(
             positions=positions.to(d),
             slots=slots.to(d),
-            context_slots=context_slots.to(d),
+            block_tables=tables.to(d),
             attn_mask=mask[:, None].to(d),
             attn_bias=bias,
+            causal=B == 1 and Q > 1 and sequences[0].start_pos == 0,
             unpack=unpack.to(d),
             pack=pack.to(d),
             logits_index=logits_index.to(d),
