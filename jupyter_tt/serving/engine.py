@@ -210,14 +210,15 @@ class Engine:
             SequenceStep(seq.all_ids[seq.computed : seq.computed + n], seq.computed, seq.block_table, want)
             for seq, n, want in work
         ]
-        logits = self.runner.step(steps)
-        self.stats["steps"] += 1
-        row = 0
-        for seq, n, want in work:
-            seq.computed += n
-            if want:
-                self._append(seq, logits[row])
-                row += 1
+        with torch.inference_mode():  # the logits are inference tensors: sample them in the same mode
+            logits = self.runner.step(steps)
+            self.stats["steps"] += 1
+            row = 0
+            for seq, n, want in work:
+                seq.computed += n
+                if want:
+                    self._append(seq, logits[row])
+                    row += 1
 
     def _schedule(self) -> list[tuple[Sequence, int, bool]]:
         """(sequence, tokens to feed, whether its next-token logits are wanted) for this step."""
