@@ -31,7 +31,7 @@ class Batch:
     slots: torch.Tensor  # [T] cache slot (block * block_size + offset) each token's K/V is written to
     block_tables: torch.Tensor  # [B, N] cache blocks of each sequence's context (C = N * block_size), padded with 0
     attn_mask: torch.Tensor  # [B, 1, Q, C] bool: query i of sequence b may see context position j
-    attn_bias: torch.Tensor | None  # [1, B, 1, C] float 0/-inf, for decode-only steps (Q == 1)
+    attn_bias: torch.Tensor | None  # [kv_heads * B, 1, C] float 0/-inf, for decode-only steps (Q == 1)
     causal: bool  # one sequence read from position 0: plain causal attention, no mask needed
     unpack: torch.Tensor  # [B, Q] packed index of query i of sequence b (padding repeats a valid one)
     pack: torch.Tensor  # [T] index into the flattened [B*Q] padded queries for each packed token
@@ -63,38 +63,41 @@ def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE in three ops: x [T, heads, head_dim]; tables [T, head_dim] from ``rope_tables``.
+    """Rotate-half RoPE in three ops: x [T, heads, head_dim]; tables [T, 1, head_dim] from ``rope_tables``.
 
     rotate_half(x) * sin == roll(x, half) * signed_sin, so no slicing, negation or concatenation.
     """
-    half = x.shape[-1] // 2
-    return torch.addcmul(x * cos[:, None, :], x.roll(half, dims=-1), signed_sin[:, None, :])
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """One query per sequence: q [B, heads, d], k/v [kv_heads, B, C, d], bias [1, B, 1, C] -> [B, heads*d].
+    """One query per sequence: q [B, heads, d], k/v [kv_heads * B, C, d], bias [kv_heads * B, 1, C] -> [B, heads*d].
 
-    Two batched matmuls straight on the gathered cache (no copies); on a CPU this beats the general
-    SDPA kernel, whose setup dominates at Q=1. ``bias`` is 0 where a sequence may look, else -inf.
+    Three ops straight on the gathered cache: scale, mask and q @ k^T in one ``baddbmm``, softmax,
+    then ``bmm`` with v. On a CPU this beats the general SDPA kernel, whose setup dominates at Q=1.
+    ``bias`` is 0 where a sequence may look, else -inf.
     """
     B, H, D = q.shape
-    kv_heads = k.shape[0]
-    # Query heads grouped by the KV head they share: [kv, B, group, d].
-    qg = (q * (D**-0.5)).view(B, kv_heads, H // kv_heads, D).transpose(0, 1)
-    scores = torch.matmul(qg, k.transpose(-1, -2)).add_(bias)  # [kv, B, group, C]
-    out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [kv, B, group, d]
-    return out.transpose(0, 1).reshape(B, H * D)
+    kv_heads = k.shape[0] // B
+    group = H // kv_heads
+    qg = q.reshape(B, kv_heads, group, D).transpose(0, 1).reshape(kv_heads * B, group, D)  # grouped by KV head
+    scores = torch.baddbmm(bias, qg, k.transpose(1, 2), alpha=D**-0.5)  # [kv * B, group, C]
+    out = torch.bmm(torch.softmax(scores, dim=-1), v)  # [kv * B, group, d]
+    return out.view(kv_heads, B, group, D).transpose(0, 1).reshape(B, H * D)
 
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
+        self.shape = (dim,)
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In float32 whatever the model's dtype, as transformers does; one fused op in float32 mode.
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+        if x.dtype == self.weight.dtype == torch.float32:  # the float32 residual stream: one op
+            return torch.rms_norm(x, self.shape, self.weight, self.eps)
+        # In float32 whatever the model's dtype, as transformers does.
+        return F.rms_norm(x.float(), self.shape, self.weight.float(), self.eps).to(x.dtype)
 
 
 class Int8Linear(nn.Module):
@@ -118,14 +121,11 @@ class Int8Linear(nn.Module):
     max_int8_rows = 16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        x2 = x2.to(torch.bfloat16)  # both paths see the same rounded input
+        x2 = x.to(torch.bfloat16)  # both paths see the same rounded input; x is [T, in] here
         if x2.shape[0] <= self.max_int8_rows:
-            out = torch._weight_int8pack_mm(x2, self.weight, self.scales)
-        else:  # scale the output rows, not the weight: one pass over the weight less
-            out = (x2.float() @ self.weight.float().T).mul_(self.scales.float())
-        return out.reshape(*shape[:-1], self.out_features)
+            return torch._weight_int8pack_mm(x2, self.weight, self.scales)
+        # A prefill chunk: scale the output rows, not the weight (one pass over the weight less).
+        return (x2.float() @ self.weight.float().T).mul_(self.scales.float())
 
 
 def quantize_int8(model: "Transformer") -> "Transformer":
@@ -163,7 +163,7 @@ class Attention(nn.Module):
 
         B, Q = batch.unpack.shape
         # Whole blocks at once (index_select copies rows; it is 4x faster than advanced indexing here).
-        context = (KV, B, -1, self.head_dim)  # [kv_heads, B * N, block_size, d] -> [kv_heads, B, C, d]: a view
+        context = (KV * B, -1, self.head_dim)  # [kv_heads, B * N, block_size, d] -> [kv_heads * B, C, d]: a view
         blocks = batch.block_tables.flatten()
         kp = k_cache.index_select(1, blocks).view(context).float()
         vp = v_cache.index_select(1, blocks).view(context).float()
@@ -172,9 +172,8 @@ class Attention(nn.Module):
         else:
             qp = q[batch.unpack].transpose(1, 2)  # [B, heads, Q, d]
             mask = None if batch.causal else batch.attn_mask  # causal: the kernel skips the masked half
-            out = F.scaled_dot_product_attention(
-                qp, kp.transpose(0, 1), vp.transpose(0, 1), attn_mask=mask, is_causal=batch.causal, enable_gqa=True
-            )
+            kp, vp = kp.view(KV, B, -1, self.head_dim).transpose(0, 1), vp.view(KV, B, -1, self.head_dim).transpose(0, 1)
+            out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, is_causal=batch.causal, enable_gqa=True)
             out = out.transpose(1, 2).reshape(B * Q, q_size)[batch.pack]
         out = out.to(x.dtype)
         return self.wo(out)
@@ -220,7 +219,7 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, batch: Batch, kv_cache: torch.Tensor) -> torch.Tensor:
         """Logits ``[S, vocab]`` for ``batch.logits_index``; ``kv_cache`` is ``[layers, 2, kv_heads, blocks, block_size, d]``."""
         x = self.tok_embeddings(tokens).to(self.norm.weight.dtype)  # the residual stream's dtype
-        cos, sin = self.rope_cos[batch.positions], self.rope_sin[batch.positions]
+        cos, sin = self.rope_cos[batch.positions, None], self.rope_sin[batch.positions, None]  # [T, 1, head_dim]
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, kv_cache[i, 0], kv_cache[i, 1], batch)
         return self.output(self.norm(x[batch.logits_index]))

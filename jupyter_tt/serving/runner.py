@@ -118,8 +118,8 @@ class TorchModelRunner(ModelRunner):
         tokens = torch.tensor([t for s in sequences for t in s.tokens], dtype=torch.long)
         d = self.device
         bias = None
-        if Q == 1:  # decode-only: an additive mask, shared by every layer
-            bias = torch.zeros(1, B, 1, C).masked_fill_(~mask[None, :, :1], float("-inf")).to(d)
+        if Q == 1:  # decode-only: an additive mask [kv_heads * B, 1, C], shared by every layer
+            bias = torch.zeros(B, 1, C).masked_fill_(~mask[:, :1], float("-inf")).repeat(self.args.n_kv_heads, 1, 1).to(d)
         batch = Batch(
             positions=positions.to(d),
             slots=slots.to(d),
