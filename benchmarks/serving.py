@@ -4,9 +4,12 @@
     python benchmarks/serving.py run              # all systems, all workloads (about 15 minutes)
     python benchmarks/serving.py run --systems ours,llamacpp --quick
 
-Every system serves the embedded model (SmolLM2-135M-Instruct) on this machine's CPU, one after the
-other, and gets the same prompts from the same client (``jupyter_tt.bench.client``: vLLM's metric
-definitions, greedy, ``ignore_eos``, one warm-up request). The peers:
+Every system serves the embedded model (SmolLM2-135M-Instruct) on this machine's CPU and gets the
+same prompts from the same client (``jupyter_tt.bench.client``: vLLM's metric definitions, greedy,
+``ignore_eos``, one warm-up request). The servers all start first (idle, they cost no CPU); then
+each workload runs on each of them in turn, in ``--rounds`` interleaved rounds (A B, then B A) with
+fresh prompts, so that a slow spell of this shared machine does not fall on one system only. The
+``transformers`` peer runs afterwards in its own process. The peers:
 
 - ``llamacpp``: llama-cpp-python's server on the Q4_1 GGUF itself, 2 threads. It ignores
   ``ignore_eos``, so end-of-text tokens get a logit bias of -100; it sends no usage, so its output
@@ -182,38 +185,78 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def bench_server(system: str, gguf: Path, workloads, prompts, tokenizer, log_dir: Path) -> dict:
-    port = 8100 + ["ours", "llamacpp", "vllm"].index(system)
-    base = f"http://127.0.0.1:{port}"
-    cmd, env = server_command(system, gguf, port)
-    log = open(log_dir / f"{system}.log", "w")
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True)
-    out: dict = {"workloads": []}
-    try:
-        wait_ready(base, proc, timeout=600)
-        out["startup_s"] = time.monotonic() - t0
+class Server:
+    """One peer's server process, started before the workloads and stopped after all of them."""
+
+    def __init__(self, system: str, gguf: Path, tokenizer, log_dir: Path):
+        self.system = system
+        port = 8100 + ["ours", "llamacpp", "vllm"].index(system)
+        self.base = f"http://127.0.0.1:{port}"
+        cmd, env = server_command(system, gguf, port)
+        self.log = open(log_dir / f"{system}.log", "w")
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True
+        )
+        self.info: dict = {}
+        try:
+            wait_ready(self.base, self.proc, timeout=600)
+        except RuntimeError:
+            self.stop()
+            raise
+        self.info["startup_s"] = time.monotonic() - t0
         time.sleep(2)
-        out["idle_rss_mb"] = tree_rss(proc.pid) / 2**20
-        extra = {}
-        if system == "llamacpp":  # it ignores ignore_eos
-            extra = {"logit_bias": {str(t): -100 for t in eos_ids(tokenizer)}}
+        self.info["idle_rss_mb"] = tree_rss(self.proc.pid) / 2**20
+        # llama.cpp ignores ignore_eos: keep end-of-text tokens out instead.
+        self.extra = {"logit_bias": {str(t): -100 for t in eos_ids(tokenizer)}} if system == "llamacpp" else {}
+
+    def measure(self, prompts, warm, osl: int, c: int, count) -> client.RunResult:
+        return asyncio.run(client.run(self.base, SERVED_NAME, prompts, osl, c, count, warmup_prompts=warm, extra_body=self.extra))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.info["idle_rss_after_mb"] = tree_rss(self.proc.pid) / 2**20
+        stop(self.proc)
+        self.log.close()
+
+
+def bench_servers(systems: list[str], gguf: Path, workloads, prompts, tokenizer, log_dir: Path, rounds: int) -> dict:
+    """Start every server (idle ones cost no CPU), then run each workload on each system in turn,
+    ``rounds`` times with fresh prompts, so that this machine's slow spells fall on all of them alike."""
+    results: dict = {}
+    servers: list[Server] = []
+    try:
+        for system in systems:
+            try:
+                servers.append(Server(system, gguf, tokenizer, log_dir))
+            except RuntimeError as e:
+                results[system] = {"skipped": f"failed: {e} (see {log_dir})"}
+                print(f"  {system}: failed: {e}", flush=True)
 
         def count(text: str) -> int:
             return len(tokenizer.encode(text, add_special_tokens=False))
 
+        for server in servers:
+            results[server.system] = {**server.info, "workloads": []}
         for isl, osl, c in workloads:
             timed, warm = prompts[(isl, osl, c)]
-            result = asyncio.run(client.run(base, SERVED_NAME, timed, osl, c, count, warmup_prompts=warm, extra_body=extra))
-            summary = result.summary()
-            out["workloads"].append(summary)
-            print(f"  {system:12} {isl:5}/{osl:<4} c={c}  " + fmt(summary), flush=True)
-        time.sleep(2)
-        out["idle_rss_after_mb"] = tree_rss(proc.pid) / 2**20
+            n = len(timed) // rounds
+            runs: dict[str, list[client.RunResult]] = {server.system: [] for server in servers}
+            for r in range(rounds):
+                order = servers if r % 2 == 0 else servers[::-1]
+                for server in order:
+                    runs[server.system].append(server.measure(timed[r * n : (r + 1) * n], warm, osl, c, count))
+            for server in servers:
+                parts = runs[server.system]
+                merged = client.RunResult(c, isl, osl, sum(p.duration for p in parts), [q for p in parts for q in p.requests])
+                summary = merged.summary()
+                results[server.system]["workloads"].append(summary)
+                print(f"  {server.system:12} {isl:5}/{osl:<4} c={c}  " + fmt(summary), flush=True)
     finally:
-        stop(proc)
-        log.close()
-    return out
+        for server in servers:
+            server.stop()
+            results.setdefault(server.system, {}).update(server.info)
+    return results
 
 
 def eos_ids(tokenizer) -> list[int]:
@@ -333,8 +376,8 @@ def run(args) -> None:
     prompts = {}
     for i, (isl, osl, c) in enumerate(workloads):
         n = max(int((4 if c == 1 else 4 * c) * scale * args.prompts), c)
-        batch = client.random_prompts(tokenizer, n + 1, isl, seed=args.seed + i)
-        prompts[(isl, osl, c)] = (batch[:n], batch[n:])
+        batch = client.random_prompts(tokenizer, n * args.rounds + 1, isl, seed=args.seed + i)
+        prompts[(isl, osl, c)] = (batch[:-1], batch[-1:])
 
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="serving-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -344,23 +387,23 @@ def run(args) -> None:
         "model": str(gguf),
     }
     print(f"serving benchmark: {len(workloads)} workloads, systems {systems}, logs in {log_dir}", flush=True)
+    servers = []
     for system in systems:
         if system == "vllm" and (why := vllm_unavailable()):
             results[system] = {"skipped": why}
             print(f"  vllm: skipped: {why}", flush=True)
-            continue
-        if system != "ours" and not (PEERS / system / "bin/python").exists():
+        elif system != "ours" and not (PEERS / system / "bin/python").exists():
             results[system] = {"skipped": "not installed (python benchmarks/serving.py setup)"}
             print(f"  {system}: skipped: not installed", flush=True)
-            continue
+        elif system != "transformers":
+            servers.append(system)
+    if servers:
+        results.update(bench_servers(servers, gguf, workloads, prompts, tokenizer, log_dir, args.rounds))
+    if "transformers" in systems and "transformers" not in results:
         try:
-            if system == "transformers":
-                results[system] = bench_transformers(gguf, workloads, prompts, log_dir)
-            else:
-                results[system] = bench_server(system, gguf, workloads, prompts, tokenizer, log_dir)
-        except (RuntimeError, subprocess.CalledProcessError) as e:
-            results[system] = {"skipped": f"failed: {e} (see {log_dir})"}
-            print(f"  {system}: failed: {e}", flush=True)
+            results["transformers"] = bench_transformers(gguf, workloads, prompts, log_dir)
+        except subprocess.CalledProcessError as e:
+            results["transformers"] = {"skipped": f"failed: {e} (see {log_dir})"}
     lines = report(results, workloads)
     print("\n".join(lines))
     if args.json:
@@ -377,6 +420,7 @@ def main() -> None:
     r.add_argument("--systems", default="ours,llamacpp,vllm,transformers")
     r.add_argument("--quick", action="store_true", help="half the requests per workload")
     r.add_argument("--prompts", type=float, default=1.0, help="scale the number of requests per workload")
+    r.add_argument("--rounds", type=int, default=2, help="runs of each workload per system, interleaved")
     r.add_argument("--seed", type=int, default=42)
     r.add_argument("--json", default=None, help="write results here")
     r.add_argument("--log-dir", default=None, help="servers' logs (default: a temporary folder)")
