@@ -3,11 +3,15 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The ttnn lane: PyPI's ttnn wheels exist for CPython 3.10 and 3.12 only (this machine's python3 is 3.11).
+PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
+TTNN_VENV  := .venv-ttnn
+TTNN_STAMP := $(TTNN_VENV)/.installed
 # The demo's simulated host: one n150, and a LoudBox (4x n300) whose cards the n300 kernels share.
 DEMO_INVENTORY ?= simulated:n150x1,n300x4
 DEMO_ARGS ?= --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: env demo test clean
+.PHONY: env demo test test-ttnn clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +32,20 @@ demo: env
 
 test: env
 	$(BIN)/python -m pytest
+	$(MAKE) test-ttnn
+
+$(TTNN_STAMP): pyproject.toml constraints-ttnn.txt
+	@test -n "$(PYTHON312)" || { echo "make test-ttnn needs CPython 3.12 (ttnn has no 3.11 wheel): set PYTHON312=/path/to/python3.12"; exit 1; }
+	$(PYTHON312) -m venv $(TTNN_VENV)
+	$(TTNN_VENV)/bin/pip install -q --upgrade pip
+	# torch for 3.12 comes from PyPI as a CUDA build (about 5 GB); it runs on the CPU.
+	$(TTNN_VENV)/bin/pip install -q -c constraints-ttnn.txt ttnn torch pyyaml pytest pytest-timeout
+	$(TTNN_VENV)/bin/pip install -q -c constraints-ttnn.txt -e .
+	touch $@
+
+# ttnn's own stand-ins for a card: mock cluster descriptors and golden functions (issue 4).
+test-ttnn: $(TTNN_STAMP)
+	$(TTNN_VENV)/bin/python -m pytest -p no:cacheprovider tests_ttnn
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) $(TTNN_VENV) .pytest_cache test-artifacts
