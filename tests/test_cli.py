@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 
-from jupyter_tt.devices import SimulatedInventory, SysfsInventory
+from jupyter_tt.devices import SimulatedInventory
 from jupyter_tt.scheduler import Scheduler
 from sysfs_tree import Card, make_host
 

@@ -1,10 +1,8 @@
 """`jupyter tt serve` over real HTTP, driven by the official openai client (and raw HTTP for errors)."""
 
-import json
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import openai

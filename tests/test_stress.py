@@ -7,7 +7,6 @@ at once, while its lease lives on until reclaimed, so a kill can never cause a f
 """
 
 import json
-import os
 import random
 import signal
 import subprocess

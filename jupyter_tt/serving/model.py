@@ -29,7 +29,7 @@ class Batch:
 
     positions: torch.Tensor  # [T] position of each packed token
     slots: torch.Tensor  # [T] cache slot (block * block_size + offset) each token's K/V is written to
-    block_tables: torch.Tensor  # [B, N] cache blocks of each sequence's context (C = N * block_size), padded with 0
+    context_blocks: torch.Tensor  # [B * N] each sequence's N context blocks (C = N * block_size), padded with block 0
     attn_mask: torch.Tensor  # [B, 1, Q, C] bool: query i of sequence b may see context position j
     attn_bias: torch.Tensor | None  # [kv_heads * B, 1, C] float 0/-inf, for decode-only steps (Q == 1)
     causal: bool  # one sequence read from position 0: plain causal attention, no mask needed
@@ -157,16 +157,15 @@ class Attention(nn.Module):
         qkv = self.wqkv(x).float().view(T, H + 2 * KV, self.head_dim)
         qk = apply_rope(qkv[:, : H + KV], cos, sin)
         q = qk[:, :H]
-        slots = k_cache.flatten(1, 2)  # [kv_heads, blocks * block_size, d]: a view
-        slots.index_copy_(1, batch.slots, qk[:, H:].transpose(0, 1).to(k_cache.dtype))
+        # Caches as [kv_heads, blocks * block_size, d] (views), written at the tokens' slots.
+        k_cache.flatten(1, 2).index_copy_(1, batch.slots, qk[:, H:].transpose(0, 1).to(k_cache.dtype))
         v_cache.flatten(1, 2).index_copy_(1, batch.slots, qkv[:, H + KV :].transpose(0, 1).to(v_cache.dtype))
 
         B, Q = batch.unpack.shape
         # Whole blocks at once (index_select copies rows; it is 4x faster than advanced indexing here).
         context = (KV * B, -1, self.head_dim)  # [kv_heads, B * N, block_size, d] -> [kv_heads * B, C, d]: a view
-        blocks = batch.block_tables.flatten()
-        kp = k_cache.index_select(1, blocks).view(context).float()
-        vp = v_cache.index_select(1, blocks).view(context).float()
+        kp = k_cache.index_select(1, batch.context_blocks).view(context).float()
+        vp = v_cache.index_select(1, batch.context_blocks).view(context).float()
         if Q == 1:  # decode-only step: one query per sequence, already in order
             out = decode_attention(q, kp, vp, batch.attn_bias)
         else:

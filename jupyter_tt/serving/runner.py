@@ -123,7 +123,7 @@ class TorchModelRunner(ModelRunner):
         batch = Batch(
             positions=positions.to(d),
             slots=slots.to(d),
-            block_tables=tables.to(d),
+            context_blocks=tables.flatten().to(d),
             attn_mask=mask[:, None].to(d),
             attn_bias=bias,
             causal=B == 1 and Q > 1 and sequences[0].start_pos == 0,
