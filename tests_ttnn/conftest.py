@@ -1,7 +1,18 @@
 """The ttnn lane (``make test-ttnn``): runs in a Python 3.12 venv with the PyPI ttnn wheel and torch."""
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # sysfs_tree: the driver stand-in
+
+import mock_cluster  # noqa: E402
+
+# ttnn packs bfloat8_b on the host with tile sizes it reads from a cluster: without a card, give it
+# one n150 in mock cluster mode (ttnn's own stand-in). Set before ttnn first builds its cluster.
+if not Path("/dev/tenstorrent").exists() and "TT_METAL_MOCK_CLUSTER_DESC_PATH" not in os.environ:
+    os.environ["TT_METAL_MOCK_CLUSTER_DESC_PATH"] = str(
+        mock_cluster.write(Path(tempfile.mkdtemp(prefix="jupyter-tt-mock-")) / "n150.yaml", [("n150", "0000:04:00.0")])
+    )

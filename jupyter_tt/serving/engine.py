@@ -248,6 +248,8 @@ class Engine:
     def _add_chunk(self, seq: Sequence, budget: int, work: list) -> int:
         remaining = len(seq.all_ids) - seq.computed
         n = min(remaining, budget)
+        if n < remaining:  # a chunk that is not the last ends where the runner's next chunk may start
+            n -= n % self.runner.prefill_chunk_multiple
         if n <= 0 or not self._reserve(seq, seq.computed + n, preempt=False):
             return budget
         work.append((seq, n, n == remaining))

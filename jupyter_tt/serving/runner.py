@@ -36,6 +36,8 @@ class ModelRunner(abc.ABC):
     args: ModelArgs
     block_size: int
     num_blocks: int
+    #: prompt chunks other than the last are a multiple of this many tokens (ttnn fills whole blocks)
+    prefill_chunk_multiple: int = 1
 
     @abc.abstractmethod
     def step(self, sequences: list[SequenceStep]) -> torch.Tensor:
