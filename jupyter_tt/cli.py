@@ -112,7 +112,8 @@ def cmd_serve(args) -> int:
         raise TTError(f"serving needs packages that are not installed ({e.name}): pip install 'jupyter-tt[serve]'") from e
 
     engine, name = build_engine(
-        args.model, args.backend, weights=args.weights, max_num_seqs=args.max_num_seqs, kv_cache_mb=args.kv_cache_mb
+        args.model, args.backend, weights=args.weights, max_num_seqs=args.max_num_seqs, kv_cache_mb=args.kv_cache_mb,
+        ttnn_impl=args.ttnn_impl,
     )
     if args.parent_pid:
         _exit_with_parent(args.parent_pid, engine)
@@ -163,10 +164,14 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve a model with an OpenAI-compatible API")
     s.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name, .gguf file or Hugging Face folder")
-    s.add_argument("--backend", default="torch", help="torch (CPU, or CUDA where present) or ttnn")
+    s.add_argument("--backend", default="torch", choices=["torch", "ttnn"],
+                   help="torch (CPU, or CUDA where present) or ttnn (the kernel's leased Wormhole devices)")
+    s.add_argument("--ttnn-impl", default="jupyter-tt", choices=["jupyter-tt", "tt-transformers"],
+                   help="the ttnn model: ours, or tt-metal's models.tt_transformers where it is importable")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--weights", default="int8", choices=["int8", "bfloat16", "float32"], help="torch backend weight format")
+    s.add_argument("--weights", default=None, choices=["int8", "bfloat16", "float32", "accuracy", "performance"],
+                   help="weight format: torch int8 (default), bfloat16, float32; ttnn accuracy (default), performance")
     s.add_argument("--max-num-seqs", type=int, default=16, help="most requests in the running batch")
     s.add_argument("--kv-cache-mb", type=int, default=256, help="KV cache memory")
     s.add_argument("--served-model-name", default=None, help="the name clients use (default: the model's)")

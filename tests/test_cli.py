@@ -83,3 +83,42 @@ def test_bad_inventory_setting_is_a_clear_error():
     done = jupyter_tt("devices", env={"JUPYTER_TT_INVENTORY": "simulated:n300x0"})
     assert done.returncode == 2
     assert "holds 1 to 4096 cards" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_serve_on_the_ttnn_backend_says_what_is_missing(tmp_path):
+    """--backend ttnn fails at once, before reading the model, naming what to do: no lease, a simulated
+    lease, or (in this lane, which has no ttnn) a lease of real devices on a host without ttnn."""
+    state = str(tmp_path / "state")
+    base = {"JUPYTER_TT_STATE_DIR": state, "JUPYTER_TT_LEASE": ""}
+    none = jupyter_tt("serve", "--backend", "ttnn", env=base)
+    assert none.returncode == 2 and "holds no Tenstorrent devices" in none.stderr, none.stderr
+
+    simulated = Scheduler(SimulatedInventory("n150x1"), state, user="alice").acquire(1)
+    env = {**base, "JUPYTER_TT_INVENTORY": "simulated:n150x1", "JUPYTER_TT_LEASE": simulated.id}
+    done = jupyter_tt("serve", "--backend", "ttnn", env=env)
+    assert done.returncode == 2 and "simulated inventory" in done.stderr and "backend='torch'" in done.stderr, done.stderr
+
+    host = make_host(tmp_path / "host", "n150")  # a driver stand-in: to jupyter-tt, a real n150
+    from jupyter_tt.devices import SysfsInventory
+
+    real = Scheduler(SysfsInventory(str(host.root)), str(tmp_path / "state2"), user="alice").acquire(1)
+    env = {"JUPYTER_TT_STATE_DIR": str(tmp_path / "state2"), "JUPYTER_TT_INVENTORY": "sysfs",
+           "JUPYTER_TT_SYSFS_ROOT": str(host.root), "JUPYTER_TT_LEASE": real.id}
+    done = jupyter_tt("serve", "--backend", "ttnn", env=env)
+    assert done.returncode == 2 and "ttnn is not installed" in done.stderr and "pip install ttnn" in done.stderr, done.stderr
+
+    bad = jupyter_tt("serve", "--backend", "ttnn", "--weights", "int8", env=env)
+    assert bad.returncode == 2 and "not a ttnn format: use accuracy or performance" in bad.stderr, bad.stderr
+    for done in (none, bad):
+        assert "Traceback" not in done.stderr
+
+
+def test_the_tt_transformers_adapter_says_where_to_get_it():
+    """tt-metal's models.tt_transformers is not on PyPI (nor here): asking for it names what to install."""
+    import pytest
+
+    from jupyter_tt.errors import TTError
+    from jupyter_tt.serving.tt_transformers import TTTransformersRunner
+
+    with pytest.raises(TTError, match="tt-metal's models.tt_transformers.*--ttnn-impl jupyter-tt"):
+        TTTransformersRunner.check_available()

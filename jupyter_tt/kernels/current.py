@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import html
+import importlib.util
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -109,12 +110,9 @@ def lease() -> KernelLease:
 _open_meshes: list = []
 
 
-def open_mesh_device(**kwargs):
-    """Open this kernel's leased devices with ttnn as one mesh (n150 1×1, n300 1×2, LoudBox 2×4).
-
-    Keyword arguments go to ``ttnn.open_mesh_device``. The mesh is closed by ``close_mesh_device``
-    or when the kernel exits. Raises LeaseError on a simulated or ended lease and TTError without ttnn.
-    """
+def check_ttnn_backend() -> KernelLease:
+    """The lease, if this process may run ttnn on it: LeaseError on no, a simulated or an ended lease,
+    TTError where ttnn is not installed. Cheap (nothing is imported or opened): call it before loading a model."""
     current = lease()
     if not current.active:
         raise LeaseError(f"lease {current.id} has ended ({current.end_reason}): restart the kernel to get devices again")
@@ -126,13 +124,25 @@ def open_mesh_device(**kwargs):
         )
     if len(current.card_types) != 1:
         raise LeaseError(f"lease {current.id} mixes card types {current.card_types}: ttnn opens one mesh of like chips")
+    if importlib.util.find_spec("ttnn") is None:
+        raise TTError(
+            "ttnn is not installed in this kernel's environment. Install it there: pip install ttnn (wheels exist "
+            "for CPython 3.10 and 3.12), or use the torch backend"
+        )
+    return current
+
+
+def open_mesh_device(**kwargs):
+    """Open this kernel's leased devices with ttnn as one mesh (n150 1×1, n300 1×2, LoudBox 2×4).
+
+    Keyword arguments go to ``ttnn.open_mesh_device``. The mesh is closed by ``close_mesh_device``
+    or when the kernel exits. Raises LeaseError on a simulated or ended lease and TTError without ttnn.
+    """
+    current = check_ttnn_backend()
     try:
         import ttnn
     except ImportError as e:
-        raise TTError(
-            f"ttnn is not importable in this kernel ({e}). Install it in the kernel's environment: "
-            f"pip install ttnn (wheels exist for CPython 3.10 and 3.12), or use the torch backend"
-        ) from e
+        raise TTError(f"ttnn is installed but does not import ({e}): reinstall it, or use the torch backend") from e
     # ttnn enumerates what TT_VISIBLE_DEVICES shows: it must be exactly this lease's devices.
     os.environ["TT_VISIBLE_DEVICES"] = ",".join(current.bdfs)
     rows, cols = current.mesh_shape

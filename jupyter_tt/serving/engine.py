@@ -103,6 +103,11 @@ class Engine:
         max_waiting: int = 256,
         max_model_len: int | None = None,
     ):
+        if max_step_tokens < max_num_seqs + runner.prefill_chunk_multiple:
+            raise ValueError(
+                f"max_step_tokens ({max_step_tokens}) must leave room for a decode token of each of max_num_seqs "
+                f"({max_num_seqs}) and one prompt chunk of {runner.prefill_chunk_multiple}: raise it or lower max_num_seqs"
+            )
         self.runner = runner
         self.tokenizer = tokenizer
         self.max_num_seqs = max_num_seqs

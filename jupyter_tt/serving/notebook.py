@@ -99,17 +99,28 @@ def serve(
     backend: str = "torch",
     *,
     port: int | None = None,
-    weights: str = "int8",
+    weights: str | None = None,
     timeout: float = 300.0,
+    ttnn_impl: str = "jupyter-tt",
 ) -> LLM:
-    """Serve ``model`` from this kernel on 127.0.0.1; returns when it answers (or raises TTError with its log)."""
+    """Serve ``model`` from this kernel on 127.0.0.1; returns when it answers (or raises TTError with its log).
+
+    ``backend="ttnn"`` serves on this kernel's leased Wormhole devices (``weights`` "accuracy" or
+    "performance"; ``ttnn_impl`` "jupyter-tt" or "tt-transformers"); ``backend="torch"`` on the CPU.
+    """
+    if backend == "ttnn":
+        from ..kernels.current import check_ttnn_backend
+
+        check_ttnn_backend()  # say at once what is missing, rather than after the server fails to start
     port = port or _free_port()
     log_path = os.path.join(os.environ.get("JUPYTER_RUNTIME_DIR", "/tmp"), f"jupyter-tt-serve-{port}.log")
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     cmd = [
         sys.executable, "-m", "jupyter_tt.cli", "serve", "--model", model, "--backend", backend,
-        "--host", "127.0.0.1", "--port", str(port), "--weights", weights, "--parent-pid", str(os.getpid()),
+        "--host", "127.0.0.1", "--port", str(port), "--parent-pid", str(os.getpid()), "--ttnn-impl", ttnn_impl,
     ]
+    if weights:
+        cmd += ["--weights", weights]
     with open(log_path, "w") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     llm = LLM(process, port, model, backend, log_path)

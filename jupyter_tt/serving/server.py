@@ -296,35 +296,71 @@ class ChatHandler(GenerateHandler):
         return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish_reason}
 
 
+BACKENDS = ("torch", "ttnn")
+TTNN_IMPLEMENTATIONS = ("jupyter-tt", "tt-transformers")
+
+
 def build_engine(
     model: str = "smollm2-135m-instruct",
     backend: str = "torch",
     *,
-    weights: str = "int8",
+    weights: str | None = None,
     max_num_seqs: int = 16,
     kv_cache_mb: int = 256,
     progress: bool = True,
+    ttnn_impl: str = "jupyter-tt",
 ) -> tuple[Engine, str]:
-    """Load ``model`` and make an engine on ``backend`` (not started); returns (engine, served model name)."""
+    """Load ``model`` and make an engine on ``backend`` (not started); returns (engine, served model name).
+
+    ``weights``: for torch int8 (default), bfloat16 or float32; for ttnn accuracy (default) or performance.
+    ``ttnn_impl``: the ttnn model, ours ("jupyter-tt") or tt-metal's tuned one ("tt-transformers",
+    where tt-metal's ``models`` package is importable). The ttnn backend runs on the kernel's lease.
+    """
     import torch
 
     from .checkpoint import load_checkpoint
-    from .runner import TorchModelRunner
+    from .runner import WEIGHT_FORMATS, TorchModelRunner
 
-    if backend == "ttnn":
-        raise TTError(
-            "the ttnn backend is not available in this version yet (it is being built, issue 4): "
-            "serve with --backend torch, which runs on the CPU (or CUDA where present)"
-        )
-    if backend != "torch":
+    if backend not in BACKENDS:
         raise TTError(f"unknown backend {backend!r}: use torch or ttnn")
+    if backend == "ttnn":
+        from ..kernels.current import check_ttnn_backend
+        from .ttnn_model import WEIGHT_FORMATS as TTNN_FORMATS
+
+        if ttnn_impl not in TTNN_IMPLEMENTATIONS:
+            raise TTError(f"unknown ttnn implementation {ttnn_impl!r}: use {' or '.join(TTNN_IMPLEMENTATIONS)}")
+        weights = weights or "accuracy"
+        if weights not in TTNN_FORMATS:
+            raise TTError(f"--weights {weights} is not a ttnn format: use {' or '.join(TTNN_FORMATS)}")
+        check_ttnn_backend()  # before minutes of loading: a simulated lease, no lease, or no ttnn
+    else:
+        weights = weights or "int8"
+        if weights not in WEIGHT_FORMATS:
+            raise TTError(f"--weights {weights} is not a torch format: use {', '.join(WEIGHT_FORMATS)}")
     checkpoint = load_checkpoint(model, progress=progress)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    runner = TorchModelRunner(checkpoint, weights=weights, kv_cache_bytes=kv_cache_mb * 2**20, device=device)
+    if backend == "ttnn":
+        runner = _ttnn_runner(checkpoint, ttnn_impl, weights, kv_cache_mb * 2**20, max_num_seqs)
+    else:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        runner = TorchModelRunner(checkpoint, weights=weights, kv_cache_bytes=kv_cache_mb * 2**20, device=device)
     checkpoint.weights.clear()  # the runner holds its own copy; free the float32 one
     _return_freed_memory()
     engine = Engine(runner, checkpoint.tokenizer, max_num_seqs=max_num_seqs)
     return engine, checkpoint.name
+
+
+def _ttnn_runner(checkpoint, implementation: str, weights: str, kv_cache_bytes: int, max_num_seqs: int):
+    """The ttnn runner on this kernel's leased devices, opened as one mesh."""
+    from ..kernels.current import open_mesh_device
+
+    if implementation == "tt-transformers":
+        from .tt_transformers import TTTransformersRunner
+
+        TTTransformersRunner.check_available()
+        return TTTransformersRunner(checkpoint, open_mesh_device(**TTTransformersRunner.MESH_OPTIONS), max_batch=max_num_seqs)
+    from .ttnn_model import MESH_OPTIONS, TtnnModelRunner
+
+    return TtnnModelRunner(checkpoint, open_mesh_device(**MESH_OPTIONS), weights=weights, kv_cache_bytes=kv_cache_bytes)
 
 
 def _return_freed_memory() -> None:

@@ -33,6 +33,8 @@ from .model import precompute_rope
 from .runner import ModelRunner, SequenceStep
 
 TILE = 32
+#: ``ttnn.open_mesh_device`` options the backend needs: room for the decode trace
+MESH_OPTIONS = {"trace_region_size": 64 << 20}
 #: weight formats: name -> (attention weights, MLP weights, LM head), as tt_transformers' settings
 WEIGHT_FORMATS = {"accuracy": ("bfloat16", "bfloat8_b", "bfloat8_b"), "performance": ("bfloat8_b", "bfloat8_b", "bfloat8_b")}
 

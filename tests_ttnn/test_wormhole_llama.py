@@ -1,0 +1,94 @@
+"""The ttnn backend on a real Wormhole card (skipped where no /dev/tenstorrent exists).
+
+Run on a host with cards:  make test-wormhole
+These have NOT run on a card yet. Set JUPYTER_TT_TEST_MODEL to a Llama checkpoint (a Hugging Face
+folder or .gguf) to measure it instead of the embedded SmolLM2-135M-Instruct; the public figures
+next to ours are tt-metal's for Llama-3.1-8B-Instruct (PRODUCT.md), so compare like with like.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from jupyter_tt.serving.checkpoint import load_checkpoint
+from jupyter_tt.serving.runner import SequenceStep, TorchModelRunner
+from jupyter_tt.serving.ttnn_model import MESH_OPTIONS, TtnnModelRunner
+
+pytestmark = [
+    pytest.mark.wormhole,
+    pytest.mark.skipif(not Path("/dev/tenstorrent").exists(), reason="no /dev/tenstorrent: needs a Wormhole card"),
+]
+
+#: tt-metal tt_transformers, Llama-3.1-8B-Instruct, batch 1, 128-token prompt: (tok/s/user, TTFT ms)
+PUBLIC = {1: ("n150", 28.3, 104), 2: ("n300", 44.2, 67), 8: ("T3K (LoudBox)", 64.3, 53)}
+MODEL = os.environ.get("JUPYTER_TT_TEST_MODEL", "smollm2-135m-instruct")
+
+
+def pcc(a, b) -> float:
+    return torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1].item()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    import ttnn
+
+    n = ttnn.GetNumAvailableDevices()
+    shape = (2, n // 2) if n == 8 else (1, n)
+    mesh = ttnn.open_mesh_device(ttnn.MeshShape(*shape), **MESH_OPTIONS)
+    checkpoint = load_checkpoint(MODEL, progress=False)
+    runner = TtnnModelRunner(checkpoint, mesh, max_seq_len=4096)
+    yield checkpoint, runner, n
+    runner.close()
+    ttnn.close_mesh_device(mesh)
+
+
+def test_logits_match_the_torch_backend_on_the_card(setup):
+    checkpoint, runner, _ = setup
+    ref = TorchModelRunner(checkpoint, weights="float32", block_size=runner.block_size)
+    ids = checkpoint.tokenizer.encode("The capital of France is")
+    table = [3, 1]
+    a, b = runner.step([SequenceStep(ids, 0, table)])[0], ref.step([SequenceStep(ids, 0, table)])[0]
+    pccs, pos = [pcc(a, b)], len(ids)
+    for _ in range(32):
+        step = SequenceStep([int(b.argmax())], pos, table)
+        a, b = runner.step([step])[0], ref.step([step])[0]
+        pccs.append(pcc(a, b))
+        pos += 1
+    print(f"\nWormhole ttnn vs torch float32 ({MODEL}): PCC prefill {pccs[0]:.4f}, decode min {min(pccs[1:]):.4f}")
+    assert min(pccs) >= 0.99
+
+
+def test_ttft_decode_and_prefill_speed_next_to_the_public_figures(setup):
+    checkpoint, runner, n = setup
+    prompt = torch.randint(100, 1000, (128,), generator=torch.Generator().manual_seed(0)).tolist()
+    table = list(range(runner.blocks_per_seq))
+    runner.step([SequenceStep(prompt, 0, table)])  # compile
+    t = time.perf_counter()
+    logits = runner.step([SequenceStep(prompt, 0, table)])
+    ttft = time.perf_counter() - t
+    pos, token = len(prompt), int(logits[0].argmax())
+    for _ in range(3):  # compile and capture the decode trace
+        token = int(runner.step([SequenceStep([token], pos, table)])[0].argmax())
+        pos += 1
+    steps, t = 64, time.perf_counter()
+    for _ in range(steps):
+        token = int(runner.step([SequenceStep([token], pos, table)])[0].argmax())
+        pos += 1
+    tps = steps / (time.perf_counter() - t)
+    long = torch.randint(100, 1000, (2048,), generator=torch.Generator().manual_seed(1)).tolist()
+    runner.step([SequenceStep(long, 0, table)])
+    t = time.perf_counter()
+    runner.step([SequenceStep(long, 0, table)])
+    prefill = len(long) / (time.perf_counter() - t)
+    card, public_tps, public_ttft = PUBLIC.get(n, (f"{n} chips", float("nan"), float("nan")))
+    print(f"\n{'':<28} {'ours (' + MODEL + ')':>34} {'tt-metal, Llama-3.1-8B':>24}")
+    print(f"{'card':<28} {card:>34} {card:>24}")
+    print(f"{'TTFT, 128-token prompt':<28} {ttft * 1000:>31.0f} ms {public_ttft:>21.0f} ms")
+    print(f"{'decode, batch 1':<28} {tps:>26.1f} tok/s/u {public_tps:>17.1f} tok/s/u")
+    print(f"{'prefill, 2048 tokens':<28} {prefill:>28.0f} tok/s {'(8,300-8,400 tok/s at 4-8K, LoudBox)':>24}")
+    assert tps > 0 and ttft > 0
