@@ -65,7 +65,7 @@ def parameters(obj) -> list[list[str]] | None:
 
 
 @pytest.mark.parametrize("source", SOURCES)
-def test_every_ttnn_name_and_keyword_we_use_exists(source):
+def test_every_ttnn_name_and_keyword_we_use_exists(source, report):
     problems, checked = [], 0
     for name, sites in sorted(uses(ROOT / source).items()):
         try:
@@ -80,7 +80,7 @@ def test_every_ttnn_name_and_keyword_we_use_exists(source):
             if not any(keywords <= set(params) and positional <= len(params) for params in overloads):
                 problems.append(f"{source}:{line}: ttnn.{name}(<{positional} args>, {sorted(keywords)}) fits no overload {overloads}")
             checked += 1
-    print(f"{source}: {checked} calls checked against the installed ttnn")
+    report(f"API conformance: {source}: {checked} ttnn calls, every name and keyword found in the installed ttnn")
     assert not problems, "\n".join(problems)
 
 

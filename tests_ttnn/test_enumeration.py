@@ -37,7 +37,7 @@ def ttnn_sees(descriptor, visible: str | None) -> tuple[int, int]:
     "host, card_type, count",
     [("n150", "n150", 1), ("n300", "n300", 1), ("loudbox", "n300", 1), ("loudbox", "n300", 2), ("loudbox", "n300", 4)],
 )
-def test_ttnn_enumerates_exactly_the_leased_cards(tmp_path, host, card_type, count):
+def test_ttnn_enumerates_exactly_the_leased_cards(tmp_path, host, card_type, count, report):
     tree = make_host(tmp_path / "host", host)
     cards = [(c.card_type, tree.bdf(i)) for i, c in enumerate(tree.cards)]
     descriptor = mock_cluster.write(tmp_path / "cluster.yaml", cards)
@@ -49,7 +49,7 @@ def test_ttnn_enumerates_exactly_the_leased_cards(tmp_path, host, card_type, cou
     try:
         visible = ",".join(lease.bdfs)  # what tt-provisioner puts in the kernel's environment
         chips, pcie = ttnn_sees(descriptor, visible)
-        print(f"{host}: lease of {count} {card_type} ({visible}) -> ttnn sees {chips} chips on {pcie} PCIe devices")
+        report(f"mock cluster {host}: lease of {count} {card_type} ({visible}) -> ttnn sees {chips} chips on {pcie} PCIe devices")
         assert (chips, pcie) == (count * mock_cluster.CHIPS[card_type], count)
     finally:
         scheduler.release(lease.id)

@@ -40,7 +40,7 @@ def chat_ids(tokenizer, question: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def test_golden_execution_matches_the_torch_backend_after_prefill_and_32_decode_steps(checkpoint):
+def test_golden_execution_matches_the_torch_backend_after_prefill_and_32_decode_steps(checkpoint, report):
     tt, ttnn = golden_runner(checkpoint, max_seq_len=512)
     ref = TorchModelRunner(checkpoint, weights="float32", block_size=tt.block_size)
     ids = chat_ids(checkpoint.tokenizer, "What is the capital of France?")
@@ -56,18 +56,18 @@ def test_golden_execution_matches_the_torch_backend_after_prefill_and_32_decode_
         rows.append((f"decode {step + 1}", pcc(a, b), int(a.argmax()), int(b.argmax())))
         tokens.append(int(b.argmax()))
         pos += 1
-    print("\nttnn golden execution (CPU stand-in, not a card) vs torch backend float32, SmolLM2-135M-Instruct")
-    print(f"{'step':<10} {'logits PCC':>10} {'ttnn':>6} {'torch':>6}")
+    report("ttnn golden execution (CPU stand-in, not a card) vs torch backend float32, SmolLM2-135M-Instruct:")
+    report(f"  {'step':<10} {'logits PCC':>10} {'ttnn':>6} {'torch':>6}  (greedy token ids)")
     for name, p, x, y in rows:
-        print(f"{name:<10} {p:>10.5f} {x:>6} {y:>6}{'' if x == y else '  <- differs'}")
-    print("answer:", repr(checkpoint.tokenizer.decode(tokens)))
+        report(f"  {name:<10} {p:>10.5f} {x:>6} {y:>6}{'' if x == y else '  <- differs'}")
+    report(f"  answer: {checkpoint.tokenizer.decode(tokens)!r}")
     assert all(p >= PCC_MIN for _, p, _, _ in rows), [r for r in rows if r[1] < PCC_MIN]
     assert [x for _, _, x, _ in rows] == [y for _, _, _, y in rows]
     assert "Paris" in checkpoint.tokenizer.decode(tokens)
 
     # What ran how: every op by its golden, except the ones ttnn has none for.
     ran = {name: how for name, how in ttnn.calls}
-    print("ops:", ", ".join(f"{n} ({how})" for n, how in sorted(ran.items())))
+    report("  ops: " + ", ".join(f"{n} ({how})" for n, how in sorted(ran.items())))
     assert {n for n, how in ran.items() if how != "golden"} == set(EQUIVALENTS)
     assert "transformer.paged_scaled_dot_product_attention_decode" in ran and "linear" in ran
 
@@ -112,7 +112,7 @@ def serve_greedily(runner, tokenizer, questions, max_step_tokens):
     return {q: "".join(o.text for o in outs) for q, outs in done.items()}, engine
 
 
-def test_the_engine_serves_on_the_ttnn_backend(checkpoint):
+def test_the_engine_serves_on_the_ttnn_backend(checkpoint, report):
     """Continuous batching on the golden runner: two requests served together, their prompts read in
     36-token steps (so a prompt of 37 arrives as a whole 32-token block, then the rest), give what each gives alone in one piece."""
     questions = ["What is the capital of France?", "What is the capital of Italy?"]
@@ -121,7 +121,7 @@ def test_the_engine_serves_on_the_ttnn_backend(checkpoint):
     alone = {}
     for q in questions:
         alone |= serve_greedily(golden_runner(checkpoint, max_seq_len=256)[0], checkpoint.tokenizer, [q], 256)[0]
-    print(together)
+    report(f"engine on the golden runner, two requests with chunked prompts: {together}")
     assert together == alone
     assert "Paris" in together[questions[0]]
     assert engine.stats["prefill_tokens"] == sum(len(chat_ids(checkpoint.tokenizer, q)) for q in questions)
@@ -149,7 +149,7 @@ def synthetic(layers=2, dim=512, heads=16, kv_heads=8, inter=1024, vocab=512, se
 
 
 @pytest.mark.parametrize("mesh_shape, tp", [((1, 1), 1), ((1, 2), 2), ((2, 4), 8)])
-def test_tensor_parallel_on_n150_n300_and_loudbox_meshes(mesh_shape, tp):
+def test_tensor_parallel_on_n150_n300_and_loudbox_meshes(mesh_shape, tp, report):
     ck = synthetic()
     tt, ttnn = golden_runner(ck, mesh_shape)
     ref = TorchModelRunner(ck, weights="float32", block_size=32)
@@ -165,7 +165,7 @@ def test_tensor_parallel_on_n150_n300_and_loudbox_meshes(mesh_shape, tp):
             assert pcc(a[row], b[row]) >= PCC_MIN, (mesh_shape, row, pcc(a[row], b[row]))
     reduces = ttnn.calls[("all_reduce", "golden")]
     assert reduces == (0 if tp == 1 else 2 * ck.args.n_layers * 3)  # 2 per layer, in each of 3 forward passes
-    print(f"mesh {mesh_shape}: tensor parallel over {tp} chips, {reduces} all_reduce calls, last PCC {pcc(a[0], b[0]):.5f}")
+    report(f"golden mesh {mesh_shape}: tensor parallel over {tp} chips, {reduces} all_reduce calls, last PCC {pcc(a[0], b[0]):.5f}")
 
 
 def test_a_model_whose_heads_do_not_divide_is_replicated_on_every_chip(checkpoint):

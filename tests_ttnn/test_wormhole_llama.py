@@ -47,7 +47,7 @@ def setup():
     ttnn.close_mesh_device(mesh)
 
 
-def test_logits_match_the_torch_backend_on_the_card(setup):
+def test_logits_match_the_torch_backend_on_the_card(setup, report):
     checkpoint, runner, _ = setup
     ref = TorchModelRunner(checkpoint, weights="float32", block_size=runner.block_size)
     ids = checkpoint.tokenizer.encode("The capital of France is")
@@ -59,11 +59,11 @@ def test_logits_match_the_torch_backend_on_the_card(setup):
         a, b = runner.step([step])[0], ref.step([step])[0]
         pccs.append(pcc(a, b))
         pos += 1
-    print(f"\nWormhole ttnn vs torch float32 ({MODEL}): PCC prefill {pccs[0]:.4f}, decode min {min(pccs[1:]):.4f}")
+    report(f"Wormhole ttnn vs torch float32 ({MODEL}): PCC prefill {pccs[0]:.4f}, decode min {min(pccs[1:]):.4f}")
     assert min(pccs) >= 0.99
 
 
-def test_ttft_decode_and_prefill_speed_next_to_the_public_figures(setup):
+def test_ttft_decode_and_prefill_speed_next_to_the_public_figures(setup, report):
     checkpoint, runner, n = setup
     prompt = torch.randint(100, 1000, (128,), generator=torch.Generator().manual_seed(0)).tolist()
     table = list(range(runner.blocks_per_seq))
@@ -86,9 +86,9 @@ def test_ttft_decode_and_prefill_speed_next_to_the_public_figures(setup):
     runner.step([SequenceStep(long, 0, table)])
     prefill = len(long) / (time.perf_counter() - t)
     card, public_tps, public_ttft = PUBLIC.get(n, (f"{n} chips", float("nan"), float("nan")))
-    print(f"\n{'':<28} {'ours (' + MODEL + ')':>34} {'tt-metal, Llama-3.1-8B':>24}")
-    print(f"{'card':<28} {card:>34} {card:>24}")
-    print(f"{'TTFT, 128-token prompt':<28} {ttft * 1000:>31.0f} ms {public_ttft:>21.0f} ms")
-    print(f"{'decode, batch 1':<28} {tps:>26.1f} tok/s/u {public_tps:>17.1f} tok/s/u")
-    print(f"{'prefill, 2048 tokens':<28} {prefill:>28.0f} tok/s {'(8,300-8,400 tok/s at 4-8K, LoudBox)':>24}")
+    report(f"{'':<28} {'ours (' + MODEL + ')':>34} {'tt-metal, Llama-3.1-8B':>24}")
+    report(f"{'card':<28} {card:>34} {card:>24}")
+    report(f"{'TTFT, 128-token prompt':<28} {ttft * 1000:>31.0f} ms {public_ttft:>21.0f} ms")
+    report(f"{'decode, batch 1':<28} {tps:>26.1f} tok/s/u {public_tps:>17.1f} tok/s/u")
+    report(f"{'prefill, 2048 tokens':<28} {prefill:>28.0f} tok/s {'(8,300-8,400 tok/s at 4-8K, LoudBox)':>24}")
     assert tps > 0 and ttft > 0
