@@ -3,6 +3,7 @@
 import asyncio
 import json
 import socket
+import statistics
 import threading
 
 import pytest
@@ -20,6 +21,17 @@ class Scripted(tornado.web.RequestHandler):
     async def post(self):
         body = json.loads(self.request.body)
         mode = body["model"]
+        if mode == "chunked-usage":  # 3 chunks of 2 tokens, usage with each (continuous usage stats)
+            self.set_header("Content-Type", "text/event-stream")
+            await asyncio.sleep(FIRST)
+            for i in range(3):
+                if i:
+                    await asyncio.sleep(GAP)
+                usage = {"prompt_tokens": 4, "completion_tokens": 2 * (i + 1), "total_tokens": 4 + 2 * (i + 1)}
+                self.write(f"data: {json.dumps({'choices': [{'index': 0, 'text': ' two words'}], 'usage': usage})}\n\n")
+                await self.flush()
+            self.write("data: [DONE]\n\n")
+            return
         if mode == "broken":
             self.set_status(400)
             self.finish({"error": {"message": "bad model"}})
@@ -105,3 +117,70 @@ def test_random_prompts_have_exactly_the_requested_number_of_tokens():
     assert [len(tokenizer.encode(p.text, add_special_tokens=False)) for p in batch] == [128, 128, 128]
     assert len({p.text for p in batch}) == 3
     assert [p.text for p in client.random_prompts(tokenizer, 3, 128, seed=1)] == [p.text for p in batch]
+
+
+def test_the_result_has_vllms_fields_percentiles_and_goodput(scripted):
+    import numpy as np
+
+    result = asyncio.run(client.run(scripted, "with-usage", prompts(4), 16, concurrency=4, count_tokens=words, seed=7))
+    s = result.summary(slo_ms={"ttft": 1000 * FIRST + 150})
+    for name in ("ttft", "tpot", "itl", "e2el"):
+        for stat in ("mean", "median", "std", "p50", "p90", "p99"):
+            assert s[f"{stat}_{name}_ms"] is not None, (stat, name)
+    ttfts = [r.ttft * 1000 for r in result.requests]
+    assert s["p90_ttft_ms"] == pytest.approx(np.percentile(ttfts, 90))
+    assert s["std_ttft_ms"] == pytest.approx(np.std(ttfts))
+    assert s["mean_e2el_ms"] == pytest.approx(1000 * (FIRST + (TOKENS - 1) * GAP), abs=60)
+    assert s["total_input_tokens"] == 16 and s["total_output_tokens"] == 4 * TOKENS
+    assert s["request_throughput"] == pytest.approx(4 / s["duration"])
+    assert s["total_token_throughput"] == pytest.approx((16 + 4 * TOKENS) / s["duration"])
+    assert s["request_goodput"] == pytest.approx(s["request_throughput"])  # every TTFT within the SLO
+    assert result.summary(slo_ms={"ttft": 1000 * FIRST - 100})["request_goodput"] == 0
+    assert s["input_lens"] == [4] * 4 and s["output_lens"] == [TOKENS] * 4 and s["errors"] == [""] * 4
+    assert len(s["itls"]) == 4 and s["seed"] == 7
+    json.dumps(s)  # the result is JSON as it is
+
+
+def test_per_chunk_usage_shares_a_chunks_gap_among_its_tokens(scripted):
+    r = asyncio.run(client.run(scripted, "chunked-usage", prompts(1), 16, concurrency=1, count_tokens=words)).requests[0]
+    assert r.output_tokens == 6
+    assert len(r.itl) == 5  # one per token after the first
+    assert r.itl[0] == 0.0  # the first token's chunk also held the second
+    assert all(x == pytest.approx(GAP / 2, abs=0.03) for x in r.itl[1:])
+    assert r.tpot == pytest.approx((r.latency - r.ttft) / 5)
+
+
+def test_open_loop_arrivals_follow_the_rate_and_burstiness():
+    gaps = client.arrival_gaps(4000, request_rate=20.0, burstiness=1.0, seed=3)
+    assert gaps == client.arrival_gaps(4000, 20.0, 1.0, seed=3)
+    assert statistics.fmean(gaps) == pytest.approx(1 / 20, rel=0.05)
+    assert statistics.pstdev(gaps) / statistics.fmean(gaps) == pytest.approx(1.0, rel=0.1)  # Poisson: CV 1
+    bursty = client.arrival_gaps(4000, request_rate=20.0, burstiness=0.25, seed=3)
+    assert statistics.fmean(bursty) == pytest.approx(1 / 20, rel=0.1)
+    assert statistics.pstdev(bursty) / statistics.fmean(bursty) == pytest.approx(2.0, rel=0.15)  # CV 1/sqrt(b)
+    assert client.arrival_gaps(3, float("inf"), 1.0, seed=0) == [0.0, 0.0, 0.0]
+
+
+def test_a_rate_spreads_the_requests_out(scripted):
+    gaps = client.arrival_gaps(5, 4.0, 1.0, seed=11)
+    result = asyncio.run(client.run(scripted, "with-usage", prompts(5), 16, None, words, request_rate=4.0, seed=11))
+    assert result.summary()["completed"] == 5
+    last_sent = sum(gaps)
+    assert result.duration == pytest.approx(last_sent + FIRST + (TOKENS - 1) * GAP, abs=0.3)
+
+
+def test_cancel_stops_the_run_and_counts_what_did_not_finish(scripted):
+    async def cancelled_run():
+        stop = asyncio.Event()
+        done = []
+        task = asyncio.ensure_future(client.run(scripted, "with-usage", prompts(6), 16, 2, words, cancel=stop,
+                                                on_result=done.append))
+        await asyncio.sleep(FIRST + (TOKENS - 1) * GAP + 0.25)  # the first two have finished, two are in flight
+        stop.set()
+        return await asyncio.wait_for(task, 5), done
+
+    result, done = asyncio.run(cancelled_run())
+    s = result.summary()
+    assert result.cancelled and s["cancelled"]
+    assert s["completed"] == 2 and len(done) == 2
+    assert s["failed"] == 4 and s["errors"].count("cancelled") == 4

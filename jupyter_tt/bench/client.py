@@ -9,15 +9,20 @@ lib/endpoint_request_func.py):
 - TPOT per request: (E2EL - TTFT) / (output tokens - 1), for requests with more than one token;
 - output tokens: the server's ``usage`` (``stream_options.include_usage``); where a server sends
   none, the tokenizer's count of the generated text;
-- throughput: output tokens of the successful requests over the run's wall time.
+- throughput: request, output and total (input + output) tokens of the successful requests over
+  the run's duration; goodput: requests per second that met every given SLO (TTFT, TPOT, E2EL);
+- statistics: mean, median, population std and linearly interpolated percentiles (numpy's default).
 
-Requests run closed-loop: at most ``concurrency`` in flight, the next one sent as one finishes.
+Requests go closed-loop (at most ``concurrency`` in flight, the next one sent as one finishes),
+open-loop (arrivals at ``request_rate`` per second, Poisson, or gamma with ``burstiness`` != 1, as
+vLLM draws them), or both (arrivals at a rate, capped in flight).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import statistics
 import time
@@ -109,15 +114,20 @@ async def send_completion(
                     break
                 chunk = json.loads(data)
                 now = time.perf_counter()
+                usage = chunk.get("usage") or {}
                 if chunk.get("choices"):
+                    # A server that reports usage with every chunk says how many tokens the chunk holds:
+                    # its gap is then shared by that many tokens (one ITL each), else it is one token.
+                    count = usage["completion_tokens"] - (usage_tokens or 0) if "completion_tokens" in usage else 1
                     if result.ttft == 0.0:
                         result.ttft = now - start
+                        result.itl.extend([0.0] * (count - 1))  # tokens that came with the first one
                     else:
-                        result.itl.append(now - last)
+                        result.itl.extend([(now - last) / max(count, 1)] * max(count, 1))
                     last = now
                     result.text += chunk["choices"][0].get("text") or ""
-                if chunk.get("usage"):
-                    usage_tokens = chunk["usage"].get("completion_tokens")
+                if "completion_tokens" in usage:
+                    usage_tokens = usage["completion_tokens"]
         result.latency = time.perf_counter() - start
         result.output_tokens = usage_tokens if usage_tokens is not None else count_tokens(result.text)
         result.success = result.ttft > 0
@@ -128,40 +138,97 @@ async def send_completion(
     return result
 
 
+def percentile(values: list[float], p: float) -> float:
+    """numpy.percentile's default (linear interpolation between closest ranks)."""
+    xs = sorted(values)
+    k = (len(xs) - 1) * p / 100
+    lo = math.floor(k)
+    return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (k - lo)
+
+
+def describe(name: str, values_ms: list[float], percentiles=(50, 90, 99)) -> dict[str, float | None]:
+    """``mean_<name>_ms``, ``median_``, ``std_`` (population, as numpy) and ``p<N>_``, or None without values."""
+    out: dict[str, float | None] = {}
+    v = values_ms
+    out[f"mean_{name}_ms"] = statistics.fmean(v) if v else None
+    out[f"median_{name}_ms"] = statistics.median(v) if v else None
+    out[f"std_{name}_ms"] = statistics.pstdev(v) if v else None
+    for p in percentiles:
+        out[f"p{p:g}_{name}_ms"] = percentile(v, p) if v else None
+    return out
+
+
 @dataclass
 class RunResult:
-    concurrency: int
+    concurrency: int | None  # most requests in flight (None: no cap)
     input_len: int
     output_len: int
     duration: float
     requests: list[RequestResult]
+    request_rate: float = math.inf
+    burstiness: float = 1.0
+    seed: int | None = None
+    cancelled: bool = False
 
     @property
     def succeeded(self) -> list[RequestResult]:
         return [r for r in self.requests if r.success]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, slo_ms: dict[str, float] | None = None) -> dict[str, Any]:
+        """``vllm bench serve``'s result fields, then per-request arrays. ``slo_ms``: goodput SLOs, any of
+        ``ttft``, ``tpot``, ``e2el`` in ms (a request is good when it meets all of them)."""
         ok = self.succeeded
         ttfts = [r.ttft * 1000 for r in ok]
         tpots = [t * 1000 for r in ok if (t := r.tpot) is not None]
         itls = [x * 1000 for r in ok for x in r.itl]
-        out = sum(r.output_tokens for r in ok)
-        return {
-            "concurrency": self.concurrency,
-            "input_len": self.input_len,
-            "output_len": self.output_len,
-            "completed": len(ok),
-            "failed": len(self.requests) - len(ok),
-            "errors": sorted({r.error for r in self.requests if not r.success}),
+        e2els = [r.latency * 1000 for r in ok]
+        out_tokens = sum(r.output_tokens for r in ok)
+        in_tokens = sum(r.prompt_tokens for r in ok)
+        per_second = (lambda x: x / self.duration) if self.duration else (lambda x: 0.0)
+        summary: dict[str, Any] = {
+            "concurrency": self.concurrency, "max_concurrency": self.concurrency,
+            "request_rate": "inf" if math.isinf(self.request_rate) else self.request_rate,
+            "burstiness": self.burstiness, "seed": self.seed, "input_len": self.input_len, "output_len": self.output_len,
+            "num_prompts": len(self.requests), "cancelled": self.cancelled,
+            "completed": len(ok), "failed": len(self.requests) - len(ok),
             "duration": self.duration,
-            "total_output_tokens": out,
-            "output_throughput": out / self.duration if self.duration else 0.0,
-            "median_ttft_ms": statistics.median(ttfts) if ttfts else None,
-            "median_tpot_ms": statistics.median(tpots) if tpots else None,
-            "median_itl_ms": statistics.median(itls) if itls else None,
-            "mean_ttft_ms": statistics.fmean(ttfts) if ttfts else None,
-            "mean_tpot_ms": statistics.fmean(tpots) if tpots else None,
+            "total_input_tokens": in_tokens, "total_output_tokens": out_tokens,
+            "request_throughput": per_second(len(ok)),
+            "output_throughput": per_second(out_tokens),
+            "total_token_throughput": per_second(in_tokens + out_tokens),
         }
+        if slo_ms:
+            good = [r for r in ok if _meets(r, slo_ms)]
+            summary["request_goodput"] = per_second(len(good))
+            summary["goodput_slo_ms"] = dict(slo_ms)
+        for name, values in (("ttft", ttfts), ("tpot", tpots), ("itl", itls), ("e2el", e2els)):
+            summary |= describe(name, values)
+        summary |= {
+            "input_lens": [r.prompt_tokens for r in self.requests],
+            "output_lens": [r.output_tokens if r.success else 0 for r in self.requests],
+            "ttfts": [r.ttft if r.success else None for r in self.requests],  # seconds, as vLLM's arrays
+            "itls": [r.itl for r in self.requests],
+            "e2els": [r.latency if r.success else None for r in self.requests],
+            "errors": [r.error for r in self.requests],
+        }
+        return summary
+
+
+def _meets(r: RequestResult, slo_ms: dict[str, float]) -> bool:
+    measured = {"ttft": r.ttft * 1000, "e2el": r.latency * 1000, "tpot": (r.tpot or 0.0) * 1000}
+    return all(measured[k] <= v for k, v in slo_ms.items())
+
+
+def arrival_gaps(n: int, request_rate: float, burstiness: float, seed: int | None) -> list[float]:
+    """Seconds before each of ``n`` requests (vLLM: gamma with shape ``burstiness`` and mean 1/rate;
+    burstiness 1 is a Poisson process; an infinite rate sends everything at once)."""
+    if math.isinf(request_rate):
+        return [0.0] * n
+    if request_rate <= 0 or burstiness <= 0:
+        raise ValueError("request_rate and burstiness must be positive")
+    rng = random.Random(seed)
+    theta = 1.0 / (request_rate * burstiness)
+    return [rng.gammavariate(burstiness, theta) for _ in range(n)]
 
 
 async def run(
@@ -169,33 +236,70 @@ async def run(
     model: str,
     prompts: list[Prompt],
     output_len: int,
-    concurrency: int,
+    concurrency: int | None,
     count_tokens: Callable[[str], int],
     *,
+    request_rate: float = math.inf,
+    burstiness: float = 1.0,
+    seed: int | None = None,
     warmup_prompts: list[Prompt] = (),
     extra_body: dict[str, Any] | None = None,
     timeout: float = 600.0,
+    on_result: Callable[[RequestResult], None] | None = None,
+    cancel: asyncio.Event | None = None,
 ) -> RunResult:
-    """Send every prompt with at most ``concurrency`` in flight, after the untimed ``warmup_prompts``
-    (other prompts than the timed ones, so that no server's prefix cache serves a timed one)."""
+    """Send every prompt (at ``request_rate``, at most ``concurrency`` in flight) after the untimed
+    ``warmup_prompts``, sent under the same cap (other prompts than the timed ones, so that no
+    server's prefix cache serves a timed one). ``on_result`` sees each finished request; setting
+    ``cancel`` stops sending, aborts what is in flight (recorded as failed: "cancelled") and returns."""
     url = base_url.rstrip("/") + "/v1/completions"
-    limits = httpx.Limits(max_connections=concurrency + 1, max_keepalive_connections=concurrency + 1)
+    cap = concurrency or len(prompts) + len(warmup_prompts) or 1
+    limits = httpx.Limits(max_connections=cap + 1, max_keepalive_connections=cap + 1)
+    gaps = arrival_gaps(len(prompts), request_rate, burstiness, seed)
+    cancel = cancel or asyncio.Event()
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-
-        async def one(p: Prompt) -> RequestResult:
-            return await send_completion(client, url, model, p, output_len, count_tokens, extra_body)
-
-        for p in warmup_prompts:
-            warm = await one(p)
-            if not warm.success:
-                raise RuntimeError(f"warm-up request failed: {warm.error}")
-        gate = asyncio.Semaphore(concurrency)
+        gate = asyncio.Semaphore(cap)
 
         async def gated(p: Prompt) -> RequestResult:
             async with gate:
-                return await one(p)
+                return await send_completion(client, url, model, p, output_len, count_tokens, extra_body)
+
+        if warmup_prompts:
+            for warm in await asyncio.gather(*(gated(p) for p in warmup_prompts)):
+                if not warm.success:
+                    raise RuntimeError(f"warm-up request failed: {warm.error}")
+
+        async def timed(p: Prompt) -> RequestResult:
+            result = await gated(p)
+            if on_result:
+                on_result(result)
+            return result
 
         start = time.perf_counter()
-        results = await asyncio.gather(*(gated(p) for p in prompts))
+        tasks: list[asyncio.Task] = []
+        stop = asyncio.ensure_future(cancel.wait())
+        for p, gap in zip(prompts, gaps):
+            if gap:
+                await asyncio.wait([stop], timeout=gap)
+            if cancel.is_set():
+                break
+            tasks.append(asyncio.ensure_future(timed(p)))
+        pending = set(tasks)
+        while pending and not cancel.is_set():
+            _, pending = await asyncio.wait(pending | {stop}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(stop)
+        for task in pending:
+            task.cancel()
+        stop.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)  # let the aborted requests close their streams
+        results = []
+        for p, task in zip(prompts, tasks + [None] * (len(prompts) - len(tasks))):
+            if task is None or task.cancelled():
+                results.append(RequestResult(prompt_tokens=len(p.token_ids), error="cancelled"))
+            elif task.exception() is not None:
+                results.append(RequestResult(prompt_tokens=len(p.token_ids), error=repr(task.exception())))
+            else:
+                results.append(task.result())
         duration = time.perf_counter() - start
-    return RunResult(concurrency, len(prompts[0].token_ids), output_len, duration, list(results))
+    isl = len(prompts[0].token_ids) if prompts else 0
+    return RunResult(concurrency, isl, output_len, duration, results, request_rate, burstiness, seed, cancel.is_set())
