@@ -1,4 +1,4 @@
-"""``jupyter tt <command>``: devices, kernelspec, usage, release."""
+"""``jupyter tt <command>``: devices, kernelspec, usage, release, serve, bench."""
 
 from __future__ import annotations
 
@@ -121,6 +121,79 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _numbers(text: str, kind=int) -> list:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise TTError(f"expected a comma-separated list of numbers, such as 1,2,4, not {text!r}") from None
+
+
+def _slo(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    slo = {}
+    for part in text.split(","):
+        key, _, value = part.partition(":")
+        if key.strip() not in ("ttft", "tpot", "e2el") or not value:
+            raise TTError(f"--goodput takes ttft:MS,tpot:MS,e2el:MS (any of them), not {text!r}")
+        slo[key.strip()] = float(value)
+    return slo
+
+
+def cmd_bench(args) -> int:
+    from .bench.scenarios import SCENARIOS, Bench, format_recommendation, format_run
+
+    tokenizer = _bench_tokenizer(args.tokenizer or args.model)
+    bench = Bench(args.base_url, args.model, tokenizer, seed=args.seed, num_prompts=args.num_prompts,
+                  request_rate=args.request_rate, burstiness=args.burstiness, slo_ms=_slo(args.goodput),
+                  progress=lambda line: print(line, file=sys.stderr, flush=True))
+    recommendation = []
+    try:
+        if args.scenario in SCENARIOS:
+            recommendation = bench.scenario(SCENARIOS[args.scenario], args.scale, search=args.search)
+        elif args.scenario == "all":
+            for scenario in SCENARIOS.values():
+                recommendation += bench.scenario(scenario, args.scale, search=args.search)
+        else:  # a custom run or sweep: concurrency x ISL x OSL
+            for c in _numbers(args.concurrency):
+                for isl in _numbers(args.input_len):
+                    for osl in _numbers(args.output_len):
+                        bench.run(c, isl, osl)
+    except KeyboardInterrupt:
+        print("interrupted: reporting the runs that finished", file=sys.stderr)
+    for run in bench.runs:
+        print(format_run(run))
+    if recommendation:
+        print(format_recommendation(recommendation))
+    result = {"date": time.strftime("%Y%m%d-%H%M%S"), "base_url": args.base_url, "model_id": args.model,
+              "tokenizer_id": args.tokenizer or args.model, "scenario": args.scenario, "scale": args.scale,
+              "runs": bench.runs, "recommendation": recommendation}
+    if len(bench.runs) == 1:
+        result = {**bench.runs[0], **result}  # one run: its fields at the top, as vllm bench serve writes them
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0 if bench.runs and all(r["completed"] for r in bench.runs) else 1
+
+
+def _bench_tokenizer(name: str):
+    """The tokenizer prompts are counted with: an embedded model, a .gguf or a Hugging Face folder/name."""
+    try:
+        from .serving.checkpoint import CheckpointError, load_tokenizer
+    except ImportError as e:
+        raise TTError(f"bench needs a tokenizer library ({e.name}): pip install 'jupyter-tt[serve]'") from e
+    try:
+        return load_tokenizer(name)
+    except CheckpointError as first:
+        try:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(name)
+        except Exception:
+            raise TTError(f"{first}. Give --tokenizer the served model's tokenizer (a name or path)") from None
+
+
 def _exit_with_parent(pid: int, engine) -> None:
     """Stop serving when process ``pid`` (the kernel that started us) is gone."""
     import threading
@@ -181,6 +254,24 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("release", help="end one of your leases (e.g. one whose server is gone)")
     r.add_argument("lease_id")
     r.set_defaults(func=cmd_release)
+    b = sub.add_parser("bench", help="benchmark an OpenAI-compatible endpoint (vllm bench serve's metrics)")
+    b.add_argument("--base-url", default="http://127.0.0.1:8000", help="the server, without /v1")
+    b.add_argument("--model", default="smollm2-135m-instruct", help="the served model's name")
+    b.add_argument("--tokenizer", default=None, help="tokenizer for exact prompt lengths (default: --model)")
+    b.add_argument("--scenario", default="custom", choices=["chat", "rag", "long", "all", "sweep", "custom"],
+                   help="a use case of the published table, all of them, or a sweep of the lists below")
+    b.add_argument("--input-len", default="128", help="prompt tokens; a list sweeps (custom/sweep)")
+    b.add_argument("--output-len", default="64", help="output tokens; a list sweeps (custom/sweep)")
+    b.add_argument("--concurrency", default="1", help="most requests in flight; a list sweeps, e.g. 1,2,4")
+    b.add_argument("--num-prompts", type=int, default=None, help="requests per run (default: 4 x concurrency, at least 8)")
+    b.add_argument("--request-rate", type=float, default=float("inf"), help="open-loop arrivals per second (default: all at once)")
+    b.add_argument("--burstiness", type=float, default=1.0, help="1: Poisson arrivals; below 1 burstier, above steadier")
+    b.add_argument("--goodput", default=None, help="SLOs for goodput, e.g. ttft:300,tpot:50 (ms)")
+    b.add_argument("--scale", type=float, default=1.0, help="shrink scenario lengths (e.g. 0.125 for small models on CPUs)")
+    b.add_argument("--search", action="store_true", help="search the largest concurrency that meets each scenario's SLO")
+    b.add_argument("--seed", type=int, default=None, help="prompt seed (default: a new one per run)")
+    b.add_argument("--output", default=None, help="write the result JSON here")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

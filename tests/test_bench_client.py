@@ -15,12 +15,28 @@ from jupyter_tt.bench import client
 from jupyter_tt.serving.checkpoint import load_tokenizer
 
 FIRST, GAP, TOKENS = 0.30, 0.08, 6  # first chunk after 300 ms, then one every 80 ms
+LOAD_MS = 120  # model "load": the first chunk takes 120 ms per request in flight (itself included)
 
 
 class Scripted(tornado.web.RequestHandler):
+    in_flight = 0
+
     async def post(self):
         body = json.loads(self.request.body)
         mode = body["model"]
+        if mode == "load":
+            Scripted.in_flight += 1
+            try:
+                self.set_header("Content-Type", "text/event-stream")
+                await asyncio.sleep(LOAD_MS / 1000 * Scripted.in_flight)
+                for i in range(3):
+                    await asyncio.sleep(0.02 if i else 0)
+                    self.write(f"data: {json.dumps({'choices': [{'index': 0, 'text': ' w'}]})}\n\n")
+                    await self.flush()
+                self.write("data: [DONE]\n\n")
+            finally:
+                Scripted.in_flight -= 1
+            return
         if mode == "chunked-usage":  # 3 chunks of 2 tokens, usage with each (continuous usage stats)
             self.set_header("Content-Type", "text/event-stream")
             await asyncio.sleep(FIRST)
@@ -184,3 +200,47 @@ def test_cancel_stops_the_run_and_counts_what_did_not_finish(scripted):
     assert result.cancelled and s["cancelled"]
     assert s["completed"] == 2 and len(done) == 2
     assert s["failed"] == 4 and s["errors"].count("cancelled") == 4
+
+
+def test_bench_scenario_finds_the_largest_concurrency_that_meets_the_slo(scripted, tmp_path):
+    """`jupyter tt bench --scenario chat --search` on a server whose TTFT grows 120 ms per request in
+    flight: 1 and 2 meet TTFT < 300 ms, 3 and 4 do not, so the answer is 2."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "chat.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "jupyter_tt.cli", "bench", "--base-url", scripted, "--model", "load", "--tokenizer",
+         "smollm2-135m-instruct", "--scenario", "chat", "--scale", "0.01", "--search", "--output", str(out)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    rows = result["recommendation"]
+    assert [(r["concurrency"], r["pass"]) for r in rows] == [(1, True), (2, True), (4, False)]
+    assert {r["max_concurrency_meeting_slo"] for r in rows} == {2}
+    assert sorted(r["concurrency"] for r in result["runs"]) == [1, 2, 3, 4]  # the search tried 3
+    assert rows[0]["input_len"] == 10 and rows[0]["output_len"] == 3  # 1024 and 256, scaled by 0.01
+    assert "largest concurrency meeting the SLO: interactive chat 2" in done.stdout
+    assert "lengths scaled by 0.01" in done.stdout
+
+
+def test_bench_one_run_writes_vllms_fields_at_the_top(scripted, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "jupyter_tt.cli", "bench", "--base-url", scripted + "/v1", "--model", "with-usage",
+         "--tokenizer", "smollm2-135m-instruct", "--input-len", "16", "--output-len", "6", "--concurrency", "2",
+         "--num-prompts", "4", "--goodput", "ttft:1000", "--output", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["completed"] == 4 and result["failed"] == 0 and result["input_lens"] == [16] * 4
+    assert result["request_goodput"] == pytest.approx(result["request_throughput"])
+    assert "Serving Benchmark Result" in done.stdout and "Median TTFT (ms)" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "jupyter_tt.cli", "bench", "--base-url", scripted, "--goodput", "ttft=3"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--goodput takes ttft:MS" in bad.stderr and "Traceback" not in bad.stderr

@@ -252,7 +252,8 @@ async def run(
     ``warmup_prompts``, sent under the same cap (other prompts than the timed ones, so that no
     server's prefix cache serves a timed one). ``on_result`` sees each finished request; setting
     ``cancel`` stops sending, aborts what is in flight (recorded as failed: "cancelled") and returns."""
-    url = base_url.rstrip("/") + "/v1/completions"
+    base = base_url.rstrip("/")
+    url = (base if base.endswith("/v1") else base + "/v1") + "/completions"
     cap = concurrency or len(prompts) + len(warmup_prompts) or 1
     limits = httpx.Limits(max_connections=cap + 1, max_keepalive_connections=cap + 1)
     gaps = arrival_gaps(len(prompts), request_rate, burstiness, seed)
