@@ -102,7 +102,7 @@ def test_open_mesh_device_without_ttnn_says_how_to_install_it(tmp_path, state_di
     monkeypatch.setenv("JUPYTER_TT_SYSFS_ROOT", str(tree.root))
     monkeypatch.setenv("JUPYTER_TT_LEASE", lease.id)
     assert jupyter_tt.lease().simulated is False
-    with pytest.raises(TTError, match="ttnn is not importable.*pip install ttnn"):
+    with pytest.raises(TTError, match="ttnn is not installed.*pip install ttnn"):
         jupyter_tt.open_mesh_device()
 
 
