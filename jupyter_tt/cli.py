@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from .config import TTSettings
 from .errors import TTError
@@ -141,8 +142,16 @@ def _slo(text: str | None) -> dict[str, float] | None:
 
 
 def cmd_bench(args) -> int:
+    from .bench import report
     from .bench.scenarios import SCENARIOS, Bench, format_recommendation, format_run
 
+    if args.compare:  # saved results side by side; nothing is measured
+        results = {Path(p).stem: report.load(p) for p in args.compare}
+        print(report.compare(results))
+        if args.plots:
+            for path in report.plot(results, args.plots):
+                print(f"wrote {path}", file=sys.stderr)
+        return 0
     tokenizer = _bench_tokenizer(args.tokenizer or args.model)
     bench = Bench(args.base_url, args.model, tokenizer, seed=args.seed, num_prompts=args.num_prompts,
                   request_rate=args.request_rate, burstiness=args.burstiness, slo_ms=_slo(args.goodput),
@@ -174,6 +183,12 @@ def cmd_bench(args) -> int:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=1)
         print(f"wrote {args.output}", file=sys.stderr)
+    if args.csv:
+        report.write_csv(bench.runs, args.csv)
+        print(f"wrote {args.csv} and its .requests.csv", file=sys.stderr)
+    if args.plots:
+        for path in report.plot({args.model: {"runs": bench.runs}}, args.plots):
+            print(f"wrote {path}", file=sys.stderr)
     return 0 if bench.runs and all(r["completed"] for r in bench.runs) else 1
 
 
@@ -271,6 +286,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--search", action="store_true", help="search the largest concurrency that meets each scenario's SLO")
     b.add_argument("--seed", type=int, default=None, help="prompt seed (default: a new one per run)")
     b.add_argument("--output", default=None, help="write the result JSON here")
+    b.add_argument("--csv", default=None, help="write a CSV (a row per run) and FILE.requests.csv (a row per request)")
+    b.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots here (needs matplotlib)")
+    b.add_argument("--compare", nargs="+", default=None, metavar="RESULT.json",
+                   help="show saved results side by side (and plot them with --plots) instead of measuring")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -244,3 +244,40 @@ def test_bench_one_run_writes_vllms_fields_at_the_top(scripted, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "jupyter_tt.cli", "bench", "--base-url", scripted, "--goodput", "ttft=3"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--goodput takes ttft:MS" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_reports_csv_plots_and_a_comparison_of_saved_runs(scripted, tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    def bench(name, *extra):
+        done = subprocess.run(
+            [sys.executable, "-m", "jupyter_tt.cli", "bench", "--base-url", scripted, "--model", "with-usage",
+             "--tokenizer", "smollm2-135m-instruct", "--input-len", "16", "--output-len", "6", "--num-prompts", "4",
+             "--output", str(tmp_path / f"{name}.json"), *extra], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    bench("one", "--concurrency", "1,2", "--csv", str(tmp_path / "one.csv"), "--plots", str(tmp_path / "plots"))
+    bench("two", "--concurrency", "4")
+    rows = list(csv.DictReader((tmp_path / "one.csv").open()))
+    assert [r["concurrency"] for r in rows] == ["1", "2"] and all(r["completed"] == "4" for r in rows)
+    requests = list(csv.DictReader((tmp_path / "one.requests.csv").open()))
+    assert len(requests) == 8 and float(requests[0]["ttft_s"]) == pytest.approx(FIRST, abs=0.1)
+    for png in ("latency_vs_concurrency.png", "requests.png", "cdf.png"):
+        data = (tmp_path / "plots" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+
+    done = subprocess.run([sys.executable, "-m", "jupyter_tt.cli", "bench", "--compare", str(tmp_path / "one.json"),
+                           str(tmp_path / "two.json"), "--plots", str(tmp_path / "compared")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    header, *lines = done.stdout.splitlines()
+    assert "one#0 c=1 16/6" in header and "one#1 c=2 16/6" in header and "two" in header
+    ttft = next(line for line in lines if line.startswith("median_ttft_ms")).split()[1:]
+    assert len(ttft) == 3 and all(float(x) == pytest.approx(FIRST * 1000, abs=100) for x in ttft)
+    assert (tmp_path / "compared" / "cdf.png").exists()
+    missing = subprocess.run([sys.executable, "-m", "jupyter_tt.cli", "bench", "--compare", str(tmp_path / "nope.json")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "cannot read a benchmark result" in missing.stderr
