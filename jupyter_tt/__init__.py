@@ -15,7 +15,16 @@ def serve(*args, **kwargs):
 
     return _serve(*args, **kwargs)
 
+def __getattr__(name):
+    if name == "BenchmarkWidget":  # imported on first use: it pulls in ipywidgets and the benchmark client
+        from .bench.widget import BenchmarkWidget
+
+        return BenchmarkWidget
+    raise AttributeError(f"module 'jupyter_tt' has no attribute {name!r}")
+
+
 __all__ = [
+    "BenchmarkWidget",
     "ConfigError",
     "LeaseError",
     "RequestError",

@@ -281,3 +281,36 @@ def test_reports_csv_plots_and_a_comparison_of_saved_runs(scripted, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "jupyter_tt.cli", "bench", "--compare", str(tmp_path / "nope.json")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "cannot read a benchmark result" in missing.stderr
+
+
+def test_the_benchmark_widget_runs_shows_results_exports_and_cancels(scripted, tmp_path):
+    import jupyter_tt
+
+    tokenizer = load_tokenizer()
+    w = jupyter_tt.BenchmarkWidget(scripted, "load", tokenizer=tokenizer, scenario="chat", scale=0.01,
+                                   export_dir=str(tmp_path))
+    assert w.run_button.disabled is False and w.json_button.disabled
+    thread = w.run()
+    assert w.run_button.disabled and not w.cancel_button.disabled
+    thread.join(120)
+    assert w.progress.value == w.progress.max == 8 + 8 + 16  # 4 x concurrency, at least 8, at 1, 2, 4
+    assert w.plot.value.count("<circle") == 32 and "TTFT per request" in w.plot.value
+    assert "median_ttft_ms" in w.results.value and "interactive chat" in w.results.value
+    assert w.results.value.count("PASS") == 2 and w.results.value.count("FAIL") == 1  # 120 ms per request in flight
+    assert "largest concurrency meeting the SLO: interactive chat 2" in w.results.value
+    assert "lengths scaled by 0.01" in w.results.value
+    assert w.status.value == "<small>done</small>" and not w.run_button.disabled and w.cancel_button.disabled
+    saved = json.loads(w.export("json").read_text())
+    assert [r["concurrency"] for r in saved["runs"]] == [1, 2, 4] and len(saved["recommendation"]) == 3
+    assert w.export("csv").read_text().startswith("concurrency,")
+
+    w.scenario.value, w.concurrency.value, w.num_prompts.value = "custom sweep", "1,2", 6
+    w.model.value = "with-usage"
+    thread = w.run()
+    while w.progress.value < 2:
+        thread.join(0.05)
+    w.cancel()
+    thread.join(30)
+    assert not thread.is_alive() and w.status.value == "<small>cancelled</small>"
+    assert len(w.bench.runs) == 1 and w.bench.runs[0]["cancelled"]  # the second run never started
+    assert w.bench.runs[0]["completed"] >= 2 and "cancelled" in w.bench.runs[0]["errors"]

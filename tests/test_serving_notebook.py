@@ -85,3 +85,24 @@ def test_chat_widget_streams_the_answer_and_shows_ttft_and_tpot(kernel):
     assert "TTFT" in stats and "TPOT" in stats and "8 tokens" in stats
     assert "The capital of France is Paris." in transcript and disabled is False
     assert any("application/vnd.jupyter.widget-view+json" in d for d in displays)
+
+
+def test_the_benchmark_widget_measures_the_model_this_notebook_serves(kernel):
+    _, client = kernel
+    code = (
+        "import jupyter_tt, json\n"
+        "llm = jupyter_tt.serve()\n"
+        "w = jupyter_tt.BenchmarkWidget(scenario='custom sweep', concurrency='1,2', input_len=32, output_len=8, num_prompts=4)\n"
+        "display(w)\n"
+        "w.run().join(300)\n"
+        "print(json.dumps([llm.base_url, w.endpoint.value, w.model.value, w.status.value, w.bench.runs[-1]['completed'],"
+        " [r['concurrency'] for r in w.bench.runs], w.bench.runs[0]['total_output_tokens'], w.results.value]))\n"
+    )
+    out, displays, error = run(client, code, timeout=400)
+    assert error is None, error
+    base_url, endpoint, model, status, completed, concurrencies, output_tokens, table = json.loads(out)
+    assert endpoint == base_url and model == "smollm2-135m-instruct"  # the served model, by default
+    assert status == "<small>done</small>" and completed == 4 and concurrencies == [1, 2]
+    assert output_tokens == 4 * 8  # ignore_eos holds every output to 8 tokens
+    assert "median_ttft_ms" in table
+    assert any("application/vnd.jupyter.widget-view+json" in d for d in displays)

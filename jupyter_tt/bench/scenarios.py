@@ -14,6 +14,7 @@ doubling the concurrency until the SLO fails, then bisecting.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -72,18 +73,45 @@ class Bench:
         self.seed = seed if seed is not None else int(time.time())  # a new seed per run: no prefix-cache hits
         self.num_prompts, self.request_rate, self.burstiness, self.slo_ms = num_prompts, request_rate, burstiness, slo_ms
         self.progress = progress
+        self.on_result: Callable[[client.RequestResult], None] | None = None  # each finished request (any thread)
         self.runs: list[dict[str, Any]] = []
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop the run in flight (its finished requests are kept) and every later one; from any thread."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    async def _run(self, *args, **kwargs) -> client.RunResult:
+        stop = asyncio.Event()
+
+        async def watch():
+            while not self._cancelled.is_set():
+                await asyncio.sleep(0.05)
+            stop.set()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            return await client.run(*args, cancel=stop, on_result=self.on_result, **kwargs)
+        finally:
+            watcher.cancel()
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def run(self, concurrency: int, input_len: int, output_len: int) -> dict[str, Any]:
+    def run(self, concurrency: int, input_len: int, output_len: int) -> dict[str, Any] | None:
+        """One run; None once cancelled."""
+        if self.cancelled:
+            return None
         n = self.num_prompts or max(4 * concurrency, 8)
         seed = self.seed + len(self.runs) * 1000
         prompts = client.random_prompts(self.tokenizer, n + concurrency, input_len, seed=seed)
         warmup, timed = prompts[:concurrency], prompts[concurrency:]
         self.progress(f"concurrency {concurrency}, ISL {input_len}, OSL {output_len}: {n} requests")
-        result = asyncio.run(client.run(
+        result = asyncio.run(self._run(
             self.base_url, self.model, timed, output_len, concurrency, self.count_tokens, warmup_prompts=warmup,
             request_rate=self.request_rate, burstiness=self.burstiness, seed=seed,
         ))
@@ -96,10 +124,13 @@ class Bench:
         isl, osl = scaled(scenario.input_len, scale), scaled(scenario.output_len, scale)
         rows = []
         for c in scenario.concurrency:
-            measured, ok = scenario.judge(self.run(c, isl, osl))
+            summary = self.run(c, isl, osl)
+            if summary is None:
+                break
+            measured, ok = scenario.judge(summary)
             rows.append(self.row(scenario, c, isl, osl, scale, measured, ok))
         best = max((r["concurrency"] for r in rows if r["pass"]), default=0)
-        if search:
+        if search and not self.cancelled:
             best = self.search(scenario, isl, osl, rows, max_concurrency)
         for r in rows:
             r["max_concurrency_meeting_slo"] = best
@@ -111,7 +142,8 @@ class Bench:
 
         def ok(c: int) -> bool:
             if c not in tried:
-                tried[c] = scenario.judge(self.run(c, isl, osl))[1]
+                summary = self.run(c, isl, osl)
+                tried[c] = summary is not None and scenario.judge(summary)[1]
             return tried[c]
 
         if not ok(1):
