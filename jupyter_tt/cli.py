@@ -141,6 +141,14 @@ def _slo(text: str | None) -> dict[str, float] | None:
     return slo
 
 
+def _ramp(args) -> tuple[str, float, float] | None:
+    if not args.ramp_up_strategy:
+        return None
+    if not (args.ramp_up_start_rps and args.ramp_up_end_rps and args.ramp_up_start_rps > 0 and args.ramp_up_end_rps > 0):
+        raise TTError("--ramp-up-strategy needs --ramp-up-start-rps and --ramp-up-end-rps, both above 0")
+    return args.ramp_up_strategy, args.ramp_up_start_rps, args.ramp_up_end_rps
+
+
 def cmd_bench(args) -> int:
     from .bench import report
     from .bench.scenarios import SCENARIOS, Bench, format_recommendation, format_run
@@ -155,6 +163,7 @@ def cmd_bench(args) -> int:
     tokenizer = _bench_tokenizer(args.tokenizer or args.model)
     bench = Bench(args.base_url, args.model, tokenizer, seed=args.seed, num_prompts=args.num_prompts,
                   request_rate=args.request_rate, burstiness=args.burstiness, slo_ms=_slo(args.goodput),
+                  ramp=_ramp(args),
                   progress=lambda line: print(line, file=sys.stderr, flush=True))
     recommendation = []
     try:
@@ -281,6 +290,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--num-prompts", type=int, default=None, help="requests per run (default: 4 x concurrency, at least 8)")
     b.add_argument("--request-rate", type=float, default=float("inf"), help="open-loop arrivals per second (default: all at once)")
     b.add_argument("--burstiness", type=float, default=1.0, help="1: Poisson arrivals; below 1 burstier, above steadier")
+    b.add_argument("--ramp-up-strategy", choices=["linear", "exponential"], default=None,
+                   help="raise the request rate over each run, from --ramp-up-start-rps to --ramp-up-end-rps")
+    b.add_argument("--ramp-up-start-rps", type=float, default=None)
+    b.add_argument("--ramp-up-end-rps", type=float, default=None)
     b.add_argument("--goodput", default=None, help="SLOs for goodput, e.g. ttft:300,tpot:50 (ms)")
     b.add_argument("--scale", type=float, default=1.0, help="shrink scenario lengths (e.g. 0.125 for small models on CPUs)")
     b.add_argument("--search", action="store_true", help="search the largest concurrency that meets each scenario's SLO")

@@ -314,3 +314,18 @@ def test_the_benchmark_widget_runs_shows_results_exports_and_cancels(scripted, t
     assert not thread.is_alive() and w.status.value == "<small>cancelled</small>"
     assert len(w.bench.runs) == 1 and w.bench.runs[0]["cancelled"]  # the second run never started
     assert w.bench.runs[0]["completed"] >= 2 and "cancelled" in w.bench.runs[0]["errors"]
+
+
+def test_a_ramp_raises_the_rate_from_start_to_end():
+    n = 3001
+    linear_rates = [2.0 + 48.0 * i / (n - 1) for i in range(n)]
+    exp_rates = [2.0 * 25.0 ** (i / (n - 1)) for i in range(n)]
+    mean_gap = lambda rates, part: statistics.fmean(1 / r for r in rates[part])  # noqa: E731
+    linear = client.arrival_gaps(n, float("inf"), 1.0, seed=5, ramp=("linear", 2.0, 50.0))
+    exp = client.arrival_gaps(n, float("inf"), 1.0, seed=5, ramp=("exponential", 2.0, 50.0))
+    for gaps, rates in ((linear, linear_rates), (exp, exp_rates)):
+        for part in (slice(0, 500), slice(1250, 1750), slice(n - 500, n)):
+            assert statistics.fmean(gaps[part]) == pytest.approx(mean_gap(rates, part), rel=0.15), part
+    assert statistics.fmean(linear[:500]) > 5 * statistics.fmean(linear[-500:])  # it does speed up
+    with pytest.raises(ValueError, match="linear or exponential"):
+        client.arrival_gaps(3, 1.0, 1.0, seed=0, ramp=("sideways", 1.0, 2.0))

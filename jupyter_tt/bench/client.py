@@ -219,16 +219,25 @@ def _meets(r: RequestResult, slo_ms: dict[str, float]) -> bool:
     return all(measured[k] <= v for k, v in slo_ms.items())
 
 
-def arrival_gaps(n: int, request_rate: float, burstiness: float, seed: int | None) -> list[float]:
+def arrival_gaps(n: int, request_rate: float, burstiness: float, seed: int | None,
+                 ramp: tuple[str, float, float] | None = None) -> list[float]:
     """Seconds before each of ``n`` requests (vLLM: gamma with shape ``burstiness`` and mean 1/rate;
-    burstiness 1 is a Poisson process; an infinite rate sends everything at once)."""
-    if math.isinf(request_rate):
+    burstiness 1 is a Poisson process; an infinite rate sends everything at once). ``ramp``:
+    (``"linear"`` or ``"exponential"``, start rate, end rate): the rate goes from start to end over
+    the run, as vLLM's ``--ramp-up-strategy`` does, instead of ``request_rate``."""
+    if ramp is None and math.isinf(request_rate):
         return [0.0] * n
-    if request_rate <= 0 or burstiness <= 0:
+    rates = [request_rate] * n
+    if ramp is not None:
+        kind, start, end = ramp
+        if kind not in ("linear", "exponential") or start <= 0 or end <= 0:
+            raise ValueError("a ramp is linear or exponential, from one positive rate to another")
+        progress = [i / max(n - 1, 1) for i in range(n)]
+        rates = [start + (end - start) * p if kind == "linear" else start * (end / start) ** p for p in progress]
+    if min(rates, default=1) <= 0 or burstiness <= 0:
         raise ValueError("request_rate and burstiness must be positive")
     rng = random.Random(seed)
-    theta = 1.0 / (request_rate * burstiness)
-    return [rng.gammavariate(burstiness, theta) for _ in range(n)]
+    return [rng.gammavariate(burstiness, 1.0 / (rate * burstiness)) for rate in rates]
 
 
 async def run(
@@ -242,6 +251,7 @@ async def run(
     request_rate: float = math.inf,
     burstiness: float = 1.0,
     seed: int | None = None,
+    ramp: tuple[str, float, float] | None = None,
     warmup_prompts: list[Prompt] = (),
     extra_body: dict[str, Any] | None = None,
     timeout: float = 600.0,
@@ -256,7 +266,7 @@ async def run(
     url = (base if base.endswith("/v1") else base + "/v1") + "/completions"
     cap = concurrency or len(prompts) + len(warmup_prompts) or 1
     limits = httpx.Limits(max_connections=cap + 1, max_keepalive_connections=cap + 1)
-    gaps = arrival_gaps(len(prompts), request_rate, burstiness, seed)
+    gaps = arrival_gaps(len(prompts), request_rate, burstiness, seed, ramp)
     cancel = cancel or asyncio.Event()
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         gate = asyncio.Semaphore(cap)
