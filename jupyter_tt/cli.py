@@ -156,6 +156,9 @@ def cmd_bench(args) -> int:
     if args.compare:  # saved results side by side; nothing is measured
         results = {Path(p).stem: report.load(p) for p in args.compare}
         print(report.compare(results))
+        if args.html:
+            report.write_html(results, args.html)
+            print(f"wrote {args.html}", file=sys.stderr)
         if args.plots:
             for path in report.plot(results, args.plots):
                 print(f"wrote {path}", file=sys.stderr)
@@ -195,6 +198,9 @@ def cmd_bench(args) -> int:
     if args.csv:
         report.write_csv(bench.runs, args.csv)
         print(f"wrote {args.csv} and its .requests.csv", file=sys.stderr)
+    if args.html:
+        report.write_html({args.model: {"runs": bench.runs}}, args.html)
+        print(f"wrote {args.html}", file=sys.stderr)
     if args.plots:
         for path in report.plot({args.model: {"runs": bench.runs}}, args.plots):
             print(f"wrote {path}", file=sys.stderr)
@@ -300,6 +306,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=None, help="prompt seed (default: a new one per run)")
     b.add_argument("--output", default=None, help="write the result JSON here")
     b.add_argument("--csv", default=None, help="write a CSV (a row per run) and FILE.requests.csv (a row per request)")
+    b.add_argument("--html", default=None, metavar="FILE", help="write an interactive page: charts with tooltips, the table")
     b.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots here (needs matplotlib)")
     b.add_argument("--compare", nargs="+", default=None, metavar="RESULT.json",
                    help="show saved results side by side (and plot them with --plots) instead of measuring")

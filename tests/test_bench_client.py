@@ -278,6 +278,19 @@ def test_reports_csv_plots_and_a_comparison_of_saved_runs(scripted, tmp_path):
     ttft = next(line for line in lines if line.startswith("median_ttft_ms")).split()[1:]
     assert len(ttft) == 3 and all(float(x) == pytest.approx(FIRST * 1000, abs=100) for x in ttft)
     assert (tmp_path / "compared" / "cdf.png").exists()
+    page = tmp_path / "page.html"
+    done = subprocess.run([sys.executable, "-m", "jupyter_tt.cli", "bench", "--compare", str(tmp_path / "one.json"),
+                           str(tmp_path / "two.json"), "--html", str(page)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    import re
+    import xml.etree.ElementTree as ET
+
+    svgs = [ET.fromstring(x) for x in re.findall(r"<svg.*?</svg>", page.read_text(), re.S)]  # well-formed charts
+    assert len(svgs) == 5
+    circles = lambda svg: svg.findall(".//circle")  # noqa: E731
+    assert len(circles(svgs[2])) == 8 + 4  # the scatter: every request of both files
+    assert "TTFT" in circles(svgs[2])[0].find("title").text  # its tooltip
+    assert {g.get("data-name") for g in svgs[0].findall("g")} == {"one", "two"} and "legend" in page.read_text()
     missing = subprocess.run([sys.executable, "-m", "jupyter_tt.cli", "bench", "--compare", str(tmp_path / "nope.json")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "cannot read a benchmark result" in missing.stderr

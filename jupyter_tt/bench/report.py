@@ -1,12 +1,14 @@
 """Reports of ``jupyter tt bench`` results: CSV, PNG plots, and saved runs side by side.
 
 A result file is what ``jupyter tt bench --output`` writes: its ``runs`` (each with vLLM's field
-names and per-request arrays). Plots need matplotlib (``pip install 'jupyter-tt[bench]'``).
+names and per-request arrays). PNG plots need matplotlib (``pip install 'jupyter-tt[bench]'``); the
+interactive HTML page (``write_html``: SVG with tooltips and series toggles) needs nothing.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import json
 from pathlib import Path
 
@@ -121,3 +123,71 @@ def _save(fig, path: Path, plt) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+
+
+def svg_chart(series: dict[str, list[tuple[float, float, str]]], title: str, xlabel: str, ylabel: str, *,
+              lines: bool = False, width: int = 520, height: int = 260) -> str:
+    """An SVG chart: each series' points (x, y, tooltip), joined where ``lines``. Hovering a point shows
+    its tooltip; in ``write_html``'s page, clicking a legend entry hides or shows its series."""
+    points = [(x, y) for pts in series.values() for x, y, _ in pts if y is not None]
+    if not points:
+        return f"<svg width='{width}' height='40'><text x='5' y='20'>{html.escape(title)}: no data</text></svg>"
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y1 = max(p[1] for p in points) * 1.1 or 1.0
+    left, bottom, top, right = 50, height - 35, 25, width - 10
+    sx = lambda x: left + (x - x0) / ((x1 - x0) or 1) * (right - left)  # noqa: E731
+    sy = lambda y: bottom - y / y1 * (bottom - top)  # noqa: E731
+    out = [f"<svg width='{width}' height='{height}' font-family='sans-serif' font-size='11'>",
+           f"<text x='{left}' y='14' font-size='13'>{html.escape(title)}</text>",
+           f"<line x1='{left}' y1='{bottom}' x2='{right}' y2='{bottom}' stroke='#999'/>",
+           f"<line x1='{left}' y1='{top}' x2='{left}' y2='{bottom}' stroke='#999'/>",
+           f"<text x='{(left + right) / 2}' y='{height - 5}' text-anchor='middle'>{html.escape(xlabel)}</text>",
+           f"<text x='4' y='{top + 10}'>{y1 / 1.1:.4g}</text><text x='4' y='{bottom}'>0</text>",
+           f"<text x='{left}' y='{bottom + 14}'>{x0:.4g}</text><text x='{right}' y='{bottom + 14}' text-anchor='end'>{x1:.4g}</text>",
+           f"<text x='{left + 4}' y='{top + 10}' fill='#666'>{html.escape(ylabel)}</text>"]
+    for i, (name, pts) in enumerate(series.items()):
+        color = COLORS[i % len(COLORS)]
+        out.append(f"<g class='series' data-name='{html.escape(name)}'>")
+        xy = [(sx(x), sy(y), tip) for x, y, tip in pts if y is not None]
+        if lines and len(xy) > 1:
+            out.append(f"<polyline fill='none' stroke='{color}' points='{' '.join(f'{a:.1f},{b:.1f}' for a, b, _ in xy)}'/>")
+        out += [f"<circle cx='{a:.1f}' cy='{b:.1f}' r='3' fill='{color}'><title>{html.escape(tip)}</title></circle>" for a, b, tip in xy]
+        out.append("</g>")
+        out.append(f"<text class='legend' data-name='{html.escape(name)}' x='{right - 150}' y='{top + 14 * (i + 1)}' "
+                   f"fill='{color}' style='cursor:pointer'>● {html.escape(name)}</text>")
+    return "".join(out) + "</svg>"
+
+
+def charts(results: dict[str, dict]) -> list[str]:
+    """The plots of ``plot``, as SVG charts with tooltips."""
+    by_c = {name: sorted((r for r in res["runs"] if r.get("concurrency")), key=lambda r: r["concurrency"]) for name, res in results.items()}
+    out = []
+    for key, title in (("median_ttft_ms", "median TTFT (ms)"), ("median_tpot_ms", "median TPOT (ms)")):
+        series = {name: [(r["concurrency"], r.get(key), f"{name}: c={r['concurrency']} {r['input_len']}/{r['output_len']}: "
+                          f"{r.get(key) or 0:.1f} ms") for r in runs] for name, runs in by_c.items()}
+        out.append(svg_chart(series, title, "concurrency", "ms", lines=True))
+    scatter = {name: [(r[2] * 1000, r[3] * 1000, f"{name}: TTFT {r[2] * 1000:.0f} ms, E2EL {r[3] * 1000:.0f} ms, "
+                       f"{r[1]} tokens") for run in res["runs"] for r in _requests(run) if r[2] is not None and r[3] is not None]
+               for name, res in results.items()}
+    out.append(svg_chart(scatter, "requests", "TTFT (ms)", "E2EL (ms)"))
+    for index, title in ((2, "TTFT"), (4, "TPOT")):
+        series = {}
+        for name, res in results.items():
+            values = sorted(r[index] * 1000 for run in res["runs"] for r in _requests(run) if r[index] is not None)
+            series[name] = [(v, (i + 1) / len(values), f"{name}: {i + 1}/{len(values)} at most {v:.1f} ms") for i, v in enumerate(values)]
+        out.append(svg_chart(series, f"CDF of {title}", f"{title} (ms)", "fraction", lines=True))
+    return out
+
+
+def write_html(results: dict[str, dict], path: str | Path) -> None:
+    """One self-contained page: the charts (hover a point for its values, click a legend entry to hide
+    its series) and the comparison table."""
+    script = ("document.querySelectorAll('.legend').forEach(l => l.onclick = () => {"
+              "document.querySelectorAll(`.series[data-name='${l.dataset.name}']`).forEach(g =>"
+              "g.style.display = g.style.display === 'none' ? '' : 'none'); l.style.opacity = l.style.opacity === '0.4' ? '1' : '0.4';});")
+    body = "".join(f"<div style='display:inline-block;margin:6px'>{c}</div>" for c in charts(results))
+    Path(path).write_text(f"<!doctype html><meta charset='utf-8'><title>jupyter tt bench</title><body>{body}"
+                          f"<pre>{html.escape(compare(results))}</pre><script>{script}</script></body>")

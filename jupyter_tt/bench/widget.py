@@ -142,18 +142,10 @@ class BenchmarkWidget(widgets.VBox):
             self.points.append(result.ttft * 1000)
             self.plot.value = self._svg()
 
-    def _svg(self, width: int = 480, height: int = 160) -> str:
-        """TTFT of each finished request, as an inline SVG that grows while the run goes."""
-        top = max(self.points) * 1.1 or 1.0
-        n = max(len(self.points), 2)
-        dots = "".join(
-            f'<circle cx="{40 + i * (width - 50) / (n - 1):.1f}" cy="{height - 20 - v / top * (height - 30):.1f}" r="2.5" '
-            f'fill="#1f77b4"><title>{v:.0f} ms</title></circle>'
-            for i, v in enumerate(self.points)
-        )
-        return (f'<svg width="{width}" height="{height}"><text x="5" y="12" font-size="11">TTFT per request (ms), '
-                f'max {top / 1.1:.0f}</text><line x1="40" y1="{height - 20}" x2="{width}" y2="{height - 20}" '
-                f'stroke="#999"/>{dots}</svg>')
+    def _svg(self) -> str:
+        """TTFT of each finished request, a chart that grows while the run goes (hover a point for its value)."""
+        points = [(i + 1, v, f"request {i + 1}: TTFT {v:.0f} ms") for i, v in enumerate(self.points)]
+        return report.svg_chart({"TTFT": points}, "TTFT per request (ms)", "finished request", "ms", width=480, height=180)
 
     def _table(self) -> str:
         if not self.bench or not self.bench.runs:
