@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -118,8 +119,13 @@ def run(args) -> None:
         server = multiprocessing.Process(target=scripted_endpoint, args=(port, args.ttft_ms, args.tpot_ms), daemon=True)
         server.start()
     else:
-        server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "jupyter"), "tt", "serve", "--port", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd = [str(ROOT / ".venv" / "bin" / "jupyter"), "tt", "serve", "--port", str(port)]
+        env = dict(os.environ)
+        if args.pin:  # the server alone on CPU 0 (one thread), the clients on the others
+            cmd = ["taskset", "-c", "0", *cmd]
+            env |= {"OMP_NUM_THREADS": "1"}
+            os.sched_setaffinity(0, set(range(1, os.cpu_count())))
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         import httpx
@@ -145,7 +151,8 @@ def run(args) -> None:
     finally:
         server.terminate()
     where = (f"a scripted endpoint (TTFT {args.ttft_ms:g} ms, TPOT {args.tpot_ms:g} ms by construction)"
-             if args.target == "scripted" else f"our server ({MODEL}, torch backend)")
+             if args.target == "scripted" else
+             f"our server ({MODEL}, torch backend{', alone on CPU 0, 1 thread' if args.pin else ''})")
     print(f"\n{where}: ISL {args.isl}, OSL {args.osl}, concurrency {args.concurrency}, "
           f"{args.rounds} rounds x {args.requests} requests")
     for k, label in ((0, "median TTFT"), (1, "median TPOT")):
@@ -166,6 +173,7 @@ def main() -> None:
     r.add_argument("--osl", type=int, default=32)
     r.add_argument("--concurrency", type=int, default=1)
     r.add_argument("--target", choices=["ours", "scripted"], default="ours")
+    r.add_argument("--pin", action="store_true", help="our server alone on CPU 0, the clients on the other CPUs")
     r.add_argument("--ttft-ms", type=float, default=200.0)
     r.add_argument("--tpot-ms", type=float, default=30.0)
     args = ap.parse_args()
