@@ -21,7 +21,7 @@ import torch
 
 from ..errors import TTError
 from .checkpoint import Checkpoint
-from .runner import ModelRunner, SequenceStep
+from .runner import ModelRunner, SequenceStep, decode_indices, page_table, wanted_logits
 
 
 class TTTransformersRunner(ModelRunner):
@@ -61,15 +61,12 @@ class TTTransformersRunner(ModelRunner):
         self.kv_cache = [kv_cache]
         self._prompts: dict[int, list[int]] = {}  # first block -> prompt tokens gathered so far
 
-    def page_table(self, tables: list[list[int]], rows: int) -> torch.Tensor:
-        out = torch.full((rows, self.blocks_per_seq), self.num_blocks, dtype=torch.int32)
-        for i, table in enumerate(tables):
-            out[i, : len(table)] = torch.tensor(table[: self.blocks_per_seq], dtype=torch.int32)
-        return out
+    def _tables(self, tables: list[list[int]], rows: int) -> torch.Tensor:
+        return page_table(tables, rows, self.blocks_per_seq, self.num_blocks)
 
     def step(self, sequences: list[SequenceStep]) -> torch.Tensor:
         logits: dict[int, torch.Tensor] = {}
-        decodes = [i for i, s in enumerate(sequences) if len(s.tokens) == 1 and s.start_pos > 0]
+        decodes = decode_indices(sequences)
         for i, s in enumerate(sequences):
             if i in decodes:
                 continue
@@ -80,7 +77,7 @@ class TTTransformersRunner(ModelRunner):
                 self._prompts[key] = prompt
                 continue
             out = self.generator.prefill_forward_text(
-                torch.tensor([prompt]), page_table=self.page_table([s.block_table], 1), kv_cache=self.kv_cache,
+                torch.tensor([prompt]), page_table=self._tables([s.block_table], 1), kv_cache=self.kv_cache,
                 prompt_lens=torch.tensor([len(prompt)]),
             )
             logits[i] = out.reshape(-1)[: self.args.vocab_size].float()
@@ -90,10 +87,9 @@ class TTTransformersRunner(ModelRunner):
             tokens = torch.tensor([[s.tokens[0]] for s in group] + [[0]] * pad)
             positions = torch.tensor([s.start_pos for s in group] + [0] * pad)
             out = self.generator.decode_forward_text(
-                tokens, positions, page_table=self.page_table([s.block_table for s in group], self.max_batch),
+                tokens, positions, page_table=self._tables([s.block_table for s in group], self.max_batch),
                 kv_cache=self.kv_cache, enable_trace=True,
             )
             rows = out.reshape(self.max_batch, -1)[: len(group), : self.args.vocab_size].float()
             logits.update(zip(decodes[first : first + self.max_batch], rows))
-        wanted = [logits[i] for i, s in enumerate(sequences) if s.want_logits]
-        return torch.stack(wanted) if wanted else torch.empty(0, self.args.vocab_size)
+        return wanted_logits(logits, sequences, self.args.vocab_size)

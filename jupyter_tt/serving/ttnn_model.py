@@ -30,7 +30,7 @@ import torch
 from ..errors import TTError
 from .checkpoint import Checkpoint, ModelArgs
 from .model import precompute_rope
-from .runner import ModelRunner, SequenceStep
+from .runner import ModelRunner, SequenceStep, decode_indices, page_table, wanted_logits
 
 TILE = 32
 #: ``ttnn.open_mesh_device`` options the backend needs: room for the decode trace
@@ -273,13 +273,11 @@ class TtnnModelRunner(ModelRunner):
         self._trace_out = None
 
     def page_row(self, block_table: list[int]) -> torch.Tensor:
-        row = torch.full((self.blocks_per_seq,), self.num_blocks, dtype=torch.int32)  # the scratch block
-        row[: len(block_table)] = torch.tensor(block_table[: self.blocks_per_seq], dtype=torch.int32)
-        return row
+        return page_table([block_table], 1, self.blocks_per_seq, self.num_blocks)[0]  # padded with the scratch block
 
     def step(self, sequences: list[SequenceStep]) -> torch.Tensor:
         logits: dict[int, torch.Tensor] = {}
-        decodes = [i for i, s in enumerate(sequences) if len(s.tokens) == 1 and s.start_pos > 0]
+        decodes = decode_indices(sequences)
         for i, s in enumerate(sequences):
             if i not in decodes:
                 logits[i] = self.model.prefill(s.tokens, s.start_pos, self.page_row(s.block_table))
@@ -287,16 +285,15 @@ class TtnnModelRunner(ModelRunner):
             group = decodes[first : first + self.max_batch]
             rows = self.decode([sequences[i] for i in group])
             logits.update(zip(group, rows))
-        wanted = [logits[i] for i, s in enumerate(sequences) if s.want_logits]
-        return torch.stack(wanted) if wanted else torch.empty(0, self.args.vocab_size)
+        return wanted_logits(logits, sequences, self.args.vocab_size)
 
     def decode(self, sequences: list[SequenceStep]) -> torch.Tensor:
         ttnn, B = self.ttnn, self.max_batch
         ids = torch.zeros(1, B, dtype=torch.int32)
         cur = torch.full((B,), -1, dtype=torch.int32)
-        tables = torch.full((B, self.blocks_per_seq), self.num_blocks, dtype=torch.int32)
+        tables = page_table([s.block_table for s in sequences], B, self.blocks_per_seq, self.num_blocks)
         for b, s in enumerate(sequences):
-            ids[0, b], cur[b], tables[b] = s.tokens[0], s.start_pos, self.page_row(s.block_table)
+            ids[0, b], cur[b] = s.tokens[0], s.start_pos
         rope_pos = cur.clamp(min=0)[None]
         host = [(ids, ttnn.uint32), (rope_pos, ttnn.uint32), (cur, ttnn.int32), (tables, ttnn.int32)]
         if not self.trace:
