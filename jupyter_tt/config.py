@@ -79,6 +79,12 @@ class TTSettings(Configurable):
     watch_interval = Float(
         1.0, help="Seconds between the server's reconcile passes (reclaiming dead leases, emitting events)."
     ).tag(config=True)
+    telemetry_interval = Float(
+        5.0, help="Seconds between the server's telemetry samples (the history the JupyterLab panel draws)."
+    ).tag(config=True)
+    telemetry_samples = Int(120, help="Telemetry samples kept per device (at 5 s: the last 10 minutes).").tag(
+        config=True
+    )
 
     @default("inventory")
     def _default_inventory(self):

@@ -48,6 +48,63 @@ def test_leases_api_lists_every_lease_on_the_host_whichever_server_made_it(serve
         assert {"id", "devices", "user", "kernel_id", "server", "pid", "since"} <= lease.keys()
 
 
+def test_the_notebook_that_waits_and_then_holds_devices_is_named_in_queue_lease_and_devices(servers, state_dir):
+    """jupyter_server names a session's notebook in the kernel's environment; the panel shows it."""
+    import threading
+
+    from jupyter_servers import wait_until
+
+    server = servers(inventory="simulated:n300x1", args=["--TTSettings.telemetry_interval=0.2"])
+    zoe = Scheduler(SimulatedInventory("n300x1"), state_dir, user="zoe")
+    held = zoe.acquire(1)
+    (server.workdir / "work").mkdir()
+    created = {}
+    body = {"path": "work/analysis.ipynb", "type": "notebook", "name": "analysis.ipynb", "kernel": {"name": "tt-n300"}}
+    thread = threading.Thread(target=lambda: created.update(response=server.http.post("/api/sessions", json=body)))
+    thread.start()  # the session's kernel waits in the queue until zoe's lease ends
+    wait_until(lambda: server.json("/jupyter-tt/api/queue")["requests"], message="the kernel to queue")
+    (request,) = server.json("/jupyter-tt/api/queue")["requests"]
+    # notebook: the file on the host (any server's kernels); path: the same as a path of this server
+    assert request["notebook"] == str(server.workdir / "work/analysis.ipynb")
+    assert request["path"] == "work/analysis.ipynb" and request["position"] == 1
+    zoe.release(held.id)
+    thread.join(60)
+    assert created["response"].status_code == 201, created["response"].text
+    kernel_id = created["response"].json()["kernel"]["id"]
+    lease = server.lease_of(kernel_id)
+    assert lease["path"] == "work/analysis.ipynb"
+    (device,) = server.json("/jupyter-tt/api/devices")["devices"]
+    assert (device["state"], device["kernel_id"], device["path"]) == ("leased", kernel_id, "work/analysis.ipynb")
+    # The telemetry history grows every telemetry_interval: [time, temperature_c, power_w], oldest first.
+    wait_until(lambda: len(server.json("/jupyter-tt/api/devices")["devices"][0]["telemetry_history"]) >= 3)
+    history = server.json("/jupyter-tt/api/devices")["devices"][0]["telemetry_history"]
+    times = [t for t, _, _ in history]
+    assert times == sorted(times) and all(20 < temp < 90 and watts > 0 for _, temp, watts in history)
+
+
+def test_a_state_file_of_the_previous_schema_is_migrated_in_place(state_dir):
+    """A host upgraded while its state file exists: version 1 had no notebook columns."""
+    import sqlite3
+
+    from pathlib import Path
+
+    from jupyter_tt.scheduler import store
+
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    old = sqlite3.connect(Path(state_dir) / f"{SimulatedInventory('n300x1').key}.sqlite3")
+    old.executescript(
+        store.SCHEMA.replace("    notebook TEXT,                    -- the kernel's session path, where the asker knew it\n", "")
+        + "PRAGMA user_version=1;"
+    )
+    assert "notebook" not in {r[1] for r in old.execute("PRAGMA table_info(leases)")}
+    old.close()
+    scheduler = Scheduler(SimulatedInventory("n300x1"), state_dir, user="alice")
+    lease = scheduler.acquire(1, notebook="a.ipynb")
+    assert scheduler.get_lease(lease.id).notebook == "a.ipynb"
+    scheduler.release(lease.id)
+    assert scheduler.history()[0]["notebook"] == "a.ipynb"
+
+
 def test_a_user_can_release_their_own_lease_but_never_anothers(servers, state_dir):
     server = servers(user="alice")
     theirs = Scheduler(SimulatedInventory("n300x4"), state_dir, user="bob").acquire(1)

@@ -74,7 +74,8 @@ class TTProvisioner(LocalProvisioner):
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         if self.devices and not self._lease_still_held():
-            self.lease = await self._acquire()
+            # jupyter_server names the session (the notebook's path) in the kernel's environment.
+            self.lease = await self._acquire(kwargs.get("env", {}).get("JPY_SESSION_NAME"))
         try:
             kwargs = await super().pre_launch(**kwargs)
         except BaseException:
@@ -140,14 +141,14 @@ class TTProvisioner(LocalProvisioner):
             return False
         return True
 
-    async def _acquire(self) -> Lease:
+    async def _acquire(self, notebook: str | None) -> Lease:
         timeout = self.wait_timeout if self.wait_timeout is not None else self.settings.wait_timeout
 
         def report(waiting: Waiting) -> None:
             self.log.info("Kernel %s is %s", self.kernel_id, waiting.message)
 
         lease = await self.scheduler.acquire_async(
-            self.devices, self.card_type, kernel_id=self.kernel_id, timeout=timeout, on_wait=report
+            self.devices, self.card_type, kernel_id=self.kernel_id, notebook=notebook, timeout=timeout, on_wait=report
         )
         simulated = " (simulated)" if self.scheduler.inventory.simulated else ""
         self.log.info(

@@ -52,6 +52,7 @@ class Lease:
     pid: int  # the kernel's while it runs, else the process that asked
     requested_at: float
     granted_at: float
+    notebook: str | None = None  # the kernel's session path (a notebook), where the asker knew it
 
     @property
     def device_ids(self) -> list[int]:
@@ -82,6 +83,7 @@ class Lease:
             "pid": self.pid,
             "since": self.granted_at,
             "requested_at": self.requested_at,
+            "notebook": self.notebook,
         }
 
 
@@ -97,6 +99,7 @@ class Waiting:
     position: int  # 1 is next
     queued: int  # requests waiting in all
     since: float
+    notebook: str | None = None
 
     @property
     def message(self) -> str:
@@ -116,6 +119,7 @@ class Waiting:
             "card_type": self.card_type,
             "position": self.position,
             "since": self.since,
+            "notebook": self.notebook,
         }
 
 
@@ -171,7 +175,9 @@ class Scheduler:
 
     # ------------------------------------------------------------------ requests
 
-    def submit(self, count: int, card_type: str = ANY, *, kernel_id: str | None = None) -> Lease | Waiting:
+    def submit(
+        self, count: int, card_type: str = ANY, *, kernel_id: str | None = None, notebook: str | None = None
+    ) -> Lease | Waiting:
         """Ask for ``count`` devices of ``card_type``: the lease if granted now, else the queue position.
 
         Raises RequestError at once for a request that can never be met.
@@ -188,9 +194,9 @@ class Scheduler:
                     f"or ask for at most {max(self.quota - held, 0)}"
                 )
             db.execute(
-                "INSERT INTO requests (id, user, server, kernel_id, devices, card_type, quota, owner_pid,"
-                " owner_started, requested_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (request_id, self.user, self.server, kernel_id, count, card_type, self.quota, self.me.pid,
+                "INSERT INTO requests (id, user, server, kernel_id, notebook, devices, card_type, quota, owner_pid,"
+                " owner_started, requested_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (request_id, self.user, self.server, kernel_id, notebook, count, card_type, self.quota, self.me.pid,
                  self.me.started, now),
             )
             self._pass(db)
@@ -217,11 +223,12 @@ class Scheduler:
         card_type: str = ANY,
         *,
         kernel_id: str | None = None,
+        notebook: str | None = None,
         timeout: float | None = None,
         on_wait: Callable[[Waiting], None] | None = None,
     ) -> Lease:
         """Block until the devices are leased (or ``timeout`` seconds pass: WaitTimeout)."""
-        steps = self._acquire_steps(count, card_type, kernel_id, timeout, on_wait)
+        steps = self._acquire_steps(count, card_type, kernel_id, notebook, timeout, on_wait)
         try:
             while True:
                 time.sleep(next(steps))
@@ -236,11 +243,12 @@ class Scheduler:
         card_type: str = ANY,
         *,
         kernel_id: str | None = None,
+        notebook: str | None = None,
         timeout: float | None = None,
         on_wait: Callable[[Waiting], None] | None = None,
     ) -> Lease:
         """``acquire`` for an event loop; cancelling the task leaves the queue."""
-        steps = self._acquire_steps(count, card_type, kernel_id, timeout, on_wait)
+        steps = self._acquire_steps(count, card_type, kernel_id, notebook, timeout, on_wait)
         try:
             while True:
                 await asyncio.sleep(next(steps))
@@ -249,9 +257,9 @@ class Scheduler:
         finally:
             steps.close()
 
-    def _acquire_steps(self, count, card_type, kernel_id, timeout, on_wait) -> Generator[float, None, Lease]:
+    def _acquire_steps(self, count, card_type, kernel_id, notebook, timeout, on_wait) -> Generator[float, None, Lease]:
         """Submits, then yields how long to sleep before each new look, and returns the lease."""
-        result = self.submit(count, card_type, kernel_id=kernel_id)
+        result = self.submit(count, card_type, kernel_id=kernel_id, notebook=notebook)
         deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
         reported = None
         try:
@@ -375,6 +383,7 @@ class Scheduler:
                     "lease_id": lease.id if lease else None,
                     "user": lease.user if lease else None,
                     "kernel_id": lease.kernel_id if lease else None,
+                    "notebook": lease.notebook if lease else None,
                     "unaccounted_processes": unaccounted,
                 }
             )
@@ -499,9 +508,9 @@ class Scheduler:
                 {"id": d.id, "path": d.path, "bdf": d.bdf, "card_type": d.card_type, "chips": d.chips} for d in chosen
             ]
             db.execute(
-                "INSERT INTO leases (id, user, server, kernel_id, card_type, devices_json, owner_pid, owner_started,"
-                " requested_at, granted_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (lease_id, row["user"], row["server"], row["kernel_id"], row["card_type"], json.dumps(devices),
+                "INSERT INTO leases (id, user, server, kernel_id, notebook, card_type, devices_json, owner_pid,"
+                " owner_started, requested_at, granted_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (lease_id, row["user"], row["server"], row["kernel_id"], row["notebook"], row["card_type"], json.dumps(devices),
                  row["owner_pid"], row["owner_started"], row["requested_at"], now),
             )
             db.executemany("INSERT INTO lease_devices (device_id, lease_id) VALUES (?, ?)", [(d.id, lease_id) for d in chosen])
@@ -518,7 +527,8 @@ class Scheduler:
         rows = db.execute("SELECT * FROM requests WHERE lease_id IS NULL").fetchall()
         rows.sort(key=lambda r: (held[r["user"]], r["requested_at"], r["id"]))
         return [
-            Waiting(r["id"], r["user"], r["kernel_id"], r["devices"], r["card_type"], i + 1, len(rows), r["requested_at"])
+            Waiting(r["id"], r["user"], r["kernel_id"], r["devices"], r["card_type"], i + 1, len(rows), r["requested_at"],
+                    r["notebook"])
             for i, r in enumerate(rows)
         ]
 
@@ -538,9 +548,9 @@ class Scheduler:
         db.execute("DELETE FROM lease_devices WHERE lease_id=?", (row["id"],))
         db.execute("DELETE FROM leases WHERE id=?", (row["id"],))
         db.execute(
-            "INSERT OR REPLACE INTO history (lease_id, user, server, kernel_id, card_type, devices_json, pid,"
-            " requested_at, granted_at, ended_at, end_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (row["id"], row["user"], row["server"], row["kernel_id"], row["card_type"], row["devices_json"],
+            "INSERT OR REPLACE INTO history (lease_id, user, server, kernel_id, notebook, card_type, devices_json, pid,"
+            " requested_at, granted_at, ended_at, end_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (row["id"], row["user"], row["server"], row["kernel_id"], row["notebook"], row["card_type"], row["devices_json"],
              row["kernel_pid"] or row["owner_pid"], row["requested_at"], row["granted_at"], now, reason),
         )
 
@@ -560,5 +570,6 @@ class Scheduler:
             pid=row["kernel_pid"] or row["owner_pid"],
             requested_at=row["requested_at"],
             granted_at=row["granted_at"],
+            notebook=row["notebook"],
         )
 

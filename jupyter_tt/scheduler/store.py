@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS leases (
     user TEXT NOT NULL,
     server TEXT NOT NULL,
     kernel_id TEXT,
+    notebook TEXT,                    -- the kernel's session path, where the asker knew it
     card_type TEXT NOT NULL,          -- as requested ('any' allowed)
     devices_json TEXT NOT NULL,       -- the granted devices: id, path, bdf, card_type, chips
     owner_pid INTEGER NOT NULL,       -- the process that asked (a Jupyter server, a CLI, a test)
@@ -45,19 +46,21 @@ CREATE TABLE IF NOT EXISTS requests (
     user TEXT NOT NULL,
     server TEXT NOT NULL,
     kernel_id TEXT,
+    notebook TEXT,                    -- the kernel's session path, where the asker knew it
     devices INTEGER NOT NULL,
     card_type TEXT NOT NULL,
     quota INTEGER NOT NULL,           -- the asker's quota (0: none), checked again at grant time
     owner_pid INTEGER NOT NULL,
     owner_started REAL NOT NULL,
     requested_at REAL NOT NULL,
-    lease_id TEXT                     -- set when granted; the asker picks it up and deletes the row
+    lease_id TEXT                     -- set when granted, then the asker picks it up and deletes the row
 );
 CREATE TABLE IF NOT EXISTS history (
     lease_id TEXT PRIMARY KEY,
     user TEXT NOT NULL,
     server TEXT NOT NULL,
     kernel_id TEXT,
+    notebook TEXT,                    -- the kernel's session path, where the asker knew it
     card_type TEXT NOT NULL,
     devices_json TEXT NOT NULL,
     pid INTEGER,
@@ -68,6 +71,28 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_user ON history(user, ended_at);
 """
+
+
+# Columns added since version 1, for state files that servers of an older release created.
+ADDED_COLUMNS = [("leases", "notebook TEXT"), ("requests", "notebook TEXT"), ("history", "notebook TEXT")]
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Create the tables, or bring an older file up to this version (every step is idempotent)."""
+    db.execute("BEGIN IMMEDIATE")  # one process at a time: two ALTERs of one column would clash
+    try:
+        for statement in SCHEMA.split(";"):  # executescript would commit: one statement at a time
+            if statement.strip():
+                db.execute(statement)
+        for table, column in ADDED_COLUMNS:
+            present = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            if column.split()[0] not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 class Connection(sqlite3.Connection):
@@ -91,7 +116,7 @@ def connect(state_dir: str | os.PathLike, name: str) -> Connection:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL keeps it consistent
         if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            db.executescript(SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")  # idempotent, so races are fine
+            _migrate(db)
     except sqlite3.Error as e:
         raise ConfigError(
             f"cannot open the scheduler state {path}: {e}. Check that the folder is writable by every "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from collections import deque
 
 from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop, PeriodicCallback
@@ -41,13 +43,31 @@ class JupyterTTApp(ExtensionApp):
         event_logger = self.serverapp.event_logger
         if SCHEMA_ID not in event_logger.schemas.schema_ids:
             event_logger.register_event_schema(SCHEMA_PATH)
-        self.watcher = StateWatcher(self.scheduler, lambda data: event_logger.emit(schema_id=SCHEMA_ID, data=data))
+        self.watcher = StateWatcher(
+            self.scheduler, lambda data: event_logger.emit(schema_id=SCHEMA_ID, data=self.with_path(data))
+        )
         self.watcher.poll()  # reconcile at start: leases of processes that died while no server ran end now
         self._watch = PeriodicCallback(self._poll, self.tt_settings.watch_interval * 1000)
         self._watch.start()
         self._poll_soon = False
         self.scheduler.listeners.append(self._changed)
+        # A short telemetry history per device for the JupyterLab panel's sparklines.
+        self.telemetry_history: dict[int, deque] = {}
+        self._sample_telemetry()
+        self._sample = PeriodicCallback(self._sample_telemetry, self.tt_settings.telemetry_interval * 1000)
+        self._sample.start()
         metrics.register(self)
+
+    def with_path(self, item: dict) -> dict:
+        """Adds ``path``: the item's notebook as a path of this server (None outside its root)."""
+        notebook = item.get("notebook")
+        path = None
+        if notebook:
+            root = os.path.abspath(self.serverapp.root_dir)
+            full = os.path.abspath(os.path.join(root, notebook))
+            if os.path.commonpath([root, full]) == root:
+                path = os.path.relpath(full, root).replace(os.sep, "/")
+        return {**item, "path": path}
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())
@@ -66,9 +86,21 @@ class JupyterTTApp(ExtensionApp):
         except Exception:  # a bad pass must not stop the next ones
             self.log.exception("jupyter-tt: reconcile pass failed")
 
+    def _sample_telemetry(self) -> None:
+        now = round(time.time(), 1)
+        try:
+            devices = self.scheduler.devices(fresh=True)
+        except Exception:
+            self.log.exception("jupyter-tt: reading telemetry failed")
+            return
+        for device in devices:
+            samples = self.telemetry_history.setdefault(device.id, deque(maxlen=self.tt_settings.telemetry_samples))
+            samples.append([now, device.telemetry.temperature_c, device.telemetry.power_w])
+
     async def stop_extension(self) -> None:
         if getattr(self, "_watch", None) is None:  # initialize_settings failed: nothing started
             return
         self._watch.stop()
+        self._sample.stop()
         self.scheduler.listeners.remove(self._changed)
 

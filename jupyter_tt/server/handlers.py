@@ -32,14 +32,21 @@ class DevicesHandler(TTHandler):
     @web.authenticated
     @authorized
     def get(self):
-        self.finish(json.dumps(self.scheduler.report()))
+        report = self.scheduler.report()
+        history = self.extensionapp.telemetry_history
+        report["devices"] = [self.extensionapp.with_path(device) for device in report["devices"]]
+        for device in report["devices"]:
+            # [time, temperature_c, power_w] samples, oldest first (every telemetry_interval seconds)
+            device["telemetry_history"] = list(history.get(device["id"], ()))
+        self.finish(json.dumps(report))
 
 
 class LeasesHandler(TTHandler):
     @web.authenticated
     @authorized
     def get(self):
-        self.finish(json.dumps({"leases": [lease.to_json() for lease in self.scheduler.leases()]}))
+        leases = [self.extensionapp.with_path(lease.to_json()) for lease in self.scheduler.leases()]
+        self.finish(json.dumps({"leases": leases}))
 
 
 class LeaseHandler(TTHandler):
@@ -49,7 +56,7 @@ class LeaseHandler(TTHandler):
         lease = self.scheduler.get_lease(lease_id)
         if lease is None:
             raise web.HTTPError(404, f"no active lease {lease_id}")
-        self.finish(json.dumps(lease.to_json()))
+        self.finish(json.dumps(self.extensionapp.with_path(lease.to_json())))
 
     @web.authenticated
     @authorized
@@ -64,7 +71,8 @@ class QueueHandler(TTHandler):
     @web.authenticated
     @authorized
     def get(self):
-        self.finish(json.dumps({"requests": [w.to_json() for w in self.scheduler.queue()]}))
+        requests = [self.extensionapp.with_path(w.to_json()) for w in self.scheduler.queue()]
+        self.finish(json.dumps({"requests": requests}))
 
 
 class UsageHandler(TTHandler):
