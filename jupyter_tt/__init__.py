@@ -42,3 +42,8 @@ def _jupyter_server_extension_points():
     from .server.app import JupyterTTApp
 
     return [{"module": "jupyter_tt.server.app", "app": JupyterTTApp}]
+
+
+def _jupyter_labextension_paths():
+    """For `jupyter labextension develop`: the built JupyterLab extension (labextension/ builds it here)."""
+    return [{"src": "labextension", "dest": "jupyter-tt"}]

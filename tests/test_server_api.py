@@ -64,17 +64,18 @@ def test_the_notebook_that_waits_and_then_holds_devices_is_named_in_queue_lease_
     thread.start()  # the session's kernel waits in the queue until zoe's lease ends
     wait_until(lambda: server.json("/jupyter-tt/api/queue")["requests"], message="the kernel to queue")
     (request,) = server.json("/jupyter-tt/api/queue")["requests"]
-    # notebook: the file on the host (any server's kernels); path: the same as a path of this server
+    # notebook: the file on the host (any server's kernels); notebook_path: the same as a path of this server
     assert request["notebook"] == str(server.workdir / "work/analysis.ipynb")
-    assert request["path"] == "work/analysis.ipynb" and request["position"] == 1
+    assert request["notebook_path"] == "work/analysis.ipynb" and request["position"] == 1
     zoe.release(held.id)
     thread.join(60)
     assert created["response"].status_code == 201, created["response"].text
     kernel_id = created["response"].json()["kernel"]["id"]
     lease = server.lease_of(kernel_id)
-    assert lease["path"] == "work/analysis.ipynb"
+    assert lease["notebook_path"] == "work/analysis.ipynb"
     (device,) = server.json("/jupyter-tt/api/devices")["devices"]
-    assert (device["state"], device["kernel_id"], device["path"]) == ("leased", kernel_id, "work/analysis.ipynb")
+    assert (device["state"], device["kernel_id"], device["notebook_path"]) == ("leased", kernel_id, "work/analysis.ipynb")
+    assert device["path"] == "/dev/tenstorrent/0"  # the device node, as before
     # The telemetry history grows every telemetry_interval: [time, temperature_c, power_w], oldest first.
     wait_until(lambda: len(server.json("/jupyter-tt/api/devices")["devices"][0]["telemetry_history"]) >= 3)
     history = server.json("/jupyter-tt/api/devices")["devices"][0]["telemetry_history"]

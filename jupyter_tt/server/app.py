@@ -59,7 +59,7 @@ class JupyterTTApp(ExtensionApp):
         metrics.register(self)
 
     def with_path(self, item: dict) -> dict:
-        """Adds ``path``: the item's notebook as a path of this server (None outside its root)."""
+        """Adds ``notebook_path``: the item's notebook as a path of this server (None outside its root)."""
         notebook = item.get("notebook")
         path = None
         if notebook:
@@ -67,7 +67,7 @@ class JupyterTTApp(ExtensionApp):
             full = os.path.abspath(os.path.join(root, notebook))
             if os.path.commonpath([root, full]) == root:
                 path = os.path.relpath(full, root).replace(os.sep, "/")
-        return {**item, "path": path}
+        return {**item, "notebook_path": path}
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())

@@ -1,0 +1,57 @@
+/**
+ * jupyter-tt's JupyterLab extension: the "Tenstorrent" side panel, a status-bar item and
+ * notifications for kernels that wait for devices. Data: the jupyter-tt server extension's REST API
+ * and its lease events on the server's event stream.
+ */
+import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { ICommandPalette } from '@jupyterlab/apputils';
+import { INotebookTracker } from '@jupyterlab/notebook';
+import { IStatusBar } from '@jupyterlab/statusbar';
+import { LabIcon } from '@jupyterlab/ui-components';
+
+import chipSvg from '../style/chip.svg';
+import { DeviceModel } from './model';
+import { DevicePanel } from './panel';
+import { QueueNotifier, StatusItem } from './status';
+
+export const chipIcon = new LabIcon({ name: 'jupyter-tt:chip', svgstr: chipSvg });
+
+const OPEN = 'jupyter-tt:open-panel';
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: 'jupyter-tt:plugin',
+  description: 'Tenstorrent devices, leases and queue in JupyterLab.',
+  autoStart: true,
+  optional: [ILabShell, IStatusBar, INotebookTracker, ICommandPalette],
+  activate: (
+    app: JupyterFrontEnd,
+    shell: ILabShell | null,
+    statusBar: IStatusBar | null,
+    tracker: INotebookTracker | null,
+    palette: ICommandPalette | null
+  ) => {
+    const model = new DeviceModel(app.serviceManager.events ?? null);
+    const panel = new DevicePanel(model, path => void app.commands.execute('docmanager:open', { path }));
+    panel.id = 'jupyter-tt-panel';
+    panel.title.icon = chipIcon;
+    panel.title.caption = 'Tenstorrent devices';
+    app.shell.add(panel, 'left', { rank: 600 });
+
+    app.commands.addCommand(OPEN, {
+      label: 'Show Tenstorrent Devices',
+      execute: () => app.shell.activateById(panel.id)
+    });
+    palette?.addItem({ command: OPEN, category: 'Tenstorrent' });
+
+    if (statusBar) {
+      const item = new StatusItem(model, tracker, () => void app.commands.execute(OPEN));
+      statusBar.registerStatusItem('jupyter-tt:status', { item, align: 'left', rank: 4 });
+    }
+    new QueueNotifier(model, tracker);
+    // A kernel's lease changes when it starts, restarts or stops: look again then too.
+    tracker?.widgetAdded.connect((_, nb) => nb.sessionContext.statusChanged.connect(() => void model.refresh()));
+    shell?.currentChanged.connect(() => void model.refresh());
+  }
+};
+
+export default plugin;

@@ -1,0 +1,130 @@
+"""The JupyterLab extension in a real browser: Debian's Chromium, driven by Playwright, against a
+JupyterLab server started here on a simulated host (one n150 card).
+
+A notebook's kernel leases the card; a second notebook's kernel waits for it (notification, queue,
+status bar); shutting the first kernel down hands the card to the second; shutting that one down
+frees it. Screenshots of each step go to ``test-artifacts/ui/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.usefixtures("kernelspecs"), pytest.mark.slow]
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
+# As root, in a sandbox with no outside network: no sandboxing, no background connections.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]
+N150_KERNEL = "Python 3 (1× n150, 1 chip)"  # the launcher card of the tt-n150 kernelspec
+
+
+@pytest.fixture
+def page():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"the UI test needs Chromium at {CHROMIUM}: `apt-get install chromium` (Debian), "
+            f"or set CHROMIUM=/path/to/chromium"
+        )
+    from playwright.sync_api import sync_playwright
+
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)  # a fresh profile
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(60_000)
+        try:
+            yield page
+        finally:
+            shot(page, "last")  # where a failing test stopped
+            browser.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def new_notebook(page, kernel: str) -> None:
+    """File > New Launcher, then the kernel's notebook card: a user's way to start such a kernel."""
+    page.get_by_role("menuitem", name="File", exact=True).click()
+    page.get_by_role("menuitem", name=re.compile("^New Launcher")).click()
+    page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{kernel}"]').locator("visible=true").click()
+
+
+def shut_down_kernel(page) -> None:
+    page.get_by_role("menuitem", name="Kernel", exact=True).click()
+    page.get_by_role("menuitem", name=re.compile("^Shut Down Kernel")).click()
+    accept = page.locator(".jp-Dialog .jp-mod-accept")
+    if accept.count():  # some versions ask first
+        accept.click()
+
+
+def device(page, device_id: int):
+    return page.locator(f'.jp-tt-device[data-device-id="{device_id}"]')
+
+
+def test_the_panel_follows_a_kernels_lease_from_queue_to_grant_to_release(servers, page):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)  # kernels start in seconds on a busy 2-core machine
+    server = servers(inventory="simulated:n150x1")
+    page.goto(f"{server.url}/lab?token={server.token}")
+    page.locator('.jp-SideBar [data-id="jupyter-tt-panel"]').click()
+    panel = page.locator("#jupyter-tt-panel")
+    expect(panel.locator(".jp-tt-simulated")).to_have_text("SIMULATED")
+    expect(device(page, 0)).to_have_attribute("data-state", "free")
+    expect(device(page, 0)).to_contain_text("n150 #0")
+    expect(panel.locator(".jp-tt-telemetry").first).to_contain_text("°C")
+    status = page.locator(".jp-tt-status")
+    expect(status).to_have_text("TT 1/1 free (simulated)")
+    shot(page, "1-panel-all-free")
+
+    # A notebook whose kernel asks for the n150: the card becomes leased to it.
+    new_notebook(page, N150_KERNEL)
+    expect(device(page, 0)).to_have_attribute("data-state", "leased")
+    expect(device(page, 0).locator(".jp-tt-holder")).to_contain_text("Untitled.ipynb")
+    expect(status).to_have_text(re.compile(r"TT 0/1 free \(simulated\) · this notebook: n150 #0"))
+    # jupyter-resource-usage keeps showing the kernel's memory beside ours.
+    expect(page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"Mem:"))).to_be_visible()
+    shot(page, "2-leased-to-untitled")
+
+    # A second notebook asks for the same card: its kernel waits, first in the queue.
+    new_notebook(page, N150_KERNEL)
+    queued = panel.locator(".jp-tt-request")
+    expect(queued).to_have_count(1)
+    expect(queued).to_contain_text("#1: 1 n150")
+    expect(queued).to_contain_text("Untitled1.ipynb")
+    expect(page.locator(".jp-Notification-Toast-warning", has_text="Untitled1.ipynb: the kernel waits for 1 n150")).to_be_visible()
+    expect(status).to_contain_text("this notebook waits: #1 in the queue")
+    shot(page, "3-second-notebook-waits")
+
+    # The first kernel shuts down: the card goes to the waiting kernel, and its user is told.
+    page.get_by_role("tab", name="Untitled.ipynb").click()
+    shut_down_kernel(page)
+    expect(device(page, 0).locator(".jp-tt-holder")).to_contain_text("Untitled1.ipynb")
+    expect(queued).to_have_count(0)
+    # The waiting notification turned into "got its devices" (its toast closes after 5 s: the
+    # notification centre keeps it).
+    page.locator(".jp-Notification-Status").click()
+    centre = page.get_by_role("list")
+    expect(centre.get_by_text("Untitled1.ipynb: the kernel got its devices (n150 #0)")).to_be_visible()
+    expect(centre.get_by_text("Untitled1.ipynb: the kernel waits")).to_have_count(0)
+    shot(page, "4-granted-to-the-waiting-kernel")
+    page.locator(".jp-Notification-Status").click()
+
+    # The second kernel shuts down too: the card is free again.
+    page.get_by_role("tab", name="Untitled1.ipynb").click()
+    shut_down_kernel(page)
+    expect(device(page, 0)).to_have_attribute("data-state", "free")
+    expect(status).to_have_text("TT 1/1 free (simulated)")
+    shot(page, "5-free-again")
+    assert server.leases() == []
