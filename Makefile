@@ -15,7 +15,7 @@ DEMO_ARGS ?= --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-ro
 CHROMIUM ?= /usr/bin/chromium
 LAB_SOURCES := $(wildcard labextension/src/*.ts labextension/style/*) labextension/package.json
 
-.PHONY: env demo test test-ttnn test-wormhole lab-build browser clean
+.PHONY: env demo test test-notebooks test-ttnn test-wormhole lab-build browser clean
 
 $(STAMP): pyproject.toml constraints.txt $(LAB_SOURCES)
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,13 @@ demo: env
 
 test: env browser
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
+	$(MAKE) test-notebooks
 	$(MAKE) test-ttnn
+
+# The workshop notebooks, top to bottom, outputs compared (notebooks/conftest.py, notebooks/sanitize.cfg).
+test-notebooks: env
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -p no:cacheprovider --nbval notebooks \
+	  --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=600
 
 $(TTNN_STAMP): pyproject.toml constraints-ttnn.txt
 	@test -n "$(PYTHON312)" || { echo "make test-ttnn needs CPython 3.12 (ttnn has no 3.11 wheel): set PYTHON312=/path/to/python3.12"; exit 1; }

@@ -1,0 +1,37 @@
+"""The workshop notebooks, Binder and `make demo` agree: what nbval runs is what users get."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def installed_kernelspecs(text: str) -> set[str]:
+    return set(re.findall(r"jupyter tt kernelspec install .*?--name (\S+)", text))
+
+
+def test_there_are_four_workshop_notebooks():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_notebooks_kernel_is_installed_by_binder_and_by_make_demo(path):
+    kernel = json.loads(path.read_text())["metadata"]["kernelspec"]["name"]
+    assert kernel in installed_kernelspecs((ROOT / "binder" / "postBuild").read_text())
+    assert kernel in installed_kernelspecs((ROOT / "Makefile").read_text())
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_notebook_is_stored_run_top_to_bottom_with_its_outputs(path):
+    """nbval compares against the stored outputs: a notebook saved unexecuted would check nothing."""
+    notebook = json.loads(path.read_text())
+    code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    assert [cell["execution_count"] for cell in code] == list(range(1, len(code) + 1))
+    with_output = [cell for cell in code if cell["outputs"]]
+    assert len(with_output) >= len(code) - 2, "most cells print something to check"
+    assert not any(o["output_type"] == "error" for cell in code for o in cell["outputs"])
+    assert "widgets" not in notebook["metadata"], "clear the saved widget state (it changes on every run)"
