@@ -9,7 +9,7 @@ TTNN_VENV  := .venv-ttnn
 TTNN_STAMP := $(TTNN_VENV)/.installed
 # The demo's simulated host: one n150, and a LoudBox (4x n300) whose cards the n300 kernels share.
 DEMO_INVENTORY ?= simulated:n150x1,n300x4
-DEMO_ARGS ?= --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,)
+DEMO_ARGS ?= --ServerApp.ip=127.0.0.1 --ResourceUseDisplay.track_cpu_percent=True $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # The UI test's browser: Debian's Chromium (Playwright's own download cannot work offline).
 CHROMIUM ?= /usr/bin/chromium

@@ -76,7 +76,8 @@ def test_the_panel_follows_a_kernels_lease_from_queue_to_grant_to_release(server
     from playwright.sync_api import expect
 
     expect.set_options(timeout=30_000)  # kernels start in seconds on a busy 2-core machine
-    server = servers(inventory="simulated:n150x1")
+    # jupyter-resource-usage with CPU tracking on, as `make demo` and Binder run it
+    server = servers(inventory="simulated:n150x1", args=["--ResourceUseDisplay.track_cpu_percent=True"])
     page.goto(f"{server.url}/lab?token={server.token}")
     page.locator('.jp-SideBar [data-id="jupyter-tt-panel"]').click()
     panel = page.locator("#jupyter-tt-panel")
@@ -93,8 +94,9 @@ def test_the_panel_follows_a_kernels_lease_from_queue_to_grant_to_release(server
     expect(device(page, 0)).to_have_attribute("data-state", "leased")
     expect(device(page, 0).locator(".jp-tt-holder")).to_contain_text("Untitled.ipynb")
     expect(status).to_have_text(re.compile(r"TT 0/1 free \(simulated\) · this notebook: n150 #0"))
-    # jupyter-resource-usage keeps showing the kernel's memory beside ours.
+    # jupyter-resource-usage keeps showing memory and CPU beside ours.
     expect(page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"Mem:"))).to_be_visible()
+    expect(page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"CPU:"))).to_be_visible()
     shot(page, "2-leased-to-untitled")
 
     # A second notebook asks for the same card: its kernel waits, first in the queue.
