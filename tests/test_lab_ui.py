@@ -27,8 +27,14 @@ CHROMIUM_ARGS = [
 N150_KERNEL = "Python 3 (1× n150, 1 chip)"  # the launcher card of the tt-n150 kernelspec
 
 
+@pytest.fixture(scope="module", autouse=True)
+def artifacts():
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+
+
 @pytest.fixture
-def page():
+def page(request):
     if not Path(CHROMIUM).exists():
         pytest.fail(
             f"the UI test needs Chromium at {CHROMIUM}: `apt-get install chromium` (Debian), "
@@ -36,8 +42,6 @@ def page():
         )
     from playwright.sync_api import sync_playwright
 
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    ARTIFACTS.mkdir(parents=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)  # a fresh profile
         page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -45,7 +49,7 @@ def page():
         try:
             yield page
         finally:
-            shot(page, "last")  # where a failing test stopped
+            shot(page, f"end-{request.node.name}")  # where the test ended: the failure, if it failed
             browser.close()
 
 
@@ -130,3 +134,29 @@ def test_the_panel_follows_a_kernels_lease_from_queue_to_grant_to_release(server
     expect(status).to_have_text("TT 1/1 free (simulated)")
     shot(page, "5-free-again")
     assert server.leases() == []
+
+
+def test_without_the_event_stream_the_panel_still_follows_the_host_by_polling(servers, page, state_dir):
+    """Events cut off (a proxy that drops websockets): leases made elsewhere on the host still show."""
+    from playwright.sync_api import expect
+
+    from jupyter_tt.devices import SimulatedInventory
+    from jupyter_tt.scheduler import Scheduler
+
+    expect.set_options(timeout=30_000)
+    server = servers(inventory="simulated:n300x2")
+    cut = []
+    page.route_web_socket(re.compile(r".*/api/events/subscribe.*"), lambda ws: (cut.append(ws.url), ws.close()))
+    page.goto(f"{server.url}/lab?token={server.token}")
+    page.locator('.jp-SideBar [data-id="jupyter-tt-panel"]').click()
+    expect(device(page, 1)).to_have_attribute("data-state", "free")
+    assert cut, "the event stream was not cut: this test would not show the polling"
+    # Another user's process on the host (no Jupyter server of theirs, so no event here either).
+    zoe = Scheduler(SimulatedInventory("n300x2"), state_dir, user="zoe", server="elsewhere")
+    held = zoe.acquire(1)
+    leased = device(page, held.device_ids[0])
+    expect(leased).to_have_attribute("data-state", "leased")
+    expect(leased.locator(".jp-tt-user")).to_have_text("zoe")
+    shot(page, "6-polling-shows-another-users-lease")
+    zoe.release(held.id)
+    expect(leased).to_have_attribute("data-state", "free")
