@@ -53,7 +53,16 @@ def page(request):
             browser.close()
 
 
+def lab(servers, tmp_path, inventory: str, args=()):
+    """A JupyterLab server whose user settings say no to Jupyter's news prompt (it would cover the panel)."""
+    settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    return servers(inventory=inventory, args=args, env={"JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings")})
+
+
 def shot(page, name: str) -> None:
+    page.wait_for_timeout(800)  # notifications slide in
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
@@ -76,12 +85,12 @@ def device(page, device_id: int):
     return page.locator(f'.jp-tt-device[data-device-id="{device_id}"]')
 
 
-def test_the_panel_follows_a_kernels_lease_from_queue_to_grant_to_release(servers, page):
+def test_the_panel_follows_a_kernels_lease_from_queue_to_grant_to_release(servers, page, tmp_path):
     from playwright.sync_api import expect
 
     expect.set_options(timeout=30_000)  # kernels start in seconds on a busy 2-core machine
     # jupyter-resource-usage with CPU tracking on, as `make demo` and Binder run it
-    server = servers(inventory="simulated:n150x1", args=["--ResourceUseDisplay.track_cpu_percent=True"])
+    server = lab(servers, tmp_path, "simulated:n150x1", args=["--ResourceUseDisplay.track_cpu_percent=True"])
     page.goto(f"{server.url}/lab?token={server.token}")
     page.locator('.jp-SideBar [data-id="jupyter-tt-panel"]').click()
     panel = page.locator("#jupyter-tt-panel")
@@ -136,7 +145,7 @@ def test_the_panel_follows_a_kernels_lease_from_queue_to_grant_to_release(server
     assert server.leases() == []
 
 
-def test_without_the_event_stream_the_panel_still_follows_the_host_by_polling(servers, page, state_dir):
+def test_without_the_event_stream_the_panel_still_follows_the_host_by_polling(servers, page, state_dir, tmp_path):
     """Events cut off (a proxy that drops websockets): leases made elsewhere on the host still show."""
     from playwright.sync_api import expect
 
@@ -144,7 +153,7 @@ def test_without_the_event_stream_the_panel_still_follows_the_host_by_polling(se
     from jupyter_tt.scheduler import Scheduler
 
     expect.set_options(timeout=30_000)
-    server = servers(inventory="simulated:n300x2")
+    server = lab(servers, tmp_path, "simulated:n300x2")
     cut = []
     page.route_web_socket(re.compile(r".*/api/events/subscribe.*"), lambda ws: (cut.append(ws.url), ws.close()))
     page.goto(f"{server.url}/lab?token={server.token}")
