@@ -18,7 +18,7 @@ export interface ITelemetry {
 }
 
 /** Fields shared by devices, leases and queue requests that name a kernel's notebook. */
-interface IHeld {
+export interface IHeld {
   user: string | null;
   kernel_id: string | null;
   /** The notebook as a path of this server (null when it lies outside its root or is unknown). */

@@ -4,7 +4,7 @@
  */
 import { Widget } from '@lumino/widgets';
 
-import { DeviceModel, describeRequest, IDevice, IRequest, IState, since } from './model';
+import { DeviceModel, describeRequest, IDevice, IHeld, IRequest, IState, since } from './model';
 
 type Child = Node | string | null | false | undefined;
 
@@ -124,7 +124,7 @@ export class DevicePanel extends Widget {
     return header;
   }
 
-  private _holder(item: { user: string | null; kernel_id: string | null; notebook_path: string | null; notebook: string | null }): HTMLElement {
+  private _holder(item: IHeld): HTMLElement {
     const parts: Child[] = [h('span', { class: 'jp-tt-user', title: 'user' }, item.user ?? '?')];
     if (item.notebook_path) {
       const link = h('a', { class: 'jp-tt-notebook', href: '#', title: `open ${item.notebook_path}` }, item.notebook_path);

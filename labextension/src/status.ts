@@ -3,7 +3,7 @@
  * notebook's user that its kernel waits for devices, then that it got them.
  */
 import { Notification } from '@jupyterlab/apputils';
-import { INotebookTracker } from '@jupyterlab/notebook';
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Event } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
@@ -15,11 +15,13 @@ interface INotebookRef {
   kernelId: string | null;
 }
 
+function refOf(panel: NotebookPanel): INotebookRef {
+  return { path: panel.sessionContext.path, kernelId: panel.sessionContext.session?.kernel?.id ?? null };
+}
+
 function openNotebooks(tracker: INotebookTracker | null): INotebookRef[] {
   const refs: INotebookRef[] = [];
-  tracker?.forEach(panel => {
-    refs.push({ path: panel.sessionContext.path, kernelId: panel.sessionContext.session?.kernel?.id ?? null });
-  });
+  tracker?.forEach(panel => refs.push(refOf(panel)));
   return refs;
 }
 
@@ -58,7 +60,7 @@ export class StatusItem extends Widget {
     let text = `TT ${free}/${state.devices.length} free${state.inventory.simulated ? ' (simulated)' : ''}`;
     const current = this._tracker?.currentWidget;
     if (current) {
-      const ref = { path: current.sessionContext.path, kernelId: current.sessionContext.session?.kernel?.id ?? null };
+      const ref = refOf(current);
       const lease = leaseOf(state, ref);
       const waiting = state.requests.find(r => r.notebook_path === ref.path);
       if (lease) {
