@@ -1,7 +1,11 @@
 """The torch model and engine against transformers' implementation of the same checkpoint.
 
 Tolerance: both run in float32 from the same dequantized weights; logits agree to 1e-3 absolute
-(seen: about 5e-5), and greedy decoding gives the same tokens.
+(seen: about 5e-5, on AVX2, AVX-512 and AMX alike). Neither is bit-exact against the other, nor
+across CPUs or batch shapes, so greedy outputs are compared with `greedy.assert_greedy_agrees`: the
+same tokens, or parted at a near tie (within 1e-3) of the reference. What the tests assert word for
+word is the answer to `greedy.QUESTION`, whose margins `test_the_answer_tests_assert_word_for_word_is_far_from_a_tie`
+checks in both torch formats.
 """
 
 import json
@@ -16,8 +20,11 @@ from jupyter_tt.serving.engine import Engine, PromptTooLong
 from jupyter_tt.serving.runner import SequenceStep, TorchModelRunner
 from jupyter_tt.serving.sampling import SamplingError, SamplingParams
 
+import greedy
+from greedy import ANSWER, GAP_ERROR, QUESTION, assert_greedy_agrees, greedy_branches, runner_logits
+
 PROMPTS = [
-    "What is the capital of France?",
+    QUESTION,
     "Write a haiku about the sea.",
     "List three prime numbers.",
     "Who wrote Hamlet?",
@@ -50,8 +57,12 @@ def runner(checkpoint):
 
 
 def chat_ids(checkpoint, prompt):
-    ids = checkpoint.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    return greedy.chat_ids(checkpoint.tokenizer, prompt)
+
+
+def answer_ids(checkpoint):
+    """The tokens of `greedy.ANSWER` and the end-of-turn token that ends it."""
+    return checkpoint.tokenizer.encode(ANSWER, add_special_tokens=False) + [checkpoint.tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
 
 def generate(engine, prompts_ids, params_for):
@@ -75,18 +86,30 @@ def generate(engine, prompts_ids, params_for):
 
 
 def test_logits_match_transformers_after_prefill_and_each_decode_step(checkpoint, reference, runner):
-    ids = chat_ids(checkpoint, PROMPTS[0])
+    ids, answer = chat_ids(checkpoint, PROMPTS[0]), answer_ids(checkpoint)
     with torch.no_grad():
-        ref = reference(torch.tensor([ids + [504, 3575, 282, 4649, 314, 7042, 30, 2]])).logits[0]
+        ref = reference(torch.tensor([ids + answer])).logits[0]
     table = list(range(8))
     ours = runner.step([SequenceStep(ids, 0, table)])[0]
     assert (ours - ref[len(ids) - 1]).abs().max() < 1e-3
-    for k, token in enumerate([504, 3575, 282, 4649, 314, 7042, 30]):
+    for k, token in enumerate(answer[:-1]):
         ours = runner.step([SequenceStep([token], len(ids) + k, table)])[0]
         assert (ours - ref[len(ids) + k]).abs().max() < 1e-3, f"decode step {k}"
 
 
+def transformers_logits(reference, prompt):
+    """``logits(prefix)``: transformers' next-token logits after ``prompt + prefix``."""
+
+    def logits(prefix):
+        with torch.no_grad():
+            return reference(torch.tensor([list(prompt) + list(prefix)])).logits[0, -1]
+
+    return logits
+
+
 def test_greedy_output_equals_transformers_generate_for_64_tokens(checkpoint, reference, runner):
+    """The same 64 tokens, or (on some CPU, somewhere in 64 tokens past the end of the answer) the two
+    part at a near tie of transformers' logits, within the 1e-3 that the logits agree to."""
     engine = Engine(runner, checkpoint.tokenizer).start()
     try:
         prompts = [chat_ids(checkpoint, p) for p in PROMPTS[:3]]
@@ -100,8 +123,52 @@ def test_greedy_output_equals_transformers_generate_for_64_tokens(checkpoint, re
                 torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                 max_new_tokens=64, do_sample=False, pad_token_id=2,
             )[0, len(ids):]
-        assert ours[i][1] == ref.tolist(), f"prompt {i}"
-        assert ours[i][2] == "length"
+        assert_greedy_agrees(ours[i][1], ref.tolist(), transformers_logits(reference, ids), near_tie=GAP_ERROR["float32"])
+        assert ours[i][2] == "length" and len(ours[i][1]) == 64
+    assert ours[0][0].startswith(ANSWER)  # the part of the output that is far from any tie
+
+
+def test_the_answer_tests_assert_word_for_word_is_far_from_a_tie(checkpoint):
+    """Tests through the API, in a kernel and in the chat widget assert `greedy.ANSWER` word for word,
+    on the int8 format that serve() uses. That holds on every CPU because no step of it is a near tie:
+    greedy decoding, following both ways of every near tie, finds that one answer, in both formats."""
+    ids, eos = chat_ids(checkpoint, QUESTION), checkpoint.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for weights in ("float32", "int8"):
+        runner = TorchModelRunner(checkpoint, weights=weights, kv_cache_bytes=8 * 2**20)
+        answers = greedy_branches(runner, ids, near_tie=GAP_ERROR[weights], max_tokens=24, stop_ids=[eos])
+        assert answers == [answer_ids(checkpoint)], (weights, [checkpoint.tokenizer.decode(a) for a in answers])
+
+
+def test_the_fact_notebook_4_checks_holds_whichever_way_near_ties_break(checkpoint):
+    """Notebook 4 stores its free-text answers unchecked and checks that the first names the n300's
+    memory, "24 GB". Its int8 answer has near ties ("The"/"An", "and"/","), so CPUs may answer in
+    other words; on every branch they can take, the answer has "24 GB" in it."""
+    documents = os.path.join(os.path.dirname(__file__), "..", "notebooks", "documents")
+    with open(os.path.join(documents, "n300.md")) as f:
+        passage = f.read()
+    messages = [  # as notebook 4 asks (its answer() function)
+        {"role": "system", "content": "Answer the question in one sentence, using only this text:\n" + passage},
+        {"role": "user", "content": "How much memory does an n300 card have?"},
+    ]
+    tok = checkpoint.tokenizer
+    ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), add_special_tokens=False)
+    runner = TorchModelRunner(checkpoint, weights="int8", kv_cache_bytes=16 * 2**20)
+    has_fact = lambda tokens: "24 GB" in tok.decode(tokens)  # noqa: E731
+    answers = greedy_branches(runner, ids, near_tie=GAP_ERROR["int8"], max_tokens=40, stop_ids=[tok.convert_tokens_to_ids("<|im_end|>")], until=has_fact)
+    assert len(answers) > 1  # the near ties are there: this is not one answer
+    assert all(has_fact(a) for a in answers), [tok.decode(a) for a in answers if not has_fact(a)]
+
+
+def test_outputs_that_part_where_the_reference_is_decided_fail_the_comparison(checkpoint, runner):
+    """The comparison the tests above rely on can fail: "Japan" swapped for "France" at step 3, where
+    the reference leads by 5 logits, is no near tie."""
+    ids, answer = chat_ids(checkpoint, QUESTION), answer_ids(checkpoint)
+    france = answer[:3] + checkpoint.tokenizer.encode(" France", add_special_tokens=False) + answer[4:]
+    assert assert_greedy_agrees(answer, list(answer), runner_logits(runner, ids), near_tie=1e-3) is None
+    with pytest.raises(AssertionError, match=r"part at step 3 .* more than a near tie"):
+        assert_greedy_agrees(answer, france, runner_logits(runner, ids), near_tie=1e-3)
+    with pytest.raises(AssertionError, match="one output stops early"):
+        assert_greedy_agrees(answer, answer[:-1], runner_logits(runner, ids), near_tie=1e-3)
 
 
 def test_a_request_gives_the_same_tokens_alone_and_in_a_full_batch(checkpoint, runner):
@@ -110,12 +177,15 @@ def test_a_request_gives_the_same_tokens_alone_and_in_a_full_batch(checkpoint, r
     engine = Engine(runner, checkpoint.tokenizer, max_num_seqs=8, max_step_tokens=64).start()
     try:
         together = generate(engine, prompts, params)
-        for i in (0, 5):
-            alone = generate(engine, [prompts[i]], params)[0]
-            assert alone[1] == together[i][1], f"prompt {i}"
+        alone = {i: generate(engine, [prompts[i]], params)[0] for i in (0, 5)}
     finally:
         engine.stop()
     assert engine.stats["steps"] > 24  # prompts were read in 64-token chunks while others decoded
+    # A batch of 8 runs other GEMM shapes than a batch of 1, so float32 rounds a little differently:
+    # the same tokens, or parted at a near tie. Nothing from other requests leaks in.
+    for i, out in alone.items():
+        assert_greedy_agrees(out[1], together[i][1], runner_logits(runner, prompts[i]), near_tie=GAP_ERROR["float32"])
+    assert together[0][0].startswith(ANSWER)
 
 
 def test_sampling_with_a_seed_is_reproducible_and_differs_across_seeds(checkpoint, runner):
@@ -145,11 +215,13 @@ def test_streamed_text_is_the_decoded_tokens_including_accents_and_emoji(checkpo
         full = checkpoint.tokenizer.decode(token_ids[:-1] if eos else token_ids, skip_special_tokens=True)
         assert text == full
         assert "\ufffd" not in text
-    assert any(ord(ch) > 127 for text, _, _ in out.values() for ch in text)  # the case was exercised
+    # The case was exercised: the greedy answer's first token is an emoji, 1.25 logits ahead of the
+    # runner-up in float32 (so on every CPU).
+    assert any(ord(ch) > 127 for ch in out[0][0])
 
 
 def test_stop_strings_max_tokens_min_tokens_and_eos(checkpoint, runner):
-    ids = chat_ids(checkpoint, PROMPTS[0])  # greedy answer: "The capital of France is Paris."
+    ids = chat_ids(checkpoint, QUESTION)  # greedy answer: "The capital of Japan is Tokyo."
     engine = Engine(runner, checkpoint.tokenizer).start()
     try:
         out = generate(
@@ -164,10 +236,10 @@ def test_stop_strings_max_tokens_min_tokens_and_eos(checkpoint, runner):
         )
     finally:
         engine.stop()
-    assert out[0][0] == "The capital of France" and out[0][2] == "stop"
+    assert out[0][0] == "The capital of Japan" and out[0][2] == "stop"
     assert len(out[1][1]) == 3 and out[1][2] == "length"
-    assert out[2][0] == "The capital of France is Paris." and out[2][2] == "stop"  # stopped at <|im_end|>
-    assert len(out[3][1]) >= 12 and out[3][0].startswith("The capital of France is Paris.")
+    assert out[2][0] == ANSWER and out[2][2] == "stop"  # stopped at <|im_end|>
+    assert len(out[3][1]) >= 12 and out[3][0].startswith(ANSWER)
 
 
 def test_cancelling_a_request_frees_its_cache_blocks(checkpoint, runner):

@@ -7,6 +7,7 @@ import psutil
 import pytest
 from jupyter_client.manager import start_new_kernel
 
+from greedy import ANSWER, ANSWER_TOKENS, QUESTION
 from jupyter_servers import kernel_environ, wait_until
 from test_kernel_api import run
 
@@ -29,9 +30,9 @@ def test_serve_in_a_kernel_answers_on_the_kernels_devices_and_stops_with_it(kern
     assert error is None, error
     base_url, pid = json.loads(out)
     reply = httpx.post(base_url + "/chat/completions", timeout=60, json={
-        "messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0,
+        "messages": [{"role": "user", "content": QUESTION}], "temperature": 0,
     }).json()
-    assert reply["choices"][0]["message"]["content"] == "The capital of France is Paris."
+    assert reply["choices"][0]["message"]["content"] == ANSWER
     assert kernel_environ(pid)["TT_VISIBLE_DEVICES"] == ",".join(km.provisioner.lease.bdfs)
 
     km.shutdown_kernel(now=True)
@@ -59,10 +60,10 @@ def test_the_jupyter_server_proxies_a_kernels_model_with_its_authentication(kern
     # The OpenAI SDK through Jupyter: the Jupyter token is the API key (sent as a bearer token).
     sdk = openai.OpenAI(base_url=f"{server.url}/{proxy_path}", api_key=server.token, max_retries=0)
     chunks = list(sdk.chat.completions.create(
-        model="smollm2-135m-instruct", messages=[{"role": "user", "content": "What is the capital of France?"}],
+        model="smollm2-135m-instruct", messages=[{"role": "user", "content": QUESTION}],
         temperature=0, stream=True,
     ))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "The capital of France is Paris."
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
     assert httpx.get(f"{server.url}/{proxy_path}/models").status_code == 403  # no token
     other = server.get(f"/jupyter-tt/serve/{int(port) + 1}/v1/models")
     assert other.status_code == 404 and "jupyter_tt.serve()" in other.json()["message"]
@@ -75,15 +76,15 @@ def test_chat_widget_streams_the_answer_and_shows_ttft_and_tpot(kernel):
         "llm = jupyter_tt.serve()\n"
         "chat = llm.chat(temperature=0)\n"
         "display(chat)\n"
-        "chat.send('What is the capital of France?').join(120)\n"
+        f"chat.send({QUESTION!r}).join(120)\n"
         "print(json.dumps([chat.messages, chat.stats.value, chat.transcript.value, chat.send_button.disabled]))\n"
     )
     out, displays, error = run(client, code, timeout=300)
     assert error is None, error
     messages, stats, transcript, disabled = json.loads(out)
-    assert messages[-1] == {"role": "assistant", "content": "The capital of France is Paris."}
-    assert "TTFT" in stats and "TPOT" in stats and "8 tokens" in stats
-    assert "The capital of France is Paris." in transcript and disabled is False
+    assert messages[-1] == {"role": "assistant", "content": ANSWER}
+    assert "TTFT" in stats and "TPOT" in stats and f"{ANSWER_TOKENS} tokens" in stats
+    assert ANSWER in transcript and disabled is False
     assert any("application/vnd.jupyter.widget-view+json" in d for d in displays)
 
 

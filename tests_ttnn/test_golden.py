@@ -7,6 +7,8 @@ the torch backend in float32. Results here come from that stand-in, not from a W
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pytest
 import torch
 
@@ -17,8 +19,15 @@ from jupyter_tt.serving.sampling import SamplingParams
 from jupyter_tt.serving.ttnn_golden import EQUIVALENTS, GoldenTTNN, Shards
 from jupyter_tt.serving.ttnn_model import TtnnModelRunner
 
+from greedy import ANSWER, QUESTION, assert_greedy_agrees, chat_ids, runner_logits
+
 PCC_MIN = 0.99
 DECODE_STEPS = 32
+#: bfloat16 activations and bfloat8_b weights against float32: the logits of the reference's five best
+#: tokens differ by up to about 0.7 (the report's "top-5 diff"), so a greedy pick may differ where
+#: float32's top two are closer than this (greedy.py). Golden functions run torch's bfloat16 kernels,
+#: which round differently on AVX2, AVX-512 and AMX, so where ties break differs between CPUs.
+NEAR_TIE = 1.0
 
 
 def pcc(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -35,9 +44,25 @@ def golden_runner(checkpoint, mesh_shape=(1, 1), **kwargs):
     return TtnnModelRunner(checkpoint, ttnn.open_mesh_device(ttnn.MeshShape(*mesh_shape)), ttnn=ttnn, **kwargs), ttnn
 
 
-def chat_ids(tokenizer, question: str) -> list[int]:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
-    return tokenizer.encode(text, add_special_tokens=False)
+class Step(NamedTuple):
+    """One step of ttnn's logits (a) against the float32 reference's (b)."""
+
+    name: str
+    pcc: float
+    ours: int  # greedy picks
+    theirs: int
+    top_diff: float  # the largest difference among the reference's 5 best tokens' logits
+    behind: float  # how far the reference's logit of our pick is behind its own pick's (0: the same pick)
+
+    @classmethod
+    def of(cls, name: str, a: torch.Tensor, b: torch.Tensor) -> "Step":
+        ours, theirs = int(a.argmax()), int(b.argmax())
+        top = b.topk(5).indices
+        return cls(name, pcc(a, b), ours, theirs, float((a[top] - b[top]).abs().max()), float(b[theirs] - b[ours]))
+
+    @property
+    def same_pick_or_near_tie(self) -> bool:
+        return self.ours == self.theirs or self.behind < NEAR_TIE
 
 
 def test_golden_execution_matches_the_torch_backend_after_prefill_and_32_decode_steps(checkpoint, report):
@@ -48,22 +73,26 @@ def test_golden_execution_matches_the_torch_backend_after_prefill_and_32_decode_
     # Greedy decoding: the reference picks each token; both read the same tokens (so a step's PCC
     # compares like with like) and the ttnn backend must have picked the same token at every step.
     a, b = tt.step([SequenceStep(ids, 0, blocks)])[0], ref.step([SequenceStep(ids, 0, blocks)])[0]
-    rows = [("prefill", pcc(a, b), int(a.argmax()), int(b.argmax()))]
-    pos, tokens = len(ids), [int(b.argmax())]
+    rows = [Step.of("prefill", a, b)]
+    pos, tokens = len(ids), [rows[0].theirs]
     for step in range(DECODE_STEPS):
         s = SequenceStep([tokens[-1]], pos, blocks)
         a, b = tt.step([s])[0], ref.step([s])[0]
-        rows.append((f"decode {step + 1}", pcc(a, b), int(a.argmax()), int(b.argmax())))
-        tokens.append(int(b.argmax()))
+        rows.append(Step.of(f"decode {step + 1}", a, b))
+        tokens.append(rows[-1].theirs)
         pos += 1
     report("ttnn golden execution (CPU stand-in, not a card) vs torch backend float32, SmolLM2-135M-Instruct:")
-    report(f"  {'step':<10} {'logits PCC':>10} {'ttnn':>6} {'torch':>6}  (greedy token ids)")
-    for name, p, x, y in rows:
-        report(f"  {name:<10} {p:>10.5f} {x:>6} {y:>6}{'' if x == y else '  <- differs'}")
+    report(f"  {'step':<10} {'logits PCC':>10} {'ttnn':>6} {'torch':>6} {'top-5 diff':>10}  (greedy token ids; logits)")
+    for r in rows:
+        differs = "" if r.ours == r.theirs else f"  <- differs: {r.behind:.3f} behind in float32"
+        report(f"  {r.name:<10} {r.pcc:>10.5f} {r.ours:>6} {r.theirs:>6} {r.top_diff:>10.3f}{differs}")
     report(f"  answer: {checkpoint.tokenizer.decode(tokens)!r}")
-    assert all(p >= PCC_MIN for _, p, _, _ in rows), [r for r in rows if r[1] < PCC_MIN]
-    assert [x for _, _, x, _ in rows] == [y for _, _, _, y in rows]
-    assert "Paris" in checkpoint.tokenizer.decode(tokens)
+    assert all(r.pcc >= PCC_MIN for r in rows), [r for r in rows if r.pcc < PCC_MIN]
+    # The same pick at every step, except at a near tie of the float32 reference (which way bfloat16
+    # breaks it differs between CPUs); the reference's pick is the one both read next.
+    assert all(r.same_pick_or_near_tie for r in rows), [r for r in rows if r.ours != r.theirs]
+    assert sum(r.ours != r.theirs for r in rows) <= 3, "more than a few near ties in 33 steps: the comparison says little"
+    assert "Paris" in checkpoint.tokenizer.decode(tokens)  # float32's picks: " Paris" leads by 4.6 logits
 
     # What ran how: every op by its golden, except the ones ttnn has none for.
     ran = {name: how for name, how in ttnn.calls}
@@ -93,8 +122,8 @@ def test_chunked_prefill_and_a_batch_at_different_positions(checkpoint):
     for step in range(4):  # one decode step for all three users at once, each at its own position
         assert a.shape == b.shape == (3, checkpoint.args.vocab_size)
         for row in range(3):
-            assert pcc(a[row], b[row]) >= PCC_MIN, (step, row, pcc(a[row], b[row]))
-        assert a.argmax(-1).tolist() == b.argmax(-1).tolist()
+            r = Step.of(f"step {step} user {row}", a[row], b[row])
+            assert r.pcc >= PCC_MIN and r.same_pick_or_near_tie, r
         batch = [SequenceStep([int(b[i].argmax())], positions[i], tables[i]) for i in range(3)]
         a, b = tt.step(batch), ref.step(batch)
         positions = [p + 1 for p in positions]
@@ -102,6 +131,7 @@ def test_chunked_prefill_and_a_batch_at_different_positions(checkpoint):
 
 
 def serve_greedily(runner, tokenizer, questions, max_step_tokens):
+    """Serve the questions together; returns ({question: (text, token ids)}, engine)."""
     engine = Engine(runner, tokenizer, max_num_seqs=4, max_step_tokens=max_step_tokens, max_prefill_tokens=max_step_tokens)
     done = {}
     for q in questions:
@@ -109,25 +139,31 @@ def serve_greedily(runner, tokenizer, questions, max_step_tokens):
                            lambda out, q=q: done.setdefault(q, []).append(out), request_id=q)
     while engine.running or engine.waiting or engine._incoming:
         engine.step()
-    return {q: "".join(o.text for o in outs) for q, outs in done.items()}, engine
+    return {q: ("".join(o.text for o in outs), [t for o in outs for t in o.token_ids]) for q, outs in done.items()}, engine
 
 
 def test_the_engine_serves_on_the_ttnn_backend(checkpoint, report):
     """Continuous batching on the golden runner: two requests served together, their prompts read in
-    36-token steps (so a prompt of 37 arrives as a whole 32-token block, then the rest), give what each gives alone in one piece."""
-    questions = ["What is the capital of France?", "What is the capital of Italy?"]
+    36-token steps (so a prompt of 37 arrives as a whole 32-token block, then the rest), give what each
+    gives alone in one piece, but for a near tie: a batch of two runs other bfloat16 matmul shapes than
+    a batch of one, which round differently."""
+    italy = "What is the capital of Italy?"  # float32's first pick, "Il", leads "The" by 0.12 logits: a near tie
+    questions = [QUESTION, italy]
     runner, ttnn = golden_runner(checkpoint, max_seq_len=256)
     together, engine = serve_greedily(runner, checkpoint.tokenizer, questions, max_step_tokens=36)
     alone = {}
     for q in questions:
         alone |= serve_greedily(golden_runner(checkpoint, max_seq_len=256)[0], checkpoint.tokenizer, [q], 256)[0]
-    report(f"engine on the golden runner, two requests with chunked prompts: {together}")
-    assert together == alone
-    assert "Paris" in together[questions[0]]
+    report(f"engine on the golden runner, two requests with chunked prompts: { {q: t for q, (t, _) in together.items()} }")
+    report(f"  each alone: { {q: t for q, (t, _) in alone.items()} }")
+    reference = TorchModelRunner(checkpoint, weights="float32", block_size=runner.block_size)
+    for q in questions:
+        parted = assert_greedy_agrees(together[q][1], alone[q][1], runner_logits(reference, chat_ids(checkpoint.tokenizer, q)), NEAR_TIE)
+        if parted is not None:
+            report(f"  {q!r}: together and alone part at step {parted}, a near tie of float32")
+    assert together[QUESTION][0] == alone[QUESTION][0] == ANSWER  # far from any tie (greedy.py)
     assert engine.stats["prefill_tokens"] == sum(len(chat_ids(checkpoint.tokenizer, q)) for q in questions)
     assert ttnn.calls[("transformer.chunked_scaled_dot_product_attention", "golden")] == 2 * checkpoint.args.n_layers
-    # The Italian answer is where bfloat16 shows: the float32 torch backend's first pick is "Il" by 0.12
-    # logits over "The" (a near tie); here it is "The capital of Italy is Rome."
 
 
 def synthetic(layers=2, dim=512, heads=16, kv_heads=8, inter=1024, vocab=512, seed=0) -> Checkpoint:
