@@ -35,3 +35,31 @@ def test_each_notebook_is_stored_run_top_to_bottom_with_its_outputs(path):
     assert len(with_output) >= len(code) - 2, "most cells print something to check"
     assert not any(o["output_type"] == "error" for cell in code for o in cell["outputs"])
     assert "widgets" not in notebook["metadata"], "clear the saved widget state (it changes on every run)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_nbval_marker_in_a_notebook_is_one_nbval_honours(path):
+    """nbval takes a comment as a marker only when the comment is exactly the marker: with any text after
+    it (`# NBVAL_IGNORE_OUTPUT (why)`) it is an ordinary comment, and the cell's output is compared."""
+    from nbval.plugin import find_comment_markers, metadata_tags
+
+    for index, cell in enumerate(json.loads(path.read_text())["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        for line in "".join(cell["source"]).splitlines():
+            if "nbval" in line.lower() and line.strip().startswith("#"):
+                assert list(find_comment_markers(line)), (
+                    f"cell {index}: {line.strip()!r} is not a marker nbval honours: put the marker alone on its line"
+                    " and the reason on the next comment line"
+                )
+        for tag in cell["metadata"].get("tags", []):
+            if tag.startswith("nbval"):
+                assert tag in metadata_tags, f"cell {index}: tag {tag!r} is not one of nbval's: {sorted(metadata_tags)}"
+
+
+def test_the_marker_check_sees_a_marker_with_text_after_it():
+    """The check above can fail: a marker with its reason on the same line is no marker to nbval."""
+    from nbval.plugin import find_comment_markers
+
+    assert list(find_comment_markers("# NBVAL_IGNORE_OUTPUT")) == [("check", False)]
+    assert list(find_comment_markers("# NBVAL_IGNORE_OUTPUT (a widget)")) == []
