@@ -11,6 +11,11 @@ TTNN_STAMP := $(TTNN_VENV)/.installed
 DEMO_INVENTORY ?= simulated:n150x1,n300x4
 DEMO_ARGS ?= --ServerApp.ip=127.0.0.1 --ResourceUseDisplay.track_cpu_percent=True $(if $(filter 0,$(shell id -u)),--allow-root,)
 
+# Another CPU's rounding, on this one: ATen's scalar kernels, MKL's SSE4.2 and oneDNN's SSE4.1 code
+# round differently from every AVX2, AVX-512 and AMX machine's. A test or stored output that depends
+# on rounding fails in a second run with these, here, rather than on the next machine.
+OTHER_ROUNDING := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41
+
 # The UI test's browser: Debian's Chromium (Playwright's own download cannot work offline).
 CHROMIUM ?= /usr/bin/chromium
 LAB_SOURCES := $(wildcard labextension/src/*.ts labextension/style/*) labextension/package.json
@@ -52,15 +57,13 @@ lint: env
 
 test: lint browser
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
+	# The tests that assert model output, again with another CPU's rounding (tests/greedy.py).
+	$(OTHER_ROUNDING) $(BIN)/python -m pytest -p no:cacheprovider tests/test_serving_model.py tests/test_serving_api.py
 	$(MAKE) test-notebooks
 	$(MAKE) test-ttnn
 
 # The workshop notebooks, top to bottom, outputs compared (notebooks/workshop.py, notebooks/sanitize.cfg).
 NBVAL := $(BIN)/python -m pytest -p no:cacheprovider --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=600
-# Another CPU's rounding, on this one: ATen's scalar kernels, MKL's SSE4.2 and oneDNN's SSE4.1 code
-# round differently from every AVX2, AVX-512 and AMX machine's. A stored output that depends on
-# rounding fails in this second run, here, rather than on the next machine.
-OTHER_ROUNDING := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41
 
 test-notebooks: env
 	$(NBVAL)
