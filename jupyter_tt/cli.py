@@ -1,4 +1,4 @@
-"""``jupyter tt <command>``: devices, kernelspec, usage, release, serve, bench."""
+"""``jupyter tt <command>``: devices, kernelspec, usage, release, scheduler, serve, bench."""
 
 from __future__ import annotations
 
@@ -41,7 +41,10 @@ def cmd_devices(args) -> int:
         print(f"Inventory: {inv['label']}")
     else:
         print(f"Inventory: sysfs under {inv['root']}")
-    print(f"State: {scheduler.state_dir}\n")
+    if scheduler.mode == "service":
+        print(f"Scheduler: the host's service at {scheduler.state_dir}\n")
+    else:
+        print(f"Scheduler: personal (only your kernels share these devices), state in {scheduler.state_dir}\n")
     leases = {lease["id"]: lease for lease in report["leases"]}
     rows = []
     for d in report["devices"]:
@@ -104,6 +107,27 @@ def cmd_release(args) -> int:
     scheduler.release(args.lease_id, reason=f"released with `jupyter tt release` by {scheduler.user}", user=scheduler.user)
     print(f"Released {args.lease_id}")
     return 0
+
+
+def cmd_scheduler(args) -> int:
+    from .config import SERVICE_SOCKET, SERVICE_STATE_DIR
+
+    if args.print_unit:
+        print(systemd_unit(args.config))
+        return 0
+    from .scheduler.service import main
+
+    return main(args.socket or SERVICE_SOCKET, args.state_dir or os.environ.get("JUPYTER_TT_STATE_DIR") or SERVICE_STATE_DIR,
+                args.config)
+
+
+def systemd_unit(config: str | None) -> str:
+    """The shipped unit (jupyter_tt/scheduler/jupyter-tt-scheduler.service) with this environment's command."""
+    from importlib.resources import files
+
+    template = files("jupyter_tt.scheduler").joinpath("jupyter-tt-scheduler.service").read_text()
+    command = f"{sys.executable} -m jupyter_tt.cli scheduler" + (f" --config {config}" if config else "")
+    return template.replace("@COMMAND@", command)
 
 
 def cmd_serve(args) -> int:
@@ -280,6 +304,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--served-model-name", default=None, help="the name clients use (default: the model's)")
     s.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # jupyter_tt.serve(): exit with the kernel
     s.set_defaults(func=cmd_serve)
+
+    sch = sub.add_parser("scheduler", help="run the host-wide scheduler service (as root or a dedicated user)")
+    sch.add_argument("--socket", default=None, help="the Unix socket to serve (default /run/jupyter-tt/scheduler.sock)")
+    sch.add_argument("--state-dir", default=None, help="the service's own state folder (default /var/lib/jupyter-tt)")
+    sch.add_argument("--config", default=None, help="a traitlets config file (.py or .json): TTSettings quotas, inventory")
+    sch.add_argument("--print-unit", action="store_true", help="print the systemd unit that runs this service, and exit")
+    sch.set_defaults(func=cmd_scheduler)
 
     r = sub.add_parser("release", help="end one of your leases (e.g. one whose server is gone)")
     r.add_argument("lease_id")

@@ -7,34 +7,39 @@ Environment variables give the defaults; config overrides them.
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
 from traitlets import Dict, Float, Int, Unicode, default
 from traitlets.config import Configurable
 
-#: Host-wide state lives here when it is writable (create it once: ``install -d -m 1777``).
-SYSTEM_STATE_DIR = "/var/lib/jupyter-tt"
+from .errors import ConfigError
+
+#: Where the scheduler service listens (the shipped systemd unit creates /run/jupyter-tt).
+SERVICE_SOCKET = "/run/jupyter-tt/scheduler.sock"
+#: The scheduler service's own state folder (0700: only the service opens it).
+SERVICE_STATE_DIR = "/var/lib/jupyter-tt"
 
 
-def default_state_dir() -> Path:
-    """The system path if this process may write there, else a per-user one (not host-wide)."""
-    system = Path(SYSTEM_STATE_DIR)
-    if system.is_dir() and os.access(system, os.W_OK | os.X_OK):
-        return system
+def personal_state_dir() -> Path:
+    """Personal mode's state: this user's, in their Jupyter data folder (0700)."""
+    return Path(jupyter_data_dir()) / "tt-state"
+
+
+def os_user() -> str:
+    """The OS user running this process, from its uid (not from $USER, which the caller sets)."""
     try:
-        system.mkdir(mode=0o1777, parents=True)
-        system.chmod(0o1777)  # mkdir's mode is masked by the umask; every user's server must write here
-        return system
-    except OSError:
-        return Path(jupyter_data_dir()) / "tt-state"
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid-{os.getuid()}"
 
 
 def default_user() -> str:
-    """Under JupyterHub the hub user, else the OS user running this process."""
-    return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+    """Whom personal mode accounts leases to: the hub user under JupyterHub, else the OS user. Only a
+    label (the state is this user's own); the scheduler service names callers by their uid."""
+    return os.environ.get("JUPYTERHUB_USER") or os_user()
 
 
 class TTSettings(Configurable):
@@ -51,9 +56,15 @@ class TTSettings(Configurable):
         "proc/driver/tenstorrent are read. Env: JUPYTER_TT_SYSFS_ROOT.",
     ).tag(config=True)
 
+    scheduler = Unicode(
+        help=f"Which scheduler leases devices: 'auto' (the host's scheduler service if its socket "
+        f"{SERVICE_SOCKET} exists, else personal), 'unix:<socket path>' (a scheduler service), or 'personal' "
+        f"(state private to this OS user: laptops, workshops, single-user card hosts). Env: JUPYTER_TT_SCHEDULER.",
+    ).tag(config=True)
+
     state_dir = Unicode(
-        help=f"Host-wide scheduler state, shared by every Jupyter server on the host. Default "
-        f"{SYSTEM_STATE_DIR} when writable, else a per-user folder. Env: JUPYTER_TT_STATE_DIR.",
+        help="Personal mode's state folder (0700; default: tt-state in this user's Jupyter data folder), or "
+        f"the scheduler service's (default {SERVICE_STATE_DIR}). Env: JUPYTER_TT_STATE_DIR.",
     ).tag(config=True)
 
     user = Unicode(help="Whom leases are accounted to. Default: $JUPYTERHUB_USER, else the OS user.").tag(
@@ -94,9 +105,24 @@ class TTSettings(Configurable):
     def _default_sysfs_root(self):
         return os.environ.get("JUPYTER_TT_SYSFS_ROOT", "/")
 
+    @default("scheduler")
+    def _default_scheduler(self):
+        return os.environ.get("JUPYTER_TT_SCHEDULER", "auto")
+
     @default("state_dir")
     def _default_state_dir(self):
-        return os.environ.get("JUPYTER_TT_STATE_DIR") or str(default_state_dir())
+        return os.environ.get("JUPYTER_TT_STATE_DIR") or str(personal_state_dir())
+
+    def scheduler_socket(self) -> str | None:
+        """The scheduler service's socket these settings name, or None for personal mode."""
+        value = self.scheduler.strip()
+        if value == "personal":
+            return None
+        if value.startswith("unix:") and len(value) > 5:
+            return value[5:]
+        if value == "auto":
+            return SERVICE_SOCKET if Path(SERVICE_SOCKET).is_socket() else None
+        raise ConfigError(f"JUPYTER_TT_SCHEDULER={value!r}: use auto, personal or unix:/path/to/scheduler.sock")
 
     @default("user")
     def _default_user(self):
@@ -108,7 +134,9 @@ class TTSettings(Configurable):
 
     def environment(self) -> dict[str, str]:
         """The variables a kernel needs to find the same inventory and state as its server."""
+        socket_path = self.scheduler_socket()
         return {
+            "JUPYTER_TT_SCHEDULER": f"unix:{socket_path}" if socket_path else "personal",
             "JUPYTER_TT_INVENTORY": self.inventory,
             "JUPYTER_TT_SYSFS_ROOT": self.sysfs_root,
             "JUPYTER_TT_STATE_DIR": self.state_dir,

@@ -43,3 +43,9 @@ class LeaseError(TTError):
     """A lease that is missing, released, simulated, or owned by another user."""
 
     status = 409
+
+
+class SchedulerUnavailable(TTError):
+    """The scheduler (the host's service, or this user's state) did not answer in time."""
+
+    status = 503

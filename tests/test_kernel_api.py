@@ -9,7 +9,7 @@ import jupyter_tt
 from jupyter_tt.devices import SysfsInventory
 from jupyter_tt.errors import LeaseError, TTError
 from jupyter_tt.kernels.current import mesh_shape
-from jupyter_tt.scheduler import Scheduler
+from jupyter_tt.scheduler import Scheduler, open_scheduler
 from sysfs_tree import make_host
 
 pytestmark = pytest.mark.usefixtures("kernelspecs")
@@ -82,7 +82,7 @@ def test_shutting_down_a_jupyter_client_kernel_frees_its_lease(kernel, state_dir
     lease_id = km.provisioner.lease.id
     client.stop_channels()
     km.shutdown_kernel(now=True)
-    scheduler = km.provisioner.scheduler
+    scheduler = open_scheduler(km.provisioner.settings)
     assert scheduler.get_lease(lease_id) is None
     assert scheduler.history()[0]["end_reason"] == "kernel shut down"
 

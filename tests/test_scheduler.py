@@ -257,3 +257,39 @@ def test_different_inventories_do_not_share_state(state_dir):
     b = scheduler_for(state_dir, "n150x1")
     a.acquire(1)
     assert b.leases() == [] and isinstance(b.submit(1), Lease)
+
+
+@pytest.mark.parametrize("step", [-3600.0, -1.0, 1.0, 3600.0])
+def test_a_step_of_the_wall_clock_ends_no_lease(state_dir, monkeypatch, step):
+    """Liveness reads start ticks since boot, not wall-clock start times: a clock step (here injected
+    into this process's clock and psutil's boot time, which the kernel derives from the wall clock)
+    changes nothing. A second once ended every lease on the host."""
+    import psutil
+
+    proc, lease_id, kernel = holder_process(state_dir, "n300x4", 1, attach_child=True)
+    try:
+        s = scheduler_for(state_dir, user="bob")
+        real_time, real_boot, real_create = time.time, psutil.boot_time, psutil.Process.create_time
+        monkeypatch.setattr(time, "time", lambda: real_time() + step)
+        monkeypatch.setattr(psutil, "boot_time", lambda: real_boot() + step)
+        # What a step does to psutil: a process's create_time() is the boot time plus its start ticks.
+        monkeypatch.setattr(psutil.Process, "create_time", lambda self: real_create(self) + step)
+        assert s.reconcile() == []
+        assert s.get_lease(lease_id) is not None
+    finally:
+        os.kill(kernel, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+    wait_for_reap = time.monotonic() + 5
+    while s.get_lease(lease_id) is not None and time.monotonic() < wait_for_reap:  # the orphaned kernel is reaped by init
+        s.reconcile()
+        time.sleep(0.05)
+    assert s.get_lease(lease_id) is None  # and a real death still counts
+
+
+def test_a_malformed_row_is_left_alone_and_scheduling_goes_on(state_dir):
+    s = scheduler_for(state_dir, "n300x2")
+    broken = s.acquire(1)
+    s.db.execute("UPDATE leases SET owner_pid='x' WHERE id=?", (broken.id,))
+    assert s.reconcile() == []  # the bad row neither stops the pass nor is taken for dead
+    assert s.acquire(1, timeout=5).device_ids == [1 - broken.device_ids[0]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 #: Chips behind one device node, by card type. An n300's second chip is reached over Ethernet
 #: from the first and has no node of its own, so the unit of allocation is the node (the card).
@@ -68,6 +68,13 @@ class Device:
         data["holders"] = list(self.holders)
         data["healthy"] = self.healthy
         return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Device":
+        """The device ``to_json`` described (what the scheduler service sends its clients)."""
+        known = {f.name for f in fields(cls)} - {"telemetry", "holders"}
+        return cls(**{k: v for k, v in data.items() if k in known}, telemetry=Telemetry(**data.get("telemetry", {})),
+                   holders=tuple(data.get("holders", ())))
 
 
 class InventoryBackend(abc.ABC):

@@ -1,7 +1,7 @@
 """Inside a kernel: the devices it holds (``jupyter_tt.lease()``) and opening them with ttnn.
 
-The provisioner tells the kernel its lease through ``JUPYTER_TT_LEASE`` and where the scheduler's
-state is through ``JUPYTER_TT_STATE_DIR`` / ``JUPYTER_TT_INVENTORY``; the details come from there.
+The provisioner tells the kernel its lease through ``JUPYTER_TT_LEASE`` and which scheduler holds it
+through ``JUPYTER_TT_SCHEDULER`` / ``JUPYTER_TT_STATE_DIR`` / ``JUPYTER_TT_INVENTORY``; the details come from there.
 """
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ from __future__ import annotations
 import atexit
 import html
 import importlib.util
-import json
 import os
 from dataclasses import asdict, dataclass, fields
 
 from ..config import TTSettings
 from ..errors import LeaseError, TTError
-from ..scheduler import Lease, LeasedDevice, open_scheduler
+from ..scheduler import Lease, open_scheduler
 
 NO_LEASE = (
     "this kernel holds no Tenstorrent devices (JUPYTER_TT_LEASE is not set). Pick a kernel that asks for "
@@ -71,8 +70,8 @@ class KernelLease(Lease):
         )
         state = "active" if self.active else f"<b>ended</b>: {html.escape(self.end_reason or '')}"
         body = "".join(
-            f"<tr><td>{d.id}</td><td>{html.escape(d.card_type)}</td><td><code>{html.escape(d.bdf)}</code></td>"
-            f"<td>{d.chips}</td><td><code>{html.escape(d.path)}</code></td></tr>"
+            f"<tr><td>{html.escape(str(d.id))}</td><td>{html.escape(d.card_type)}</td><td><code>{html.escape(d.bdf)}</code></td>"
+            f"<td>{html.escape(str(d.chips))}</td><td><code>{html.escape(d.path)}</code></td></tr>"
             for d in self.devices
         )
         return (
@@ -93,18 +92,15 @@ def lease() -> KernelLease:
     current = scheduler.get_lease(lease_id)
     if current is not None:
         return KernelLease(**{f.name: getattr(current, f.name) for f in fields(Lease)}, simulated=simulated)
-    row = scheduler.db.execute("SELECT * FROM history WHERE lease_id=?", (lease_id,)).fetchone()
-    if row is None:
+    ended = scheduler.ended_lease(lease_id)
+    if ended is None:
         raise LeaseError(
-            f"lease {lease_id} is unknown to the scheduler state in {scheduler.state_dir}: this kernel's "
-            f"JUPYTER_TT_STATE_DIR / JUPYTER_TT_INVENTORY differ from its server's. Restart the kernel"
+            f"lease {lease_id} is unknown to the scheduler ({scheduler.mode} mode, {scheduler.state_dir}): this kernel's "
+            f"JUPYTER_TT_SCHEDULER / JUPYTER_TT_STATE_DIR / JUPYTER_TT_INVENTORY differ from its server's. Restart the kernel"
         )
-    return KernelLease(
-        id=lease_id, user=row["user"], server=row["server"], kernel_id=row["kernel_id"], card_type=row["card_type"],
-        devices=tuple(LeasedDevice(**d) for d in json.loads(row["devices_json"])), pid=row["pid"],
-        requested_at=row["requested_at"], granted_at=row["granted_at"],
-        simulated=simulated, active=False, end_reason=row["end_reason"],
-    )
+    past, reason = ended
+    return KernelLease(**{f.name: getattr(past, f.name) for f in fields(Lease)}, simulated=simulated, active=False,
+                       end_reason=reason)
 
 
 _open_meshes: list = []

@@ -9,11 +9,13 @@ jupyter_client calls, for each kernel:
 - ``cleanup(restart)``: a restart keeps the devices, anything else releases them (shutdown, culling).
 
 What no callback covers (the kernel or the server killed with SIGKILL) the scheduler reclaims by
-itself: see ``jupyter_tt.scheduler``.
+itself: see ``jupyter_tt.scheduler``. These callbacks run on the Jupyter server's event loop, so
+every scheduler call goes to a worker thread (``call``) and the queue wait to ``acquire_async``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
@@ -21,7 +23,7 @@ from traitlets import Float, Int, Unicode, validate
 
 from ..config import TTSettings
 from ..errors import ConfigError, TTError
-from ..scheduler import Lease, Waiting, check_card_type, open_scheduler
+from ..scheduler import Lease, SchedulerAPI, Waiting, call, check_card_type, open_scheduler
 
 
 class TTProvisioner(LocalProvisioner):
@@ -68,18 +70,17 @@ class TTProvisioner(LocalProvisioner):
     def _check_card_type(self, proposal):
         return check_card_type(proposal["value"])
 
-    @property
-    def scheduler(self):
-        return open_scheduler(self.settings)
+    async def scheduler(self) -> SchedulerAPI:
+        return await call(open_scheduler, self.settings)
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
-        if self.devices and not self._lease_still_held():
+        if self.devices and not await self._lease_still_held():
             # jupyter_server names the session (the notebook's path) in the kernel's environment.
             self.lease = await self._acquire(kwargs.get("env", {}).get("JPY_SESSION_NAME"))
         try:
             kwargs = await super().pre_launch(**kwargs)
         except BaseException:
-            self._release("kernel launch failed")
+            await self._release("kernel launch failed")
             raise
         env = kwargs["env"]
         env.update(self.settings.environment())
@@ -94,9 +95,9 @@ class TTProvisioner(LocalProvisioner):
         try:
             connection_info = await super().launch_kernel(cmd, **kwargs)
             if self.lease:
-                self.scheduler.attach_kernel(self.lease.id, self.pid)
+                await call((await self.scheduler()).attach_kernel, self.lease.id, self.pid)
         except BaseException:
-            self._release("kernel launch failed")
+            await self._release("kernel launch failed")
             raise
         return connection_info
 
@@ -112,13 +113,14 @@ class TTProvisioner(LocalProvisioner):
     async def cleanup(self, restart: bool = False) -> None:
         await super().cleanup(restart=restart)
         if restart and self.lease:
-            if not self.scheduler.detach_kernel(self.lease.id):
+            if not await call((await self.scheduler()).detach_kernel, self.lease.id):
                 self.lease = None  # reclaimed meanwhile: pre_launch asks again
         else:
-            self._release("kernel shut down")
+            await self._release("kernel shut down")
 
     def _on_dead(self) -> None:
-        self._release("kernel died and the restart limit was reached")
+        # jupyter_client calls restart callbacks synchronously on the event loop: release in a task.
+        asyncio.ensure_future(self._release("kernel died and the restart limit was reached"))
 
     def get_provisioner_info(self) -> dict[str, Any]:
         info = super().get_provisioner_info()
@@ -128,14 +130,14 @@ class TTProvisioner(LocalProvisioner):
     async def load_provisioner_info(self, provisioner_info: dict) -> None:
         await super().load_provisioner_info(provisioner_info)
         lease_id = provisioner_info.get("lease_id")
-        self.lease = self.scheduler.get_lease(lease_id) if lease_id else None
+        self.lease = await call((await self.scheduler()).get_lease, lease_id) if lease_id else None
 
     # ------------------------------------------------------------------
 
-    def _lease_still_held(self) -> bool:
+    async def _lease_still_held(self) -> bool:
         if self.lease is None:
             return False
-        if self.scheduler.get_lease(self.lease.id) is None:
+        if await call((await self.scheduler()).get_lease, self.lease.id) is None:
             self.log.warning("Lease %s of kernel %s ended while it restarted; asking again", self.lease.id, self.kernel_id)
             self.lease = None
             return False
@@ -147,18 +149,19 @@ class TTProvisioner(LocalProvisioner):
         def report(waiting: Waiting) -> None:
             self.log.info("Kernel %s is %s", self.kernel_id, waiting.message)
 
-        lease = await self.scheduler.acquire_async(
+        scheduler = await self.scheduler()
+        lease = await scheduler.acquire_async(
             self.devices, self.card_type, kernel_id=self.kernel_id, notebook=notebook, timeout=timeout, on_wait=report
         )
-        simulated = " (simulated)" if self.scheduler.inventory.simulated else ""
+        simulated = " (simulated)" if scheduler.inventory.simulated else ""
         self.log.info(
             "Kernel %s leased %s%s: %s", self.kernel_id, lease.id, simulated, ", ".join(lease.bdfs)
         )
         return lease
 
-    def _release(self, reason: str) -> None:
+    async def _release(self, reason: str) -> None:
         lease, self.lease = self.lease, None
         if lease is None:
             return
-        if self.scheduler.release(lease.id, reason=reason):
+        if await call((await self.scheduler()).release, lease.id, reason=reason):
             self.log.info("Kernel %s released %s (%s)", self.kernel_id, lease.id, reason)

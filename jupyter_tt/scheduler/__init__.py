@@ -1,4 +1,8 @@
-"""Host-wide device scheduler: exclusive leases, a fair queue, crash-safe reclaiming."""
+"""Host-wide device scheduler: exclusive leases, a fair queue, crash-safe reclaiming.
+
+``open_scheduler`` picks the scheduler the settings name: the host's scheduler service (``ServiceClient``)
+or personal mode (``Scheduler`` on this user's own state). Both are a ``SchedulerAPI``.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +10,41 @@ import threading
 
 from ..config import TTSettings
 from ..devices import open_inventory
+from .api import SchedulerAPI, call
 from .placement import ANY, check_card_type, place
-from .scheduler import Lease, LeasedDevice, Scheduler, Waiting
+from .scheduler import Caller, Lease, LeasedDevice, Scheduler, Waiting
 
-__all__ = ["ANY", "Lease", "LeasedDevice", "Scheduler", "Waiting", "check_card_type", "open_scheduler", "place"]
+__all__ = ["ANY", "Caller", "Lease", "LeasedDevice", "Scheduler", "SchedulerAPI", "Waiting", "call", "check_card_type",
+           "open_scheduler", "place"]
 
-_shared: dict[tuple, Scheduler] = {}
+_shared: dict[tuple, SchedulerAPI] = {}
 _lock = threading.Lock()
 
 
-def open_scheduler(settings: TTSettings | None = None, *, server: str | None = None) -> Scheduler:
-    """The scheduler for these settings, one per process (it holds the inventory's health memory)."""
+def open_scheduler(settings: TTSettings | None = None, *, server: str | None = None) -> SchedulerAPI:
+    """The scheduler for these settings, one per process (it holds a connection, or the inventory's health memory)."""
     settings = settings or TTSettings()
-    user = settings.user
-    key = (settings.inventory, settings.sysfs_root, settings.state_dir, user, settings.quota_for(user))
+    socket_path = settings.scheduler_socket()
+    if socket_path:
+        key: tuple = ("service", socket_path)
+    else:
+        user = settings.user
+        key = (settings.inventory, settings.sysfs_root, settings.state_dir, user, settings.quota_for(user))
     with _lock:
         scheduler = _shared.get(key)
         if scheduler is None:
-            scheduler = Scheduler(
-                open_inventory(settings.inventory, settings.sysfs_root),
-                settings.state_dir,
-                user=user,
-                quota=settings.quota_for(user),
-                restart_grace=settings.restart_grace,
-                server=server,
-            )
+            if socket_path:
+                from .client import ServiceClient
+
+                scheduler = ServiceClient(socket_path)
+            else:
+                scheduler = Scheduler(
+                    open_inventory(settings.inventory, settings.sysfs_root),
+                    settings.state_dir,
+                    user=settings.user,
+                    quota=settings.quota_for(settings.user),
+                    restart_grace=settings.restart_grace,
+                    server=server,
+                )
             _shared[key] = scheduler
         return scheduler

@@ -7,27 +7,39 @@ serves everyone's requests, so a waiter only has to look again to find out it wa
 Liveness: a lease follows its kernel process once launched, and the process that asked for it
 (the Jupyter server) before that and between restarts. It ends when both are gone, or when the
 kernel has been gone for ``restart_grace`` seconds and its server did not start a new one.
+
+Who asks: each call acts for a ``Caller`` (user, process, quota). In personal mode that is this
+process, from the constructor; the scheduler service passes the caller it learned from the
+socket's peer credentials, and the scheduler checks that requests, leases and details belong to it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
+import logging
 import os
 import secrets
+import functools
 import socket
 import sqlite3
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from ..devices import Device, InventoryBackend
-from ..errors import LeaseError, RequestError, WaitTimeout
+from ..errors import LeaseError, RequestError
 from . import store
+from .api import SchedulerAPI
 from .placement import ANY, check_card_type, place, types_for
-from .processes import ProcessRef, describe, lineage
+from .processes import BOOT_ID, ProcessRef, describe, lineage
+
+log = logging.getLogger("jupyter_tt.scheduler")
+
+#: The longest kernel id or notebook path a request may carry (they are labels, shown in reports).
+MAX_LABEL = 1024
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,12 @@ class Lease:
     requested_at: float
     granted_at: float
     notebook: str | None = None  # the kernel's session path (a notebook), where the asker knew it
+    #: False on another user's lease as that user's viewers get it: only id, user, devices and since.
+    owned: bool = True
+
+    def public(self) -> "Lease":
+        """What any user of the host may see of this lease: who holds which devices since when."""
+        return replace(self, server="", kernel_id=None, pid=0, notebook=None, owned=False)
 
     @property
     def device_ids(self) -> list[int]:
@@ -71,6 +89,9 @@ class Lease:
         return sum(d.chips for d in self.devices)
 
     def to_json(self) -> dict:
+        if not self.owned:
+            return {"id": self.id, "devices": self.device_ids, "user": self.user, "since": self.granted_at,
+                    "card_types": self.card_types, "chips": self.chips}
         return {
             "id": self.id,
             "devices": self.device_ids,
@@ -101,6 +122,10 @@ class Waiting:
     since: float
     notebook: str | None = None
 
+    def public(self) -> "Waiting":
+        """What any user of the host may see of this request."""
+        return replace(self, kernel_id=None, notebook=None)
+
     @property
     def message(self) -> str:
         what = f"{self.devices} {'device' if self.card_type == ANY else self.card_type}{'s' if self.devices > 1 else ''}"
@@ -127,10 +152,50 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(6)}"
 
 
-class Scheduler:
-    """Leases devices of one inventory to processes of this host, through a shared state folder.
+@dataclass(frozen=True)
+class Caller:
+    """Whom a call acts for: the user leases are accounted to, the process that asks (the lease or
+    request follows it), that user's quota (0: none) and a label for the asking server."""
 
-    ``user`` is whom this process asks for; ``quota`` the most devices that user may hold (0: no limit).
+    user: str
+    process: ProcessRef
+    quota: int = 0
+    server: str = ""
+
+
+def _ref(pid, started, boot) -> ProcessRef:
+    """A stored process. Rows written before boot ids were stored (schema 2) hold a wall-clock start
+    time: only the PID's existence can be checked for those."""
+    if boot is None:
+        return ProcessRef(int(pid), 0, BOOT_ID)
+    return ProcessRef(int(pid), int(started), boot)
+
+
+def _serialized(method):
+    """One call at a time per Scheduler: its SQLite connection is shared by the threads of this process
+    (an event loop's worker threads); other processes are kept out by SQLite and the ``flock``."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+def _label(value: str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_LABEL:
+        raise RequestError(f"{what} must be a string of at most {MAX_LABEL} characters")
+    return value
+
+
+class Scheduler(SchedulerAPI):
+    """Leases devices of one inventory to processes of this host; the only owner of the state's storage.
+
+    ``user`` is whom this process asks for by default; ``quota`` the most devices that user may hold
+    at once (0: no limit). The scheduler service calls the same methods with an explicit ``caller``.
     """
 
     poll_interval = 0.2  # seconds between a waiter's looks at the queue
@@ -145,6 +210,7 @@ class Scheduler:
         quota: int = 0,
         restart_grace: float = 15.0,
         server: str | None = None,
+        mode: str = "personal",
     ):
         self.inventory = inventory
         self.state_dir = str(state_dir)
@@ -152,6 +218,8 @@ class Scheduler:
         self.quota = quota
         self.restart_grace = restart_grace
         self.server = server or f"{socket.gethostname()}:{os.getpid()}"
+        self.mode = mode
+        self._lock = threading.RLock()
         self.db = store.connect(state_dir, inventory.key)
         self._me: ProcessRef | None = None
         #: Called after a transaction of this process changed the state (the server emits events then).
@@ -165,6 +233,10 @@ class Scheduler:
             self._me = ProcessRef.current()
         return self._me
 
+    def _caller(self, caller: Caller | None) -> Caller:
+        return caller or Caller(self.user, self.me, self.quota, self.server)
+
+    @_serialized
     def devices(self, fresh: bool = False) -> list[Device]:
         when, devices = self._devices
         now = time.monotonic()
@@ -175,116 +247,64 @@ class Scheduler:
 
     # ------------------------------------------------------------------ requests
 
+    @_serialized
     def submit(
-        self, count: int, card_type: str = ANY, *, kernel_id: str | None = None, notebook: str | None = None
+        self, count: int, card_type: str = ANY, *, kernel_id: str | None = None, notebook: str | None = None,
+        caller: Caller | None = None,
     ) -> Lease | Waiting:
         """Ask for ``count`` devices of ``card_type``: the lease if granted now, else the queue position.
 
         Raises RequestError at once for a request that can never be met.
         """
-        card_type = self._check_request(count, card_type)
+        who = self._caller(caller)
+        card_type = self._check_request(count, card_type, who)
+        kernel_id, notebook = _label(kernel_id, "kernel_id"), _label(notebook, "notebook")
         request_id = _new_id("req")
         now = time.time()
         with self._write() as db:
-            held = self._held_by(db, self.user)
-            if self.quota and held + count > self.quota:
+            held = self._held_by(db, who.user)
+            if who.quota and held + count > who.quota:
                 raise RequestError(
-                    f"{self.user} holds {held} device{'s' * (held != 1)} and may hold {self.quota} at once: "
+                    f"{who.user} holds {held} device{'s' * (held != 1)} and may hold {who.quota} at once: "
                     f"a request for {count} more is over the quota. Shut down a kernel that holds devices, "
-                    f"or ask for at most {max(self.quota - held, 0)}"
+                    f"or ask for at most {max(who.quota - held, 0)}"
                 )
             db.execute(
                 "INSERT INTO requests (id, user, server, kernel_id, notebook, devices, card_type, quota, owner_pid,"
-                " owner_started, requested_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (request_id, self.user, self.server, kernel_id, notebook, count, card_type, self.quota, self.me.pid,
-                 self.me.started, now),
+                " owner_started, owner_boot, requested_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (request_id, who.user, who.server, kernel_id, notebook, count, card_type, who.quota, who.process.pid,
+                 who.process.started, who.process.boot_id, now),
             )
             self._pass(db)
             return self._outcome(db, request_id)
 
-    def check(self, request_id: str) -> Lease | Waiting:
+    @_serialized
+    def check(self, request_id: str, *, caller: Caller | None = None) -> Lease | Waiting:
         """Look again at a waiting request (running a pass): its lease, or where it stands now."""
         with self._write() as db:
+            self._own_request(db, request_id, caller)
             self._pass(db)
             return self._outcome(db, request_id)
 
-    def cancel(self, request_id: str) -> Lease | None:
+    @_serialized
+    def cancel(self, request_id: str, *, caller: Caller | None = None) -> Lease | None:
         """Leave the queue. If the request was granted meanwhile, the lease is returned (and kept)."""
         with self._write() as db:
-            row = db.execute("SELECT lease_id FROM requests WHERE id=?", (request_id,)).fetchone()
+            row = self._own_request(db, request_id, caller)
             db.execute("DELETE FROM requests WHERE id=?", (request_id,))
             lease = self._lease(db, row["lease_id"]) if row and row["lease_id"] else None
             self._pass(db)  # others may go now
             return lease
 
-    def acquire(
-        self,
-        count: int,
-        card_type: str = ANY,
-        *,
-        kernel_id: str | None = None,
-        notebook: str | None = None,
-        timeout: float | None = None,
-        on_wait: Callable[[Waiting], None] | None = None,
-    ) -> Lease:
-        """Block until the devices are leased (or ``timeout`` seconds pass: WaitTimeout)."""
-        steps = self._acquire_steps(count, card_type, kernel_id, notebook, timeout, on_wait)
-        try:
-            while True:
-                time.sleep(next(steps))
-        except StopIteration as done:
-            return done.value
-        finally:
-            steps.close()
-
-    async def acquire_async(
-        self,
-        count: int,
-        card_type: str = ANY,
-        *,
-        kernel_id: str | None = None,
-        notebook: str | None = None,
-        timeout: float | None = None,
-        on_wait: Callable[[Waiting], None] | None = None,
-    ) -> Lease:
-        """``acquire`` for an event loop; cancelling the task leaves the queue."""
-        steps = self._acquire_steps(count, card_type, kernel_id, notebook, timeout, on_wait)
-        try:
-            while True:
-                await asyncio.sleep(next(steps))
-        except StopIteration as done:
-            return done.value
-        finally:
-            steps.close()
-
-    def _acquire_steps(self, count, card_type, kernel_id, notebook, timeout, on_wait) -> Generator[float, None, Lease]:
-        """Submits, then yields how long to sleep before each new look, and returns the lease."""
-        result = self.submit(count, card_type, kernel_id=kernel_id, notebook=notebook)
-        deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
-        reported = None
-        try:
-            while isinstance(result, Waiting):
-                if on_wait and result.position != reported:
-                    on_wait(result)
-                    reported = result.position
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    lease = self.cancel(result.request_id)
-                    if lease:
-                        return lease
-                    raise WaitTimeout(self._timeout_message(result, timeout))
-                yield min(self.poll_interval, remaining)
-                result = self.check(result.request_id)
-            return result
-        except BaseException:
-            if isinstance(result, Waiting):  # cancelled or failed while queued: leave no trace
-                lease = self.cancel(result.request_id)
-                if lease:
-                    self.release(lease.id, reason="request cancelled while granted")
-            raise
+    def _own_request(self, db: sqlite3.Connection, request_id: str, caller: Caller | None) -> sqlite3.Row | None:
+        row = db.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone()
+        if row is not None and caller is not None and row["user"] != caller.user:
+            raise LeaseError(f"request {request_id} is not yours", status=403)
+        return row
 
     # ------------------------------------------------------------------ leases
 
+    @_serialized
     def release(self, lease_id: str, *, reason: str = "released", user: str | None = None) -> bool:
         """End a lease. With ``user``, only that user's lease may be ended (LeaseError otherwise).
 
@@ -302,51 +322,100 @@ class Scheduler:
             self._pass(db)
             return True
 
-    def attach_kernel(self, lease_id: str, pid: int) -> None:
+    @_serialized
+    def attach_kernel(self, lease_id: str, pid: int, *, caller: Caller | None = None) -> None:
         """From now on the lease follows kernel process ``pid``."""
         ref = ProcessRef.of(pid)
         with self._write() as db:
+            self._own_lease(db, lease_id, caller)
             db.execute(
-                "UPDATE leases SET kernel_pid=?, kernel_started=?, kernel_gone_since=NULL WHERE id=?",
-                (ref.pid, ref.started, lease_id),
+                "UPDATE leases SET kernel_pid=?, kernel_started=?, kernel_boot=?, kernel_gone_since=NULL WHERE id=?",
+                (ref.pid, ref.started, ref.boot_id, lease_id),
             )
 
-    def detach_kernel(self, lease_id: str) -> bool:
-        """The kernel is being restarted: the lease follows this process until the next attach.
+    @_serialized
+    def detach_kernel(self, lease_id: str, *, caller: Caller | None = None) -> bool:
+        """The kernel is being restarted: the lease follows the caller's process until the next attach.
 
         Returns False when the lease has ended meanwhile (reclaimed): the caller must ask again.
         """
+        who = self._caller(caller)
         with self._write() as db:
+            self._own_lease(db, lease_id, caller)
             cursor = db.execute(
-                "UPDATE leases SET kernel_pid=NULL, kernel_started=NULL, kernel_gone_since=NULL,"
-                " owner_pid=?, owner_started=? WHERE id=?",
-                (self.me.pid, self.me.started, lease_id),
+                "UPDATE leases SET kernel_pid=NULL, kernel_started=NULL, kernel_boot=NULL, kernel_gone_since=NULL,"
+                " owner_pid=?, owner_started=?, owner_boot=? WHERE id=?",
+                (who.process.pid, who.process.started, who.process.boot_id, lease_id),
             )
             return cursor.rowcount == 1
 
-    def get_lease(self, lease_id: str) -> Lease | None:
-        """The lease if it is active."""
-        return self._lease(self.db, lease_id)
+    @_serialized
+    def get_lease(self, lease_id: str, *, viewer: str | None = None) -> Lease | None:
+        """The lease if it is active (another user's in its public view, for a ``viewer``)."""
+        lease = self._lease(self.db, lease_id)
+        return lease and self._shown(lease, viewer)
+
+    @_serialized
+    def ended_lease(self, lease_id: str, *, viewer: str | None = None) -> tuple[Lease, str] | None:
+        """An ended lease from the history, with why it ended; None if it never existed (or is active)."""
+        row = self.db.execute("SELECT * FROM history WHERE lease_id=?", (lease_id,)).fetchone()
+        if row is None:
+            return None
+        lease = Lease(
+            id=row["lease_id"], user=row["user"], server=row["server"], kernel_id=row["kernel_id"],
+            card_type=row["card_type"], devices=tuple(LeasedDevice(**d) for d in json.loads(row["devices_json"])),
+            pid=row["pid"] or 0, requested_at=row["requested_at"], granted_at=row["granted_at"], notebook=row["notebook"],
+        )
+        return self._shown(lease, viewer), row["end_reason"]
+
+    def _own_lease(self, db: sqlite3.Connection, lease_id: str, caller: Caller | None) -> None:
+        row = db.execute("SELECT user FROM leases WHERE id=?", (lease_id,)).fetchone()
+        if row is not None and caller is not None and row["user"] != caller.user:
+            raise LeaseError(f"lease {lease_id} belongs to {row['user']}: only they can change it", status=403)
+
+    @staticmethod
+    def _shown(lease: Lease, viewer: str | None) -> Lease:
+        return lease if viewer is None or lease.user == viewer else lease.public()
 
     # ------------------------------------------------------------------ reports
+    # ``viewer``: the user a report is for. Their own leases and requests come in full, other users'
+    # in their public view (no kernel ids, notebook paths, processes). None: everything (personal mode).
 
+    @_serialized
     def reconcile(self) -> list[str]:
         """Run a pass: end leases of dead processes, grant what can be. Returns the ended lease ids."""
         with self._write() as db:
             return self._pass(db)
 
-    def leases(self) -> list[Lease]:
-        rows = self.db.execute("SELECT * FROM leases ORDER BY granted_at, id").fetchall()
-        return [self._to_lease(r) for r in rows]
-
-    def queue(self) -> list[Waiting]:
+    @_serialized
+    def followed_pids(self) -> set[int]:
+        """Every process a lease or a waiting request follows (the service watches them exit)."""
         with store.snapshot(self.db) as db:
-            return self._queue(db)
+            rows = db.execute("SELECT owner_pid, kernel_pid FROM leases UNION ALL SELECT owner_pid, NULL FROM requests").fetchall()
+        return {p for row in rows for p in row if isinstance(p, int) and p > 0}
 
-    def history(self, limit: int = 100) -> list[dict]:
+    @_serialized
+    def leases(self, *, viewer: str | None = None) -> list[Lease]:
+        rows = self.db.execute("SELECT * FROM leases ORDER BY granted_at, id").fetchall()
+        return [self._shown(self._to_lease(r), viewer) for r in rows]
+
+    @_serialized
+    def queue(self, *, viewer: str | None = None) -> list[Waiting]:
+        with store.snapshot(self.db) as db:
+            return [w if viewer is None or w.user == viewer else w.public() for w in self._queue(db)]
+
+    @_serialized
+    def history(self, limit: int = 100, *, viewer: str | None = None) -> list[dict]:
         rows = self.db.execute("SELECT * FROM history ORDER BY ended_at DESC LIMIT ?", (limit,)).fetchall()
-        return [{**dict(r), "devices": [d["id"] for d in json.loads(r["devices_json"])]} for r in rows]
+        entries = []
+        for r in rows:
+            entry = {**dict(r), "devices": [d["id"] for d in json.loads(r["devices_json"])]}
+            if viewer is not None and r["user"] != viewer:
+                entry.update(server="", kernel_id=None, notebook=None, pid=None)
+            entries.append(entry)
+        return entries
 
+    @_serialized
     def usage(self, since: float = 0.0) -> list[dict]:
         """Device-hours and chip-hours per user since ``since`` (epoch seconds), active leases included."""
         now = time.time()
@@ -365,7 +434,8 @@ class Scheduler:
             entry["chip_hours"] += sum(d["chips"] for d in devices) * hours
         return sorted(totals.values(), key=lambda e: -e["device_hours"])
 
-    def device_states(self) -> list[dict]:
+    @_serialized
+    def device_states(self, *, viewer: str | None = None) -> list[dict]:
         """Every device with its state (free, leased, unhealthy), holder, and unaccounted processes."""
         devices = self.devices(fresh=True)
         rows = self.db.execute("SELECT * FROM leases").fetchall()
@@ -376,39 +446,44 @@ class Scheduler:
             lease = by_device.get(device.id)
             covered = pids[lease.id] if lease else set()
             unaccounted = [describe(pid) for pid in device.holders if not (lineage(pid) & covered)]
+            if viewer is not None:  # who else holds a node is shown, not what they run
+                unaccounted = [{**p, "cmdline": None} if p["user"] != viewer else p for p in unaccounted]
+            shown = lease and self._shown(lease, viewer)
             states.append(
                 {
                     **device.to_json(),
                     "state": "unhealthy" if not device.healthy else "leased" if lease else "free",
                     "lease_id": lease.id if lease else None,
                     "user": lease.user if lease else None,
-                    "kernel_id": lease.kernel_id if lease else None,
-                    "notebook": lease.notebook if lease else None,
+                    "kernel_id": shown.kernel_id if shown else None,
+                    "notebook": shown.notebook if shown else None,
                     "unaccounted_processes": unaccounted,
                 }
             )
         return states
 
-    def report(self) -> dict:
+    @_serialized
+    def report(self, *, viewer: str | None = None) -> dict:
         """Everything about the devices in one document (``GET /jupyter-tt/api/devices``)."""
-        states = self.device_states()
+        states = self.device_states(viewer=viewer)
         return {
             "inventory": self.inventory.describe(),
+            "scheduler": {"mode": self.mode, "state_dir": self.state_dir},
             "devices": states,
             "unaccounted_processes": [{**p, "device": s["id"]} for s in states for p in s["unaccounted_processes"]],
-            "leases": [lease.to_json() for lease in self.leases()],
-            "queue": [w.to_json() for w in self.queue()],
+            "leases": [lease.to_json() for lease in self.leases(viewer=viewer)],
+            "queue": [w.to_json() for w in self.queue(viewer=viewer)],
         }
 
     # ------------------------------------------------------------------ internals
 
-    def _check_request(self, count: int, card_type: str) -> str:
+    def _check_request(self, count: int, card_type: str, who: Caller) -> str:
         card_type = check_card_type(card_type)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise RequestError(f"a request needs a whole number of devices of at least 1, not {count!r}")
-        if self.quota and count > self.quota:
+        if who.quota and count > who.quota:
             raise RequestError(
-                f"{count} devices is over {self.user}'s quota of {self.quota}: ask for at most {self.quota}"
+                f"{count} devices is over {who.user}'s quota of {who.quota}: ask for at most {who.quota}"
             )
         devices = self.devices()
         counts = Counter(d.card_type for d in devices)
@@ -433,14 +508,19 @@ class Scheduler:
             for listener in self.listeners:
                 listener()
 
-    def _timeout_message(self, waiting: Waiting, timeout: float | None) -> str:
+    @_serialized
+    def timeout_message(self, waiting: Waiting, timeout: float | None) -> str:
+        """Why a wait for ``waiting`` ended without devices, and what to do (WaitTimeout's message)."""
         what = "device" if waiting.card_type == ANY else waiting.card_type
         taken = {d for lease in self.leases() for d in lease.device_ids}
-        free = Counter(d.card_type for d in self.devices() if d.id not in taken and d.healthy)
+        unleased = [d for d in self.devices() if d.id not in taken]
+        free = Counter(d.card_type for d in unleased if d.healthy)
         free_now = ", ".join(f"{n} {t}" for t, n in sorted(free.items())) or "nothing"
+        unhealthy = "".join(f"; device {d.id} ({d.card_type}) is unleased but unhealthy: {d.problem}" for d in unleased
+                            if not d.healthy)
         return (
             f"no {waiting.devices} {what}{'s' * (waiting.devices > 1)} became free within {timeout:g} s "
-            f"(you were at position {waiting.position} of {waiting.queued} in the queue; free now: {free_now}). "
+            f"(you were at position {waiting.position} of {waiting.queued} in the queue; free now: {free_now}{unhealthy}). "
             f"Try again later, ask for fewer devices, or pick a kernel for another card type"
         )
 
@@ -451,25 +531,36 @@ class Scheduler:
         ).fetchone()[0]
 
     def _pass(self, db: sqlite3.Connection) -> list[str]:
-        """Reclaim, then grant. Must run inside a write transaction."""
-        now = time.time()
+        """Reclaim, then grant. Must run inside a write transaction. A row that cannot be read is
+        logged and left alone: it never stops the pass for everyone else."""
+        now, ticking = time.time(), time.monotonic()
         ended = []
         for row in db.execute("SELECT * FROM leases").fetchall():
-            reason = self._dead_reason(db, row, now)
+            try:
+                reason = self._dead_reason(db, row, ticking)
+            except (TypeError, ValueError) as e:
+                log.error("jupyter-tt: lease row %r is malformed (%s): left alone", row["id"], e)
+                continue
             if reason:
                 self._end(db, row, reason, now)
                 ended.append(row["id"])
-        for row in db.execute("SELECT id, owner_pid, owner_started FROM requests").fetchall():
-            if not ProcessRef(row["owner_pid"], row["owner_started"]).alive():
+        for row in db.execute("SELECT id, owner_pid, owner_started, owner_boot FROM requests").fetchall():
+            try:
+                alive = _ref(row["owner_pid"], row["owner_started"], row["owner_boot"]).alive()
+            except (TypeError, ValueError) as e:
+                log.error("jupyter-tt: request row %r is malformed (%s): dropped", row["id"], e)
+                alive = False
+            if not alive:
                 db.execute("DELETE FROM requests WHERE id=?", (row["id"],))
         self._grant(db, now)
         return ended
 
     def _dead_reason(self, db: sqlite3.Connection, row: sqlite3.Row, now: float) -> str | None:
-        owner_alive = ProcessRef(row["owner_pid"], row["owner_started"]).alive()
+        """Why the lease has ended, or None while it lives. ``now`` is monotonic (clock steps do not count)."""
+        owner_alive = _ref(row["owner_pid"], row["owner_started"], row["owner_boot"]).alive()
         if row["kernel_pid"] is None:
             return None if owner_alive else f"process {row['owner_pid']} that asked for it exited"
-        if ProcessRef(row["kernel_pid"], row["kernel_started"]).alive():
+        if _ref(row["kernel_pid"], row["kernel_started"], row["kernel_boot"]).alive():
             if row["kernel_gone_since"] is not None:
                 db.execute("UPDATE leases SET kernel_gone_since=NULL WHERE id=?", (row["id"],))
             return None
@@ -493,13 +584,18 @@ class Scheduler:
         ).fetchall()))
         blocked: set[str] = set()  # card types a request ahead is waiting for: nobody behind may take them
         for waiting in pending:
-            types = set(types_for(waiting.card_type, self.devices()))
-            if types & blocked:
-                continue
             row = db.execute("SELECT * FROM requests WHERE id=?", (waiting.request_id,)).fetchone()
-            if row["quota"] and held[row["user"]] + row["devices"] > row["quota"]:
+            try:
+                types = set(types_for(check_card_type(row["card_type"]), self.devices()))
+                if types & blocked:
+                    continue
+                if row["quota"] and held[row["user"]] + row["devices"] > row["quota"]:
+                    continue
+                chosen = place(free, row["devices"], row["card_type"])
+            except (TypeError, ValueError, RequestError) as e:
+                log.error("jupyter-tt: request row %r is malformed (%s): dropped", row["id"], e)
+                db.execute("DELETE FROM requests WHERE id=?", (row["id"],))
                 continue
-            chosen = place(free, row["devices"], row["card_type"])
             if chosen is None:
                 blocked |= types
                 continue
@@ -509,9 +605,9 @@ class Scheduler:
             ]
             db.execute(
                 "INSERT INTO leases (id, user, server, kernel_id, notebook, card_type, devices_json, owner_pid,"
-                " owner_started, requested_at, granted_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " owner_started, owner_boot, requested_at, granted_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (lease_id, row["user"], row["server"], row["kernel_id"], row["notebook"], row["card_type"], json.dumps(devices),
-                 row["owner_pid"], row["owner_started"], row["requested_at"], now),
+                 row["owner_pid"], row["owner_started"], row["owner_boot"], row["requested_at"], now),
             )
             db.executemany("INSERT INTO lease_devices (device_id, lease_id) VALUES (?, ?)", [(d.id, lease_id) for d in chosen])
             db.execute("UPDATE requests SET lease_id=? WHERE id=?", (lease_id, row["id"]))

@@ -1,11 +1,16 @@
-"""The host-wide state: one SQLite file in WAL mode per device set.
+"""The scheduler's state: one SQLite file in WAL mode per device set, private to whoever owns it.
 
-Why SQLite: every Jupyter server on the host (one per user under JupyterHub) opens the same file,
-and each scheduling pass is one transaction that commits whole or not at all, also when its
-process is killed mid-way. Writers first take a blocking ``flock`` on ``<name>.lock``: the kernel
-wakes the next writer the moment the lock is free and drops it when a holder dies, where SQLite's
-own busy handler would sleep and retry (up to 100 ms a try under contention). ``lease_devices`` has
-the device id as primary key: a device cannot be in two leases, whatever the code above does.
+Only the scheduler opens it: the scheduler service (its own folder, mode 0700, files 0600), or in
+personal mode the processes of one OS user (their folder, the same modes). Nobody else can read,
+lock or write it, so no other user can freeze, edit or forge it.
+
+Why SQLite: several processes (one user's Jupyter servers, kernels and CLI in personal mode) open
+the same file, and each scheduling pass is one transaction that commits whole or not at all, also
+when its process is killed mid-way. Writers first take a blocking ``flock`` on ``<name>.lock``: the
+kernel wakes the next writer the moment the lock is free and drops it when a holder dies, where
+SQLite's own busy handler would sleep and retry (up to 100 ms a try under contention).
+``lease_devices`` has the device id as primary key: a device cannot be in two leases, whatever the
+code above does.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import stat
 from pathlib import Path
 
 from ..errors import ConfigError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -30,10 +36,12 @@ CREATE TABLE IF NOT EXISTS leases (
     card_type TEXT NOT NULL,          -- as requested ('any' allowed)
     devices_json TEXT NOT NULL,       -- the granted devices: id, path, bdf, card_type, chips
     owner_pid INTEGER NOT NULL,       -- the process that asked (a Jupyter server, a CLI, a test)
-    owner_started REAL NOT NULL,
+    owner_started REAL NOT NULL,      -- its start in clock ticks since boot (schema 2: wall-clock seconds)
+    owner_boot TEXT,                  -- the boot it started in (/proc/sys/kernel/random/boot_id)
     kernel_pid INTEGER,               -- the kernel the lease follows, once launched
     kernel_started REAL,
-    kernel_gone_since REAL,           -- first pass that saw the kernel gone while its owner lived
+    kernel_boot TEXT,
+    kernel_gone_since REAL,           -- monotonic time of the first pass that saw the kernel gone while its owner lived
     requested_at REAL NOT NULL,
     granted_at REAL NOT NULL
 );
@@ -52,6 +60,7 @@ CREATE TABLE IF NOT EXISTS requests (
     quota INTEGER NOT NULL,           -- the asker's quota (0: none), checked again at grant time
     owner_pid INTEGER NOT NULL,
     owner_started REAL NOT NULL,
+    owner_boot TEXT,
     requested_at REAL NOT NULL,
     lease_id TEXT                     -- set when granted, then the asker picks it up and deletes the row
 );
@@ -74,7 +83,10 @@ CREATE INDEX IF NOT EXISTS history_user ON history(user, ended_at);
 
 
 # Columns added since version 1, for state files that servers of an older release created.
-ADDED_COLUMNS = [("leases", "notebook TEXT"), ("requests", "notebook TEXT"), ("history", "notebook TEXT")]
+ADDED_COLUMNS = [
+    ("leases", "notebook TEXT"), ("requests", "notebook TEXT"), ("history", "notebook TEXT"),  # 2
+    ("leases", "owner_boot TEXT"), ("leases", "kernel_boot TEXT"), ("requests", "owner_boot TEXT"),  # 3
+]
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -88,6 +100,8 @@ def _migrate(db: sqlite3.Connection) -> None:
             present = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
             if column.split()[0] not in present:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        # Before 3, kernel_gone_since was wall-clock time: let the next pass look again.
+        db.execute("UPDATE leases SET kernel_gone_since=NULL WHERE owner_boot IS NULL")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
@@ -99,17 +113,31 @@ class Connection(sqlite3.Connection):
     lock_fd: int = -1
 
 
-def connect(state_dir: str | os.PathLike, name: str) -> Connection:
-    """Open (creating if needed) ``<state_dir>/<name>.sqlite3``, shared by every user of the host."""
-    directory = Path(state_dir)
+def private_dir(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a folder only this OS user may enter (created 0700 if missing). ConfigError when it
+    exists but others may write it, or it belongs to someone else: its state could be forged there."""
+    directory = Path(path)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = directory.stat()
     except OSError as e:
+        raise ConfigError(f"cannot create {what} {directory} ({e.strerror}): set JUPYTER_TT_STATE_DIR to a folder of yours") from e
+    if info.st_uid != os.getuid():
+        raise ConfigError(f"{what} {directory} belongs to uid {info.st_uid}, not to this user: set JUPYTER_TT_STATE_DIR to a folder of yours")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise ConfigError(
-            f"cannot create the scheduler state folder {directory} ({e.strerror}): set JUPYTER_TT_STATE_DIR "
-            f"to a folder every Jupyter server on this host can write"
-        ) from e
+            f"{what} {directory} is writable by other users, who could then forge or lock the scheduler's state: "
+            f"chmod 700 {directory}, or set JUPYTER_TT_STATE_DIR to a private folder"
+        )
+    return directory
+
+
+def connect(state_dir: str | os.PathLike, name: str) -> Connection:
+    """Open (creating if needed) ``<state_dir>/<name>.sqlite3``, private to this OS user (0600)."""
+    directory = private_dir(state_dir, "the scheduler state folder")
     path = directory / f"{name}.sqlite3"
+    # Created 0600 before SQLite opens it: SQLite gives the WAL and shared-memory files the database's mode.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
     try:
         db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False, factory=Connection)
         db.row_factory = sqlite3.Row
@@ -117,16 +145,12 @@ def connect(state_dir: str | os.PathLike, name: str) -> Connection:
         db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL keeps it consistent
         if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             _migrate(db)
+        db.lock_fd = os.open(directory / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except sqlite3.Error as e:
-        raise ConfigError(
-            f"cannot open the scheduler state {path}: {e}. Check that the folder is writable by every "
-            f"Jupyter server on this host, or set JUPYTER_TT_STATE_DIR to one that is"
-        ) from e
-    lock = directory / f"{name}.lock"
-    db.lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    for suffix in (".sqlite3", ".sqlite3-wal", ".sqlite3-shm", ".lock"):  # other users' servers write too
+        raise ConfigError(f"cannot open the scheduler state {path}: {e}. Set JUPYTER_TT_STATE_DIR to a folder of yours") from e
+    for suffix in (".sqlite3", ".sqlite3-wal", ".sqlite3-shm", ".lock"):  # files of an older release were 0666
         with contextlib.suppress(OSError):
-            os.chmod(directory / f"{name}{suffix}", 0o666)
+            os.chmod(directory / f"{name}{suffix}", 0o600)
     return db
 
 

@@ -11,14 +11,18 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from .._version import __version__
 from ..config import TTSettings
-from ..scheduler import open_scheduler
+from ..scheduler import call, open_scheduler
 from . import metrics
 from .events import SCHEMA_ID, SCHEMA_PATH, StateWatcher
 from .handlers import handlers
 
 
 class JupyterTTApp(ExtensionApp):
-    """Serves the device API, emits lease events and reclaims dead leases every ``watch_interval``."""
+    """Serves the device API, emits lease events and reclaims dead leases every ``watch_interval``.
+
+    Scheduler calls never run on the event loop: each goes to a worker thread with a deadline
+    (``jupyter_tt.scheduler.call``), so a slow or unreachable scheduler delays answers, not the server.
+    """
 
     name = "jupyter_tt"
     description = "Tenstorrent devices for Jupyter kernels"
@@ -32,28 +36,28 @@ class JupyterTTApp(ExtensionApp):
         os.environ["TT_VISIBLE_DEVICES"] = ""
         inventory = self.scheduler.inventory.describe()
         self.log.info(
-            "jupyter-tt %s: %s inventory%s with %d devices, state in %s, user %s",
+            "jupyter-tt %s: %s inventory%s, %s scheduler (%s), user %s",
             __version__,
             inventory["kind"],
             f" ({inventory['spec']}, SIMULATED)" if inventory["simulated"] else "",
-            len(self.scheduler.devices()),
+            self.scheduler.mode,
             self.scheduler.state_dir,
             self.scheduler.user,
         )
         event_logger = self.serverapp.event_logger
         if SCHEMA_ID not in event_logger.schemas.schema_ids:
             event_logger.register_event_schema(SCHEMA_PATH)
-        self.watcher = StateWatcher(
-            self.scheduler, lambda data: event_logger.emit(schema_id=SCHEMA_ID, data=self.with_path(data))
-        )
-        self.watcher.poll()  # reconcile at start: leases of processes that died while no server ran end now
+        self._emit = lambda data: event_logger.emit(schema_id=SCHEMA_ID, data=self.with_path(data))
+        self.watcher = StateWatcher(self.scheduler)
+        self._loop = IOLoop.current()
+        self._polling = self._poll_soon = False
+        self._loop.add_callback(self._poll)  # reconcile at start: leases of processes that died while no server ran end now
         self._watch = PeriodicCallback(self._poll, self.tt_settings.watch_interval * 1000)
         self._watch.start()
-        self._poll_soon = False
         self.scheduler.listeners.append(self._changed)
         # A short telemetry history per device for the JupyterLab panel's sparklines.
         self.telemetry_history: dict[int, deque] = {}
-        self._sample_telemetry()
+        self._loop.add_callback(self._sample_telemetry)
         self._sample = PeriodicCallback(self._sample_telemetry, self.tt_settings.telemetry_interval * 1000)
         self._sample.start()
         metrics.register(self)
@@ -74,22 +78,28 @@ class JupyterTTApp(ExtensionApp):
 
     def _changed(self) -> None:
         # This process changed the state (a kernel got or gave back devices): report it now,
-        # not at the next tick, so that short-lived leases are not missed.
+        # not at the next tick, so that short-lived leases are not missed. Called in worker threads.
         if not self._poll_soon:
             self._poll_soon = True
-            IOLoop.current().add_callback(self._poll)
+            self._loop.add_callback(self._poll)
 
-    def _poll(self) -> None:
+    async def _poll(self) -> None:
         self._poll_soon = False
+        if self._polling:  # the last look has not come back yet: one at a time
+            return
+        self._polling = True
         try:
-            self.watcher.poll()
-        except Exception:  # a bad pass must not stop the next ones
+            for event in await call(self.watcher.look):
+                self._emit(event)
+        except Exception:  # a bad pass, or an unreachable scheduler, must not stop the next ones
             self.log.exception("jupyter-tt: reconcile pass failed")
+        finally:
+            self._polling = False
 
-    def _sample_telemetry(self) -> None:
+    async def _sample_telemetry(self) -> None:
         now = round(time.time(), 1)
         try:
-            devices = self.scheduler.devices(fresh=True)
+            devices = await call(self.scheduler.devices, fresh=True)
         except Exception:
             self.log.exception("jupyter-tt: reading telemetry failed")
             return
@@ -103,4 +113,3 @@ class JupyterTTApp(ExtensionApp):
         self._watch.stop()
         self._sample.stop()
         self.scheduler.listeners.remove(self._changed)
-

@@ -1,52 +1,59 @@
 """Turns changes of the host-wide state into jupyter_events events.
 
-Leases and queue entries change in any Jupyter server of the host, so each server looks at the
-shared state every ``watch_interval`` seconds (reclaiming dead leases as it does) and emits what
-changed. The frontend subscribes through ``/api/events/subscribe``.
+Leases and queue entries change in any Jupyter server of the host (or in the scheduler service), so
+each server looks at the state every ``watch_interval`` seconds (reclaiming dead leases as it does)
+and emits what changed. The frontend subscribes through ``/api/events/subscribe``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
-from ..scheduler import Lease, Scheduler, Waiting
+from ..scheduler import Lease, SchedulerAPI, Waiting
 
 SCHEMA_ID = "https://events.jupyter-tt.org/jupyter_tt/lease/v1"
 SCHEMA_PATH = Path(__file__).parent / "event_schemas" / "lease" / "v1.yaml"
 
 
 class StateWatcher:
-    def __init__(self, scheduler: Scheduler, emit: Callable[[dict], None]):
+    """Remembers the last look at the state; ``look()`` is blocking (run it off the event loop)."""
+
+    def __init__(self, scheduler: SchedulerAPI):
         self.scheduler = scheduler
-        self.emit = emit
         self.leases: dict[str, Lease] = {}
         self.queue: dict[str, Waiting] = {}
+        #: The devices document of the last look (what /metrics reports between looks).
+        self.report: dict | None = None
 
-    def poll(self) -> None:
-        """One look: reconcile, then emit the differences since the last look."""
+    def look(self) -> list[dict]:
+        """Reconcile, then the events that say what changed since the last look."""
         self.scheduler.reconcile()
+        report = self.scheduler.report()
         leases = {lease.id: lease for lease in self.scheduler.leases()}
         queue = {w.request_id: w for w in self.scheduler.queue()}
         simulated = self.scheduler.inventory.simulated
         ended = [i for i in self.leases if i not in leases]
-        reasons = {h["lease_id"]: h["end_reason"] for h in self.scheduler.history(limit=max(len(ended), 1) * 4)}
+        reasons = {}
+        if ended:
+            reasons = {h["lease_id"]: h["end_reason"] for h in self.scheduler.history(limit=len(ended) * 4)}
+        events = []
         for lease_id in ended:
             old = self.leases[lease_id]
-            self.emit(self._lease_event("lease-ended", old, simulated, reason=reasons.get(lease_id, "ended")))
+            events.append(self._lease_event("lease-ended", old, simulated, reason=reasons.get(lease_id, "ended")))
         for lease_id, lease in leases.items():
             if lease_id not in self.leases:
-                self.emit(self._lease_event("lease-granted", lease, simulated))
+                events.append(self._lease_event("lease-granted", lease, simulated))
         for request_id, old in self.queue.items():
             if request_id not in queue:
-                self.emit(self._request_event("request-left", old))
+                events.append(self._request_event("request-left", old))
         for request_id, waiting in queue.items():
             old = self.queue.get(request_id)
             if old is None:
-                self.emit(self._request_event("request-queued", waiting))
+                events.append(self._request_event("request-queued", waiting))
             elif old.position != waiting.position:
-                self.emit(self._request_event("request-moved", waiting))
-        self.leases, self.queue = leases, queue
+                events.append(self._request_event("request-moved", waiting))
+        self.leases, self.queue, self.report = leases, queue, report
+        return events
 
     @staticmethod
     def _lease_event(action: str, lease: Lease, simulated: bool, **extra) -> dict:

@@ -1,4 +1,7 @@
-"""REST API under ``/jupyter-tt/api`` (CONTRACT.md). Jupyter-authenticated; 403 otherwise."""
+"""REST API under ``/jupyter-tt/api`` (CONTRACT.md). Jupyter-authenticated; 403 otherwise.
+
+Every scheduler call runs off the event loop (``call``: a worker thread with a deadline).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
 from ..errors import TTError
+from ..scheduler import call
 
 
 class TTHandler(ExtensionHandlerMixin, APIHandler):
@@ -31,8 +35,8 @@ class TTHandler(ExtensionHandlerMixin, APIHandler):
 class DevicesHandler(TTHandler):
     @web.authenticated
     @authorized
-    def get(self):
-        report = self.scheduler.report()
+    async def get(self):
+        report = await call(self.scheduler.report)
         history = self.extensionapp.telemetry_history
         report["devices"] = [self.extensionapp.with_path(device) for device in report["devices"]]
         for device in report["devices"]:
@@ -44,25 +48,26 @@ class DevicesHandler(TTHandler):
 class LeasesHandler(TTHandler):
     @web.authenticated
     @authorized
-    def get(self):
-        leases = [self.extensionapp.with_path(lease.to_json()) for lease in self.scheduler.leases()]
+    async def get(self):
+        leases = [self.extensionapp.with_path(lease.to_json()) for lease in await call(self.scheduler.leases)]
         self.finish(json.dumps({"leases": leases}))
 
 
 class LeaseHandler(TTHandler):
     @web.authenticated
     @authorized
-    def get(self, lease_id: str):
-        lease = self.scheduler.get_lease(lease_id)
+    async def get(self, lease_id: str):
+        lease = await call(self.scheduler.get_lease, lease_id)
         if lease is None:
             raise web.HTTPError(404, f"no active lease {lease_id}")
         self.finish(json.dumps(self.extensionapp.with_path(lease.to_json())))
 
     @web.authenticated
     @authorized
-    def delete(self, lease_id: str):
+    async def delete(self, lease_id: str):
         """End a lease of this server's user (e.g. one left by a kernel that no server manages)."""
-        self.scheduler.release(lease_id, reason=f"released through the API by {self.scheduler.user}", user=self.scheduler.user)
+        user = self.scheduler.user
+        await call(self.scheduler.release, lease_id, reason=f"released through the API by {user}", user=user)
         self.set_status(204)
         self.finish()
 
@@ -70,20 +75,20 @@ class LeaseHandler(TTHandler):
 class QueueHandler(TTHandler):
     @web.authenticated
     @authorized
-    def get(self):
-        requests = [self.extensionapp.with_path(w.to_json()) for w in self.scheduler.queue()]
+    async def get(self):
+        requests = [self.extensionapp.with_path(w.to_json()) for w in await call(self.scheduler.queue)]
         self.finish(json.dumps({"requests": requests}))
 
 
 class UsageHandler(TTHandler):
     @web.authenticated
     @authorized
-    def get(self):
+    async def get(self):
         try:
             since = float(self.get_query_argument("since", "0"))
         except ValueError:
             raise web.HTTPError(400, "since must be a time in seconds since the epoch, e.g. ?since=1767225600") from None
-        self.finish(json.dumps({"since": since, "usage": self.scheduler.usage(since)}))
+        self.finish(json.dumps({"since": since, "usage": await call(self.scheduler.usage, since)}))
 
 
 class ServeProxyHandler(TTHandler):

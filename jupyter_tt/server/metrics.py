@@ -1,4 +1,5 @@
-"""Prometheus gauges for ``/metrics``: device telemetry and lease counts, read at scrape time."""
+"""Prometheus gauges for ``/metrics``: device telemetry and lease counts, from the server's last look at
+the state (every ``watch_interval`` seconds): a scrape never calls the scheduler on the event loop."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ class DeviceCollector:
     def collect(self):
         if self.app is None:
             return
-        scheduler = self.app.scheduler
-        states = scheduler.device_states()
-        simulated = "true" if scheduler.inventory.simulated else "false"
+        report = self.app.watcher.report
+        if report is None:  # no look yet
+            return
+        states = report["devices"]
+        simulated = "true" if report["inventory"]["simulated"] else "false"
         labels = ["device", "bdf", "card_type", "simulated"]
         gauges = {
             "temperature_c": GaugeMetricFamily("jupyter_tt_device_temperature_celsius", "ASIC temperature", labels=labels),
@@ -42,13 +45,13 @@ class DeviceCollector:
         yield from gauges.values()
         yield from (leased, healthy, unaccounted)
 
-        leases = scheduler.leases()
+        leases = report["leases"]
         per_user = GaugeMetricFamily("jupyter_tt_leased_devices", "Devices leased, per user", labels=["user"])
-        for user, n in Counter(lease.user for lease in leases for _ in lease.devices).items():
+        for user, n in Counter(lease["user"] for lease in leases for _ in lease["devices"]).items():
             per_user.add_metric([user], n)
         yield per_user
         yield GaugeMetricFamily("jupyter_tt_leases", "Active leases on the host", value=len(leases))
-        yield GaugeMetricFamily("jupyter_tt_queue_requests", "Requests waiting for devices", value=len(scheduler.queue()))
+        yield GaugeMetricFamily("jupyter_tt_queue_requests", "Requests waiting for devices", value=len(report["queue"]))
 
 
 collector = DeviceCollector()

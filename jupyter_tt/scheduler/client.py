@@ -1,0 +1,153 @@
+"""The scheduler service, as this process's ``SchedulerAPI``: the same calls as personal mode, over a socket.
+
+Each call is one request line and one answer line on a connection this process keeps (reopened when
+the service restarts). A call that gets no answer within ``timeout`` seconds raises
+SchedulerUnavailable with what to check; nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import threading
+from typing import Any
+
+from ..devices import Device
+from ..errors import SchedulerUnavailable
+from . import protocol
+from .api import SchedulerAPI
+from .placement import ANY
+from .scheduler import Lease, Waiting
+
+
+class RemoteInventory:
+    """What the service says about its inventory (its kind, key, whether it is simulated)."""
+
+    def __init__(self, description: dict):
+        self.description = description
+        self.kind = description.get("kind", "")
+        self.key = description.get("key", "")
+        self.simulated = bool(description.get("simulated"))
+
+    def describe(self) -> dict:
+        return dict(self.description)
+
+
+class ServiceClient(SchedulerAPI):
+    mode = "service"
+
+    def __init__(self, socket_path: str, *, timeout: float = 10.0):
+        self.socket_path = socket_path
+        self.state_dir = socket_path
+        self.timeout = timeout
+        self.listeners = []
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._file = None
+        self._ids = itertools.count(1)
+        hello = self._call("hello")
+        self.user = hello["user"]
+        self.enforcing = hello.get("enforcing", False)
+        self.inventory = RemoteInventory(hello["inventory"])
+
+    # ------------------------------------------------------------------ the wire
+
+    def _connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError as e:
+            sock.close()
+            raise SchedulerUnavailable(
+                f"cannot reach the scheduler service at {self.socket_path} ({e.strerror or e}): start it "
+                f"(systemctl start jupyter-tt-scheduler), or set JUPYTER_TT_SCHEDULER=personal to keep leases for yourself"
+            ) from None
+        self._sock, self._file = sock, sock.makefile("rb")
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._file.close()
+            self._sock.close()
+        self._sock = self._file = None
+
+    def _call(self, op: str, **args: Any) -> Any:
+        message = protocol.line({"id": next(self._ids), "op": op, "args": protocol.encode(args)})
+        with self._lock:
+            for attempt in (1, 2):  # once more on a fresh connection: the service may have restarted
+                if self._sock is None:
+                    self._connect()
+                try:
+                    self._sock.sendall(message)
+                    raw = self._file.readline(protocol.MAX_LINE + 1)
+                except socket.timeout:
+                    self._close()
+                    raise SchedulerUnavailable(
+                        f"the scheduler service at {self.socket_path} did not answer {op} within {self.timeout:g} s: "
+                        f"check it (systemctl status jupyter-tt-scheduler)"
+                    ) from None
+                except OSError:
+                    raw = b""
+                if raw:
+                    break
+                self._close()
+                if attempt == 2:
+                    raise SchedulerUnavailable(f"the scheduler service at {self.socket_path} closed the connection during {op}")
+        answer = json.loads(raw)
+        if "error" in answer:
+            protocol.raise_error(answer["error"])
+        return protocol.decode(answer.get("result"))
+
+    # ------------------------------------------------------------------ SchedulerAPI
+
+    def devices(self, fresh: bool = False) -> list[Device]:
+        return [Device.from_json(d) for d in self._call("devices", fresh=fresh)]
+
+    def submit(self, count: int, card_type: str = ANY, *, kernel_id: str | None = None,
+               notebook: str | None = None) -> Lease | Waiting:
+        return self._call("submit", count=count, card_type=card_type, kernel_id=kernel_id, notebook=notebook)
+
+    def check(self, request_id: str) -> Lease | Waiting:
+        return self._call("check", request_id=request_id)
+
+    def cancel(self, request_id: str) -> Lease | None:
+        return self._call("cancel", request_id=request_id)
+
+    def release(self, lease_id: str, *, reason: str = "released", user: str | None = None) -> bool:
+        # The service lets each user end only their own leases, whatever ``user`` says.
+        return self._call("release", lease_id=lease_id, reason=reason)
+
+    def attach_kernel(self, lease_id: str, pid: int) -> None:
+        self._call("attach_kernel", lease_id=lease_id, pid=pid)
+
+    def detach_kernel(self, lease_id: str) -> bool:
+        return self._call("detach_kernel", lease_id=lease_id)
+
+    def get_lease(self, lease_id: str) -> Lease | None:
+        return self._call("get_lease", lease_id=lease_id)
+
+    def ended_lease(self, lease_id: str) -> tuple[Lease, str] | None:
+        ended = self._call("ended_lease", lease_id=lease_id)
+        return tuple(ended) if ended else None
+
+    def reconcile(self) -> list[str]:
+        return self._call("reconcile")
+
+    def leases(self) -> list[Lease]:
+        return self._call("leases")
+
+    def queue(self) -> list[Waiting]:
+        return self._call("queue")
+
+    def history(self, limit: int = 100) -> list[dict]:
+        return self._call("history", limit=limit)
+
+    def usage(self, since: float = 0.0) -> list[dict]:
+        return self._call("usage", since=since)
+
+    def report(self) -> dict:
+        return self._call("report")
+
+    def timeout_message(self, waiting: Waiting, timeout: float | None) -> str:
+        return self._call("timeout_message", waiting=waiting, timeout=timeout)

@@ -1,0 +1,323 @@
+"""``jupyter tt scheduler``: the host-wide scheduler as a service, the only process that opens the state.
+
+It runs as root or a dedicated user (the shipped systemd unit, ``jupyter-tt-scheduler.service``),
+keeps the state in its own folder (0700, files 0600) and serves a Unix socket that every user may
+connect to (``/run/jupyter-tt/scheduler.sock``). Who calls is taken from the socket's peer
+credentials (``SO_PEERCRED``: uid and pid), never from what the caller says; quotas come from the
+service's own configuration only. So a user can ask, release and see only as themselves.
+
+One worker thread runs every call on the scheduler in turn; the event loop only moves bytes, so a
+slow or hostile client holds nothing but its own connection. A malformed request gets an error and
+the connection goes on. Each lease's processes are followed with pidfds: when one exits, a pass
+runs at once (and every ``watch_interval`` seconds anyway, for restart windows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import pwd
+import signal
+import socket
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..config import TTSettings
+from ..devices import open_inventory
+from ..errors import ConfigError, LeaseError, RequestError, TTError
+from . import protocol
+from .processes import ProcessRef, uid_of
+from .scheduler import Caller, Scheduler, Waiting
+
+log = logging.getLogger("jupyter_tt.service")
+
+#: Connections one user may hold open at once (each Jupyter server, kernel and CLI call holds one).
+MAX_CONNECTIONS_PER_USER = 64
+#: Requests one user may have waiting in the queue at once.
+MAX_WAITING_PER_USER = 16
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket, from the kernel."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid-{uid}"
+
+
+class SchedulerService:
+    """Serves one scheduler on a Unix socket (see the module's docstring)."""
+
+    def __init__(self, settings: TTSettings, socket_path: str, state_dir: str):
+        self.settings = settings
+        self.socket_path = Path(socket_path)
+        inventory = open_inventory(settings.inventory, settings.sysfs_root)
+        self.scheduler = Scheduler(inventory, state_dir, user=user_name(os.getuid()), restart_grace=settings.restart_grace,
+                                   server=f"{socket.gethostname()}:service", mode="service")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-tt-service")
+        self._connections: dict[int, int] = {}
+        self._pidfds: dict[int, int] = {}
+        self._exited: set[int] = set()  # followed processes seen to exit (their leases end in the next passes)
+        self._server: asyncio.AbstractServer | None = None
+        self._stopped = asyncio.Event()
+        self._pass_pending = False
+
+    # ------------------------------------------------------------------ running
+
+    async def serve(self) -> None:
+        """Serve until SIGTERM or SIGINT (or ``stop()``); removes the socket on the way out."""
+        loop = asyncio.get_running_loop()
+        self._claim_socket_path()
+        self._server = await asyncio.start_unix_server(self._connection, path=str(self.socket_path), limit=protocol.MAX_LINE)
+        os.chmod(self.socket_path, 0o666)  # anyone may connect: who they are comes from the kernel
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        ended = await self._call(self.scheduler.reconcile)  # leases of processes that died while no service ran
+        await self._follow_processes()
+        inventory = self.scheduler.inventory.describe()
+        log.info("jupyter-tt scheduler: serving %s (%s inventory%s, %d devices), state in %s; ended at start: %s",
+                 self.socket_path, inventory["kind"], " SIMULATED" if inventory["simulated"] else "",
+                 len(self.scheduler.devices()), self.scheduler.state_dir, ", ".join(ended) or "none")
+        ticker = asyncio.create_task(self._tick())
+        try:
+            await self._stopped.wait()
+        finally:
+            ticker.cancel()
+            self._server.close()
+            await asyncio.sleep(0)  # let a pass that was already scheduled see the stop
+            with contextlib.suppress(OSError):
+                self.socket_path.unlink()
+            for fd in self._pidfds.values():
+                with contextlib.suppress(OSError, ValueError):
+                    loop.remove_reader(fd)
+                    os.close(fd)
+            self._worker.shutdown(wait=True)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _claim_socket_path(self) -> None:
+        """Create the socket's folder (0755), and take over a socket left by a service that died."""
+        self.socket_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if self.socket_path.exists() or self.socket_path.is_symlink():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(self.socket_path))
+            except OSError:
+                self.socket_path.unlink()  # nobody listens: a service killed with SIGKILL left it
+            else:
+                raise ConfigError(f"another scheduler service already serves {self.socket_path}: stop it first")
+            finally:
+                probe.close()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.watch_interval)
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        self._pass_pending = False
+        if self._stopped.is_set():
+            return
+        try:
+            await self._call(self.scheduler.reconcile)
+            await self._follow_processes()
+        except Exception:  # a bad pass must not stop the next ones
+            log.exception("jupyter-tt scheduler: a reconcile pass failed")
+
+    def _reconcile_soon(self) -> None:
+        if not self._pass_pending:
+            self._pass_pending = True
+            asyncio.get_running_loop().create_task(self._reconcile())
+
+    async def _follow_processes(self) -> None:
+        """Hold a pidfd for every process a lease or request follows: its exit wakes a pass at once."""
+        loop = asyncio.get_running_loop()
+        wanted = await self._call(self.scheduler.followed_pids)
+        for pid in set(self._pidfds) - wanted:
+            self._unfollow(pid)
+        self._exited &= wanted
+        for pid in wanted - set(self._pidfds) - self._exited:
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:  # already gone: the next pass ends what it held
+                self._reconcile_soon()
+                continue
+            self._pidfds[pid] = fd
+            loop.add_reader(fd, self._on_exit, pid)
+
+    def _on_exit(self, pid: int) -> None:
+        # A pidfd stays readable once its process has exited: stop watching it, and pass now.
+        self._unfollow(pid)
+        self._exited.add(pid)
+        self._reconcile_soon()
+
+    def _unfollow(self, pid: int) -> None:
+        fd = self._pidfds.pop(pid)
+        asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+
+    async def _call(self, fn, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self._worker, functools.partial(fn, *args, **kwargs))
+
+    # ------------------------------------------------------------------ connections
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pid, uid, _ = peer_credentials(writer.get_extra_info("socket"))
+        if self._connections.get(uid, 0) >= MAX_CONNECTIONS_PER_USER:
+            writer.write(protocol.line({"id": None, "error": protocol.error_body(TTError(
+                f"{user_name(uid)} has {MAX_CONNECTIONS_PER_USER} connections to the scheduler open: close some", status=429))}))
+            writer.close()
+            return
+        self._connections[uid] = self._connections.get(uid, 0) + 1
+        try:
+            user = user_name(uid)
+            caller = Caller(user, ProcessRef.of(pid), quota=self.settings.quota_for(user), server=f"{socket.gethostname()}:{pid}")
+            while True:
+                try:
+                    raw = await reader.readline()
+                except (asyncio.LimitOverrunError, ValueError):
+                    writer.write(protocol.line({"id": None, "error": protocol.error_body(RequestError(
+                        f"a request line is longer than {protocol.MAX_LINE} bytes"))}))
+                    break
+                if not raw:
+                    break
+                writer.write(protocol.line(await self._answer(raw, caller, uid)))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        except Exception:
+            log.exception("jupyter-tt scheduler: connection of uid %d failed", uid)
+        finally:
+            self._connections[uid] -= 1
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _answer(self, raw: bytes, caller: Caller, uid: int) -> dict:
+        request_id = None
+        try:
+            request = json.loads(raw)
+            if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+                raise RequestError('a request is a JSON object {"id": N, "op": NAME, "args": {...}}')
+            request_id = request.get("id")
+            args = request.get("args") or {}
+            op = OPS.get(request["op"])
+            if op is None or not isinstance(args, dict):
+                raise RequestError(f"unknown operation {request['op']!r}: one of {', '.join(sorted(OPS))}")
+            result = await self._call(op, self, caller, uid, **protocol.decode(args))
+            if request["op"] in MUTATING:
+                await self._follow_processes()
+            return {"id": request_id, "result": protocol.encode(result)}
+        except TTError as e:
+            return {"id": request_id, "error": protocol.error_body(e)}
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            return {"id": request_id, "error": protocol.error_body(RequestError(f"malformed request: {e}"))}
+        except Exception as e:
+            log.exception("jupyter-tt scheduler: a request of %s failed", caller.user)
+            return {"id": request_id, "error": protocol.error_body(e)}
+
+    # ------------------------------------------------------------------ operations (run in the worker thread)
+
+    def _viewer(self, caller: Caller, uid: int) -> str | None:
+        return None if uid == 0 else caller.user  # root sees everything; everyone else their own in full
+
+    def op_hello(self, caller, uid):
+        return {"user": caller.user, "uid": uid, "inventory": self.scheduler.inventory.describe(),
+                "socket": str(self.socket_path), "enforcing": False}
+
+    def op_devices(self, caller, uid, fresh=False):
+        return [d.to_json() for d in self.scheduler.devices(fresh=bool(fresh))]
+
+    def op_submit(self, caller, uid, count, card_type="any", kernel_id=None, notebook=None):
+        waiting = sum(1 for w in self.scheduler.queue() if w.user == caller.user)
+        if waiting >= MAX_WAITING_PER_USER:
+            raise RequestError(f"{caller.user} has {waiting} requests waiting already: wait for them, or cancel some")
+        return self.scheduler.submit(count, card_type, kernel_id=kernel_id, notebook=notebook, caller=caller)
+
+    def op_check(self, caller, uid, request_id):
+        return self.scheduler.check(str(request_id), caller=caller)
+
+    def op_cancel(self, caller, uid, request_id):
+        return self.scheduler.cancel(str(request_id), caller=caller)
+
+    def op_release(self, caller, uid, lease_id, reason="released"):
+        reason = str(reason)[:200]
+        return self.scheduler.release(str(lease_id), reason=f"{reason} (by {caller.user})",
+                                      user=None if uid == 0 else caller.user)
+
+    def op_attach_kernel(self, caller, uid, lease_id, pid):
+        if not isinstance(pid, int) or pid <= 0:
+            raise RequestError(f"pid must be a process id, not {pid!r}")
+        owner = uid_of(pid)
+        if owner is not None and owner != uid and uid != 0:
+            raise LeaseError(f"process {pid} is not {caller.user}'s: a lease follows its holder's own kernel", status=403)
+        return self.scheduler.attach_kernel(str(lease_id), pid, caller=caller)
+
+    def op_detach_kernel(self, caller, uid, lease_id):
+        return self.scheduler.detach_kernel(str(lease_id), caller=caller)
+
+    def op_get_lease(self, caller, uid, lease_id):
+        return self.scheduler.get_lease(str(lease_id), viewer=self._viewer(caller, uid))
+
+    def op_ended_lease(self, caller, uid, lease_id):
+        ended = self.scheduler.ended_lease(str(lease_id), viewer=self._viewer(caller, uid))
+        return list(ended) if ended else None
+
+    def op_reconcile(self, caller, uid):
+        return self.scheduler.reconcile()
+
+    def op_leases(self, caller, uid):
+        return self.scheduler.leases(viewer=self._viewer(caller, uid))
+
+    def op_queue(self, caller, uid):
+        return self.scheduler.queue(viewer=self._viewer(caller, uid))
+
+    def op_history(self, caller, uid, limit=100):
+        return self.scheduler.history(min(int(limit), 1000), viewer=self._viewer(caller, uid))
+
+    def op_usage(self, caller, uid, since=0.0):
+        return self.scheduler.usage(float(since))
+
+    def op_report(self, caller, uid):
+        report = self.scheduler.report(viewer=self._viewer(caller, uid))
+        report["scheduler"] = {"mode": "service", "state_dir": str(self.socket_path), "enforcing": False}
+        return report
+
+    def op_timeout_message(self, caller, uid, waiting, timeout=None):
+        if not isinstance(waiting, Waiting):
+            raise RequestError("waiting must be a request's queue position, as check() returned it")
+        return self.scheduler.timeout_message(waiting, timeout)
+
+
+OPS = {name[3:]: fn for name, fn in vars(SchedulerService).items() if name.startswith("op_")}
+#: Operations after which the processes to follow may have changed.
+MUTATING = {"submit", "check", "cancel", "release", "attach_kernel", "detach_kernel", "reconcile"}
+
+
+def main(socket_path: str, state_dir: str, config_file: str | None) -> int:
+    """Run the service in the foreground (``jupyter tt scheduler``)."""
+    from traitlets.config import Config
+    from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
+
+    config = Config()
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"no configuration file {path}: give --config an existing .py or .json file")
+        loader = JSONFileConfigLoader if path.suffix == ".json" else PyFileConfigLoader
+        config = loader(path.name, str(path.parent)).load_config()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    service = SchedulerService(TTSettings(config=config), socket_path, state_dir)
+    asyncio.run(service.serve())
+    return 0
