@@ -1,0 +1,182 @@
+"""Real OS users and the scheduler service for tests.
+
+CI runs as root: users are created with ``useradd`` (``tt-alice``, ``tt-bob``: no home, no login)
+and commands run as them with ``subprocess`` (``user=``). Where that cannot be done (not root, no
+``useradd``, this checkout not readable by other users) the tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from jupyter_servers import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _others_may_run(path: str) -> bool:
+    """Whether a user other than root may execute ``path`` (every folder on its way must let them through)."""
+    real = Path(os.path.realpath(path))
+    folders = [p for p in real.parents]
+    return bool(real.stat().st_mode & 0o001) and all(p.stat().st_mode & 0o001 for p in folders)
+
+
+def _interpreter() -> tuple[str, str]:
+    """(a Python other users may run, PYTHONPATH): this venv's where its interpreter is open to them; else
+    the system's Python of the same version, given this venv's packages (pyenv's Python under /root, as on
+    this machine kind, is root's alone). A shared host installs Python where every user reaches it."""
+    site = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
+    if _others_may_run(sys.executable):
+        return sys.executable, str(ROOT)
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if os.path.exists(system) and _others_may_run(system):
+        return system, f"{ROOT}:{site}"
+    return "", ""
+
+
+PYTHON, PYTHONPATH = _interpreter()
+
+
+@dataclass(frozen=True)
+class OSUser:
+    name: str
+    uid: int
+    gid: int
+    home: str  # a private folder of theirs, as HOME (Jupyter's data dir goes under it)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A clean environment for their processes: nothing of root's, this checkout importable."""
+        return {"PATH": "/usr/bin:/bin", "HOME": self.home, "USER": self.name, "LOGNAME": self.name,
+                "PYTHONPATH": PYTHONPATH, **extra}
+
+    def run(self, args: list[str], *, env: dict | None = None, timeout: float = 60, check: bool = False, **kw):
+        """Run ``args`` as this user; returns the CompletedProcess (text)."""
+        return subprocess.run(args, user=self.uid, group=self.gid, extra_groups=[], env=env or self.env(), cwd=self.home,
+                              capture_output=True, text=True, timeout=timeout, check=check, **kw)
+
+    def python(self, code: str, **kw):
+        return self.run([PYTHON, "-c", textwrap.dedent(code)], **kw)
+
+    def tt(self, *args: str, **kw):
+        """``jupyter tt ARGS`` as this user."""
+        return self.run([PYTHON, "-m", "jupyter_tt.cli", *args], **kw)
+
+    def popen(self, args: list[str], *, env: dict | None = None, **kw) -> subprocess.Popen:
+        return subprocess.Popen(args, user=self.uid, group=self.gid, extra_groups=[], env=env or self.env(), cwd=self.home,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def os_user(name: str) -> OSUser:
+    """The OS user ``name``, created if missing; skips the test where users cannot be made or used."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create OS users with useradd and run processes as them (CI runs as root)")
+    if shutil.which("useradd") is None:
+        pytest.skip("needs useradd to create OS users")
+    if not PYTHON:
+        pytest.skip(f"no Python that other users may run: {sys.executable} is root's alone, and there is no system Python "
+                    f"{sys.version_info.major}.{sys.version_info.minor}")
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--home-dir", "/nonexistent", name],
+                       check=True, capture_output=True)
+        entry = pwd.getpwnam(name)
+    home = Path(tempfile.mkdtemp(prefix=f"{name}-home-"))
+    os.chown(home, entry.pw_uid, entry.pw_gid)
+    user = OSUser(name, entry.pw_uid, entry.pw_gid, str(home))
+    probe = user.python("import jupyter_tt")
+    if probe.returncode != 0:
+        pytest.skip(f"{name} cannot import this checkout with {PYTHON}: {probe.stderr.strip()[-300:]}; "
+                    f"put the checkout and its venv where other users may read them")
+    return user
+
+
+def open_folder(prefix: str) -> Path:
+    """A folder every user may enter (pytest's tmp_path is 0700): where the service's socket goes."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)
+    return folder
+
+
+class Service:
+    """``jupyter tt scheduler`` as root, on a socket in an open folder; state in a private one."""
+
+    def __init__(self, inventory: str = "simulated:n300x2", config: str | None = None, env: dict | None = None,
+                 as_user: OSUser | None = None, hidepid: bool = False):
+        """``as_user``: run as that (dedicated) user instead of root. ``hidepid``: in a mount namespace whose
+        /proc hides other users' processes (``hidepid=invisible``), as on hardened hosts."""
+        self.as_user, self.hidepid = as_user, hidepid
+        self.folder = open_folder("jupyter-tt-service-")
+        if as_user:
+            os.chown(self.folder, as_user.uid, as_user.gid)
+        self.socket = self.folder / "scheduler.sock"
+        self.state_dir = self.folder / "state"
+        self.config = config
+        self.env = {**os.environ, "JUPYTER_TT_INVENTORY": inventory, **(env or {})}
+        self.log_path = self.folder / "service.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.socket}"
+
+    def start(self) -> "Service":
+        python = PYTHON if self.as_user else sys.executable
+        args = [python, "-m", "jupyter_tt.cli", "scheduler", "--socket", str(self.socket), "--state-dir", str(self.state_dir)]
+        if self.config:
+            path = self.folder / "scheduler_config.py"
+            path.write_text(self.config)
+            args += ["--config", str(path)]
+        env = self.env
+        if self.as_user:
+            env = {**self.as_user.env(), "JUPYTER_TT_INVENTORY": self.env["JUPYTER_TT_INVENTORY"]}
+            args = ["setpriv", f"--reuid={self.as_user.uid}", f"--regid={self.as_user.gid}", "--clear-groups", *args]
+        if self.hidepid:
+            if shutil.which("unshare") is None:
+                pytest.skip("needs unshare (util-linux) to mount a /proc with hidepid")
+            inner = " ".join(f"'{a}'" for a in args)
+            args = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                    f"mount -t proc -o hidepid=invisible proc /proc && exec {inner}"]
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+        def listening():
+            assert self.proc.poll() is None, self.log_text()
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(str(self.socket))
+                    return True
+                except OSError:
+                    return False
+
+        wait_until(listening, timeout=30, message="the scheduler service to listen")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")

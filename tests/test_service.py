@@ -1,0 +1,244 @@
+"""The scheduler service with real OS users: identity from the kernel, nothing to freeze, forge or break.
+
+Each test runs ``jupyter tt scheduler`` as root on a simulated inventory and the users' processes as
+``tt-alice`` and ``tt-bob`` (tests/os_users.py creates them; without root the tests skip).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from jupyter_servers import wait_until
+from os_users import PYTHON, Service, os_user
+
+HOLD = """
+import os, sys, time
+from jupyter_tt.scheduler import open_scheduler
+lease = open_scheduler().acquire({count}, timeout=30)
+print(lease.id, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def alice():
+    return os_user("tt-alice")
+
+
+@pytest.fixture
+def bob():
+    return os_user("tt-bob")
+
+
+@pytest.fixture
+def service():
+    started = []
+
+    def start(**kw) -> Service:
+        started.append(Service(**kw).start())
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.stop()
+        print(f"----- service log -----\n{s.log_text()[-3000:]}")
+
+
+def holder(user, service, count=1, **env):
+    """A process of ``user`` that holds a lease of ``count`` devices until killed: (process, lease id)."""
+    proc = user.popen([PYTHON, "-c", HOLD.format(count=count)], env=user.env(JUPYTER_TT_SCHEDULER=service.address, **env))
+    line = proc.stdout.readline().strip()
+    assert line.startswith("lease-"), line + proc.stdout.read() if proc.poll() is not None else line
+    return proc, line
+
+
+def ask(user, service, op, timeout=10, **args) -> dict:
+    """One raw request on the service's socket as ``user``: the answer line, parsed."""
+    code = f"""
+import json, socket
+s = socket.socket(socket.AF_UNIX); s.settimeout({timeout}); s.connect({str(service.socket)!r})
+s.sendall(json.dumps({{"id": 1, "op": {op!r}, "args": {args!r}}}).encode() + b"\\n")
+print(s.makefile().readline(), end="")
+"""
+    out = user.python(code, env=user.env())
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def tt(user, service, *args, timeout=30):
+    """``jupyter tt ARGS`` as ``user``, with the service as their scheduler."""
+    return user.tt(*args, env=user.env(JUPYTER_TT_SCHEDULER=service.address), timeout=timeout)
+
+
+def test_the_service_names_each_caller_by_their_uid_whatever_their_environment_says(service, alice):
+    svc = service()
+    out = alice.python("""
+        from jupyter_tt.scheduler import open_scheduler
+        s = open_scheduler()
+        lease = s.acquire(1, timeout=10)
+        print(s.user, lease.user, s.mode)
+    """, env=alice.env(JUPYTER_TT_SCHEDULER=svc.address, JUPYTERHUB_USER="tt-bob", USER="tt-bob", LOGNAME="tt-bob"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["tt-alice", "tt-alice", "service"]
+
+
+def test_another_user_can_neither_release_nor_change_nor_read_a_lease(service, alice, bob):
+    svc = service()
+    proc, lease_id = holder(alice, svc)
+    try:
+        # The CLI, claiming to be alice through the environment:
+        env = bob.env(JUPYTER_TT_SCHEDULER=svc.address, JUPYTERHUB_USER="tt-alice", USER="tt-alice")
+        out = bob.tt("release", lease_id, env=env)
+        assert out.returncode == 2 and "belongs to tt-alice: only they can release it" in out.stderr, out.stderr
+        # The socket, directly:
+        for op, args in [("release", {"lease_id": lease_id}), ("detach_kernel", {"lease_id": lease_id}),
+                         ("attach_kernel", {"lease_id": lease_id, "pid": os.getpid()})]:
+            answer = ask(bob, svc, op, **args)
+            assert answer["error"]["status"] == 403, (op, answer)
+        # The state: a private folder of the service's, which bob cannot enter.
+        out = bob.python(f"import os; print(os.listdir({str(svc.state_dir)!r}))")
+        assert "PermissionError" in out.stderr
+        assert oct(svc.state_dir.stat().st_mode & 0o777) == "0o700"
+        assert {oct(p.stat().st_mode & 0o777) for p in svc.state_dir.iterdir()} == {"0o600"}
+        # What bob sees of alice's lease: who holds which devices since when, nothing more.
+        [seen] = ask(bob, svc, "leases")["result"]
+        public = seen["$lease"]
+        assert public["user"] == "tt-alice" and public["owned"] is False
+        assert public["kernel_id"] is None and public["notebook"] is None and public["pid"] == 0 and public["server"] == ""
+        [mine] = ask(alice, svc, "leases")["result"]
+        assert mine["$lease"]["pid"] == proc.pid and mine["$lease"]["owned"] is True
+        # And the lease is intact.
+        assert ask(alice, svc, "get_lease", lease_id=lease_id)["result"]["$lease"]["id"] == lease_id
+    finally:
+        proc.kill()
+
+
+def test_no_user_can_freeze_the_scheduler_for_the_others(service, alice, bob):
+    svc = service()
+    # bob holds open every connection he may, each with half a request line, and tries the state files.
+    hog = bob.popen([PYTHON, "-c", f"""
+import socket, time
+held = []
+for _ in range(200):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect({str(svc.socket)!r})
+    s.sendall(b'{{"id": 1, "op": "leas')
+    held.append(s)
+print("holding", flush=True)
+time.sleep(600)
+"""])
+    assert hog.stdout.readline().strip() == "holding"
+    try:
+        started = time.monotonic()
+        proc, lease_id = holder(alice, svc)
+        out = tt(alice, svc, "devices", timeout=20)
+        elapsed = time.monotonic() - started
+        assert out.returncode == 0 and "leased" in out.stdout, out.stderr
+        assert elapsed < 5, f"alice waited {elapsed:.1f} s"
+        proc.kill()
+    finally:
+        hog.kill()
+
+
+def test_malformed_requests_are_refused_one_by_one_and_everything_keeps_working(service, bob, alice):
+    svc = service()
+    proc, lease_id = holder(alice, svc)
+    try:
+        lines = [b"not json", b"[1, 2]", b'{"op": 5}', b'{"id": 1, "op": "drop_tables"}', b'{"id": 1, "op": "submit", "args": []}',
+                 b'{"id": 1, "op": "submit", "args": {"count": "x"}}', b'{"id": 1, "op": "submit", "args": {"count": 1, "card_type": 5}}',
+                 b'{"id": 1, "op": "submit", "args": {"count": 1, "surprise": true}}',
+                 b'{"id": 1, "op": "attach_kernel", "args": {"lease_id": {}, "pid": -1}}',
+                 b'{"id": 1, "op": "check", "args": {"request_id": "req-0"}}',
+                 b'{"id": 1, "op": "timeout_message", "args": {"waiting": {"$waiting": {"no": 1}}}}',
+                 b'{"id": 1, "op": "submit", "args": {"count": 1, "kernel_id": "' + b"k" * 5000 + b'"}}']
+        code = f"""
+import socket, sys, json
+s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect({str(svc.socket)!r})
+f = s.makefile("rb")
+for line in {lines!r}:
+    s.sendall(line + b"\\n")
+    print(json.loads(f.readline())["error"]["message"][:80])
+"""
+        out = bob.python(code)
+        assert out.returncode == 0, out.stderr
+        answers = out.stdout.splitlines()
+        assert len(answers) == len(lines) and all(answers), answers
+        assert "unknown operation 'drop_tables'" in answers[3]
+        assert "whole number of devices" in answers[5] and "unknown card type" in answers[6]
+        # A line over the limit closes only that connection.
+        big = bob.python(f"""
+import socket
+s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect({str(svc.socket)!r})
+try:
+    s.sendall(b"x" * (2 << 20) + b"\\n")
+except BrokenPipeError:  # the service answered and closed before the rest arrived
+    pass
+print(s.makefile().readline()[:200])
+""")
+        assert "longer than" in big.stdout, big.stdout + big.stderr
+        # Everyone is still served.
+        assert ask(alice, svc, "get_lease", lease_id=lease_id)["result"]["$lease"]["id"] == lease_id
+        assert tt(bob, svc, "devices").returncode == 0
+        assert svc.proc.poll() is None
+    finally:
+        proc.kill()
+
+
+def test_the_service_learns_of_a_holders_death_at_once(service, alice):
+    svc = service(config="c.TTSettings.watch_interval = 600.0\n")  # no periodic pass: only the pidfd can tell
+    proc, lease_id = holder(alice, svc)
+    proc.kill()
+    proc.wait()
+    started = time.monotonic()
+    wait_until(lambda: ask(alice, svc, "get_lease", lease_id=lease_id)["result"] is None, timeout=5, message="the lease to end")
+    assert time.monotonic() - started < 2
+
+
+def test_killing_the_service_keeps_every_lease_and_its_restart_recovers_them(service, alice, bob):
+    svc = service()
+    kept, kept_id = holder(alice, svc)
+    died, died_id = holder(bob, svc)
+    svc.kill()
+    assert kept.poll() is None  # the kernel (here: the holder) goes on with its devices
+    died.kill()
+    died.wait()
+    svc.start()
+    leases = {lease["$lease"]["id"] for lease in ask(alice, svc, "leases")["result"]}
+    assert leases == {kept_id}  # alice's recovered; bob's holder died meanwhile, so his ended at the restart
+    history = ask(bob, svc, "history")["result"]
+    assert any(h["lease_id"] == died_id and "exited" in h["end_reason"] for h in history)
+    kept.kill()
+
+
+def test_the_socket_is_open_to_everyone_and_the_state_to_no_one(service):
+    svc = service()
+    assert oct(svc.socket.stat().st_mode & 0o777) == "0o666"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(svc.socket))
+    assert oct(svc.state_dir.stat().st_mode & 0o777) == "0o700"
+
+
+def test_a_proc_that_hides_other_users_processes_ends_no_lease(service, alice, bob):
+    """The service as a dedicated user (here tt-bob) under hidepid=invisible sees none of alice's
+    processes in /proc: they count as alive while they exist (kill(pid, 0)), and end when they exit."""
+    svc = service(as_user=bob, hidepid=True)
+    proc, lease_id = holder(alice, svc)
+    try:
+        # What the service's /proc shows of alice's holder: nothing.
+        look = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                               f"mount -t proc -o hidepid=invisible proc /proc && exec setpriv --reuid={bob.uid} "
+                               f"--regid={bob.gid} --clear-groups test -e /proc/{proc.pid}"])
+        assert look.returncode == 1 and os.path.exists(f"/proc/{proc.pid}")
+        time.sleep(1.5)  # passes run every second
+        assert ask(alice, svc, "reconcile")["result"] == []
+        assert ask(alice, svc, "get_lease", lease_id=lease_id)["result"]["$lease"]["id"] == lease_id
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_until(lambda: ask(alice, svc, "get_lease", lease_id=lease_id)["result"] is None, timeout=5, message="the lease to end")
