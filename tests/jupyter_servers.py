@@ -33,10 +33,14 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1, message:
 
 
 class Server:
-    def __init__(self, workdir: Path, env: dict | None = None, args: list[str] = (), name: str = "server"):
-        self.workdir = Path(workdir)
+    def __init__(self, workdir: Path, env: dict | None = None, args: list[str] = (), name: str = "server", user=None):
+        """``user``: an ``os_users.OSUser`` to run the server as (its workdir then goes in their home)."""
+        self.user = user
+        self.workdir = Path(user.home) / name if user else Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, **(env or {})}
+        if user:
+            os.chown(self.workdir, user.uid, user.gid)
+        self.env = {**(user.env() if user else os.environ), **(env or {})}
         self.args = list(args)
         self.name = name
         self.token = secrets.token_hex(8)
@@ -47,14 +51,18 @@ class Server:
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"token {self.token}"}, timeout=60)
 
     def start(self) -> "Server":
+        python = sys.executable
+        if self.user:
+            from os_users import PYTHON as python
         cmd = [
-            sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
+            python, "-m", "jupyter_server", "--no-browser", "--allow-root",
             f"--port={self.port}", "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1",
             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.workdir}",
             "--ServerApp.log_level=DEBUG", "--TTSettings.watch_interval=0.3", *self.args,
         ]
         self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        as_user = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []} if self.user else {}
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir, **as_user)
 
         def up():
             if self.proc.poll() is not None:

@@ -59,7 +59,8 @@ class OSUser:
     def env(self, **extra: str) -> dict[str, str]:
         """A clean environment for their processes: nothing of root's, this checkout importable."""
         return {"PATH": "/usr/bin:/bin", "HOME": self.home, "USER": self.name, "LOGNAME": self.name,
-                "PYTHONPATH": PYTHONPATH, **extra}
+                "PYTHONPATH": PYTHONPATH, "JUPYTER_CONFIG_PATH": f"{sys.prefix}/etc/jupyter",  # enables jupyter_tt
+                "JUPYTER_PATH": f"{sys.prefix}/share/jupyter", **extra}
 
     def run(self, args: list[str], *, env: dict | None = None, timeout: float = 60, check: bool = False, **kw):
         """Run ``args`` as this user; returns the CompletedProcess (text)."""

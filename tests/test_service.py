@@ -242,3 +242,39 @@ def test_a_proc_that_hides_other_users_processes_ends_no_lease(service, alice, b
         proc.kill()
         proc.wait()
     wait_until(lambda: ask(alice, svc, "get_lease", lease_id=lease_id)["result"] is None, timeout=5, message="the lease to end")
+
+
+def users_server(user, svc, name):
+    """A real Jupyter server of ``user`` whose kernels lease through the service, with an n300 kernelspec."""
+    from jupyter_servers import Server
+
+    env = {"JUPYTER_TT_SCHEDULER": svc.address, "JUPYTER_DATA_DIR": f"{user.home}/data",
+           "JUPYTER_RUNTIME_DIR": f"{user.home}/runtime", "JUPYTER_CONFIG_DIR": f"{user.home}/config"}
+    installed = user.tt("kernelspec", "install", "--user", "--devices", "1", "--card-type", "n300", "--name", "tt-n300",
+                        env=user.env(**env))
+    assert installed.returncode == 0, installed.stderr
+    return Server(None, env, name=name, user=user).start()
+
+
+def test_jupyter_servers_of_two_users_lease_through_the_service_and_see_only_whose_devices(service, alice, bob):
+    svc = service()
+    a, b = users_server(alice, svc, "alice"), users_server(bob, svc, "bob")
+    try:
+        kernel = a.start_kernel("tt-n300")
+        [lease] = a.leases()
+        assert lease["user"] == "tt-alice" and lease["kernel_id"] == kernel and lease["pid"] > 0
+        from jupyter_servers import kernel_environ
+
+        assert kernel_environ(lease["pid"])["JUPYTER_TT_SCHEDULER"] == svc.address
+        # bob's server: who holds which devices since when; no kernel, process or notebook of alice's.
+        [seen] = b.leases()
+        assert set(seen) - {"notebook_path"} == {"id", "devices", "user", "since"} and seen["user"] == "tt-alice"
+        devices = b.json("/jupyter-tt/api/devices")
+        held = next(d for d in devices["devices"] if d["lease_id"] == lease["id"])
+        assert held["user"] == "tt-alice" and held["kernel_id"] is None and held["notebook"] is None
+        assert b.http.delete(f"/jupyter-tt/api/leases/{lease['id']}").status_code == 403
+        a.shutdown_kernel(kernel)
+        wait_until(lambda: a.leases() == [], timeout=10, message="the lease to end with the kernel")
+    finally:
+        a.stop()
+        b.stop()

@@ -19,17 +19,19 @@ import pytest
 
 from jupyter_tt.devices import SimulatedInventory
 from jupyter_tt.scheduler import Scheduler
+from os_users import Service
 
 SPEC = "n150x2,n300x6"
 WORKER = textwrap.dedent("""
     import fcntl, os, random, sys, time
     from jupyter_tt.devices import SimulatedInventory
     from jupyter_tt.errors import WaitTimeout
-    from jupyter_tt.scheduler import Scheduler
+    from jupyter_tt.scheduler import Scheduler, open_scheduler
 
     state, work, seed, user = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     rng = random.Random(seed)
-    s = Scheduler(SimulatedInventory(%r), state, user=user)
+    # Through the scheduler service where JUPYTER_TT_SCHEDULER names one, else on the state dir.
+    s = open_scheduler() if os.environ.get("JUPYTER_TT_SCHEDULER") else Scheduler(SimulatedInventory(%r), state, user=user)
     s.poll_interval = 0.02
     ops = os.open(os.path.join(work, "ops"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     while True:
@@ -57,11 +59,17 @@ WORKER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_random_acquire_release_and_kills_leave_no_double_lease_and_no_leak(tmp_path, state_dir):
+@pytest.mark.parametrize("mode", ["personal", "service"])
+def test_random_acquire_release_and_kills_leave_no_double_lease_and_no_leak(tmp_path, state_dir, mode, monkeypatch):
     rng = random.Random(1234)
     work = tmp_path / "work"
     work.mkdir()
     users = ["alice", "bob", "carol"]
+    service = None
+    if mode == "service":  # the workers call `jupyter tt scheduler`; the audit reads its state after it stops
+        service = Service(inventory=f"simulated:{SPEC}").start()
+        monkeypatch.setenv("JUPYTER_TT_SCHEDULER", service.address)
+        state_dir = str(service.state_dir)
 
     def spawn(i):
         return subprocess.Popen(
@@ -83,6 +91,9 @@ def test_random_acquire_release_and_kills_leave_no_double_lease_and_no_leak(tmp_
     for w in workers:
         w.send_signal(signal.SIGKILL)
         w.wait()
+    if service:
+        time.sleep(0.5)  # the service's pidfds saw the kills
+        service.stop()
 
     # Audit.
     violations = (work / "violations").read_text() if (work / "violations").exists() else ""
@@ -91,7 +102,8 @@ def test_random_acquire_release_and_kills_leave_no_double_lease_and_no_leak(tmp_
     assert ops > 100, f"only {ops} completed acquire/release cycles: the stress did not stress"
 
     s = Scheduler(SimulatedInventory(SPEC), state_dir, user="auditor")
-    s.reconcile()
+    if mode == "personal":  # the last kills are reclaimed by the next pass of anyone; the service has run its own
+        s.reconcile()
     db = s.db
     assert db.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0, "leaked leases"
     assert db.execute("SELECT COUNT(*) FROM lease_devices").fetchone()[0] == 0, "leaked devices"
@@ -109,5 +121,5 @@ def test_random_acquire_release_and_kills_leave_no_double_lease_and_no_leak(tmp_
         for (start_a, end_a, a), (start_b, _, b) in zip(spans, spans[1:]):
             assert start_b >= end_a, f"device {device}: {b} granted at {start_b} before {a} ended at {end_a}"
     reclaimed = sum(1 for row in rows if "exited" in row["end_reason"])
-    print(f"stress: {ops} cycles, {len(rows)} leases, {kills} kills, {reclaimed} leases reclaimed from killed workers")
+    print(f"stress ({mode}): {ops} cycles, {len(rows)} leases, {kills} kills, {reclaimed} leases reclaimed from killed workers")
     assert reclaimed > 0

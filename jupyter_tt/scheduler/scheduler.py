@@ -90,8 +90,7 @@ class Lease:
 
     def to_json(self) -> dict:
         if not self.owned:
-            return {"id": self.id, "devices": self.device_ids, "user": self.user, "since": self.granted_at,
-                    "card_types": self.card_types, "chips": self.chips}
+            return {"id": self.id, "devices": self.device_ids, "user": self.user, "since": self.granted_at}
         return {
             "id": self.id,
             "devices": self.device_ids,
