@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_servers import wait_until
+from jupyter_servers import stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,13 +171,8 @@ class Service:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc, 10)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")

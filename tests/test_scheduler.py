@@ -293,3 +293,11 @@ def test_a_malformed_row_is_left_alone_and_scheduling_goes_on(state_dir):
     s.db.execute("UPDATE leases SET owner_pid='x' WHERE id=?", (broken.id,))
     assert s.reconcile() == []  # the bad row neither stops the pass nor is taken for dead
     assert s.acquire(1, timeout=5).device_ids == [1 - broken.device_ids[0]]
+
+
+def test_one_user_may_have_only_so_many_requests_waiting(state_dir):
+    s = scheduler_for(state_dir, "n300x1", max_waiting=2)
+    s.acquire(1)
+    assert isinstance(s.submit(1), Waiting) and isinstance(s.submit(1), Waiting)
+    with pytest.raises(RequestError, match="alice has 2 requests waiting already"):
+        s.submit(1)

@@ -132,6 +132,7 @@ class SchedulerAPI(abc.ABC):
         ``stop`` is set. Either way the request leaves the queue."""
         from .scheduler import Waiting
 
+        stop = stop or threading.Event()  # never set: the wait is a plain sleep
         result = self.submit(count, card_type, kernel_id=kernel_id, notebook=notebook)
         deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
         reported = None
@@ -146,10 +147,8 @@ class SchedulerAPI(abc.ABC):
                     if lease:
                         return lease
                     raise WaitTimeout(self.timeout_message(result, timeout))
-                if stop is not None and stop.wait(min(self.poll_interval, remaining)):
+                if stop.wait(min(self.poll_interval, remaining)):
                     raise Cancelled()
-                elif stop is None:
-                    time.sleep(min(self.poll_interval, remaining))
                 result = self.check(result.request_id)
             return result
         except BaseException:

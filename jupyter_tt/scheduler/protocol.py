@@ -30,7 +30,7 @@ def encode(value: Any) -> Any:
         return {"$lease": asdict(value)}
     if isinstance(value, Waiting):
         return {"$waiting": asdict(value)}
-    if isinstance(value, tuple) or isinstance(value, list):
+    if isinstance(value, (tuple, list)):
         return [encode(v) for v in value]
     if isinstance(value, dict):
         return {k: encode(v) for k, v in value.items()}

@@ -210,6 +210,7 @@ class Scheduler(SchedulerAPI):
         restart_grace: float = 15.0,
         server: str | None = None,
         mode: str = "personal",
+        max_waiting: int = 0,
     ):
         self.inventory = inventory
         self.state_dir = str(state_dir)
@@ -218,6 +219,8 @@ class Scheduler(SchedulerAPI):
         self.restart_grace = restart_grace
         self.server = server or f"{socket.gethostname()}:{os.getpid()}"
         self.mode = mode
+        #: Most requests one user may have waiting at once (0: no limit; the service sets one).
+        self.max_waiting = max_waiting
         self._lock = threading.RLock()
         self.db = store.connect(state_dir, inventory.key)
         self._me: ProcessRef | None = None
@@ -268,6 +271,10 @@ class Scheduler(SchedulerAPI):
                     f"a request for {count} more is over the quota. Shut down a kernel that holds devices, "
                     f"or ask for at most {max(who.quota - held, 0)}"
                 )
+            if self.max_waiting:
+                waiting = db.execute("SELECT COUNT(*) FROM requests WHERE user=? AND lease_id IS NULL", (who.user,)).fetchone()[0]
+                if waiting >= self.max_waiting:
+                    raise RequestError(f"{who.user} has {waiting} requests waiting already: wait for them, or cancel some")
             db.execute(
                 "INSERT INTO requests (id, user, server, kernel_id, notebook, devices, card_type, quota, owner_pid,"
                 " owner_started, owner_boot, requested_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",

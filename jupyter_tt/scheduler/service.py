@@ -63,7 +63,7 @@ class SchedulerService:
         self.socket_path = Path(socket_path)
         inventory = open_inventory(settings.inventory, settings.sysfs_root)
         self.scheduler = Scheduler(inventory, state_dir, user=user_name(os.getuid()), restart_grace=settings.restart_grace,
-                                   server=f"{socket.gethostname()}:service", mode="service")
+                                   server=f"{socket.gethostname()}:service", mode="service", max_waiting=MAX_WAITING_PER_USER)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-tt-service")
         self._connections: dict[int, int] = {}
         self._pidfds: dict[int, int] = {}
@@ -240,9 +240,6 @@ class SchedulerService:
         return [d.to_json() for d in self.scheduler.devices(fresh=bool(fresh))]
 
     def op_submit(self, caller, uid, count, card_type="any", kernel_id=None, notebook=None):
-        waiting = sum(1 for w in self.scheduler.queue() if w.user == caller.user)
-        if waiting >= MAX_WAITING_PER_USER:
-            raise RequestError(f"{caller.user} has {waiting} requests waiting already: wait for them, or cancel some")
         return self.scheduler.submit(count, card_type, kernel_id=kernel_id, notebook=notebook, caller=caller)
 
     def op_check(self, caller, uid, request_id):

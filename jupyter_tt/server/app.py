@@ -99,13 +99,14 @@ class JupyterTTApp(ExtensionApp):
     async def _sample_telemetry(self) -> None:
         now = round(time.time(), 1)
         try:
-            devices = await call(self.scheduler.devices, fresh=True)
+            report = await call(self.scheduler.report)
         except Exception:
             self.log.exception("jupyter-tt: reading telemetry failed")
             return
-        for device in devices:
-            samples = self.telemetry_history.setdefault(device.id, deque(maxlen=self.tt_settings.telemetry_samples))
-            samples.append([now, device.telemetry.temperature_c, device.telemetry.power_w])
+        self.watcher.report = report  # also what /metrics reports until the next change
+        for device in report["devices"]:
+            samples = self.telemetry_history.setdefault(device["id"], deque(maxlen=self.tt_settings.telemetry_samples))
+            samples.append([now, device["telemetry"]["temperature_c"], device["telemetry"]["power_w"]])
 
     async def stop_extension(self) -> None:
         if getattr(self, "_watch", None) is None:  # initialize_settings failed: nothing started

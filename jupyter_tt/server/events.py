@@ -22,13 +22,13 @@ class StateWatcher:
         self.scheduler = scheduler
         self.leases: dict[str, Lease] = {}
         self.queue: dict[str, Waiting] = {}
-        #: The devices document of the last look (what /metrics reports between looks).
+        #: The devices document /metrics reports: renewed when a look sees a change, and by the
+        #: server's telemetry samples.
         self.report: dict | None = None
 
     def look(self) -> list[dict]:
         """Reconcile, then the events that say what changed since the last look."""
         self.scheduler.reconcile()
-        report = self.scheduler.report()
         leases = {lease.id: lease for lease in self.scheduler.leases()}
         queue = {w.request_id: w for w in self.scheduler.queue()}
         simulated = self.scheduler.inventory.simulated
@@ -52,7 +52,9 @@ class StateWatcher:
                 events.append(self._request_event("request-queued", waiting))
             elif old.position != waiting.position:
                 events.append(self._request_event("request-moved", waiting))
-        self.leases, self.queue, self.report = leases, queue, report
+        self.leases, self.queue = leases, queue
+        if events or self.report is None:
+            self.report = self.scheduler.report()
         return events
 
     @staticmethod

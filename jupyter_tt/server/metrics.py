@@ -1,5 +1,5 @@
-"""Prometheus gauges for ``/metrics``: device telemetry and lease counts, from the server's last look at
-the state (every ``watch_interval`` seconds): a scrape never calls the scheduler on the event loop."""
+"""Prometheus gauges for ``/metrics``: device telemetry and lease counts, from the devices document the
+server renews at each change and telemetry sample: a scrape never calls the scheduler on the event loop."""
 
 from __future__ import annotations
 
