@@ -71,8 +71,9 @@ class Server:
             "--ServerApp.log_level=DEBUG", "--TTSettings.watch_interval=0.3", *self.args,
         ]
         self.log = open(self.log_path, "a")
-        as_user = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []} if self.user else {}
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir, **as_user)
+        if self.user:
+            cmd = self.user.command(cmd)
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir)
 
         def up():
             if self.proc.poll() is not None:

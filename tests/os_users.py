@@ -1,14 +1,18 @@
 """Real OS users and the scheduler service for tests.
 
 CI runs as root: users are created with ``useradd`` (``tt-alice``, ``tt-bob``: no home, no login)
-and commands run as them with ``subprocess`` (``user=``). Where that cannot be done (not root, no
-``useradd``, this checkout not readable by other users) the tests skip and say why.
+and commands run as them through ``setpriv``. They need this checkout and a Python: where the
+checkout sits in a folder only root may enter (a ``mktemp -d`` clone, ``/root``), each of their
+processes gets a private mount namespace in which its package and venv are bind-mounted on an open path
+(``unshare``; it vanishes with the process). Where none of this can be done (not root, no
+``useradd`` / ``setpriv`` / ``unshare``), the tests skip and say why.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -26,11 +30,27 @@ from jupyter_servers import stop_process, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _others_may_run(path: str) -> bool:
-    """Whether a user other than root may execute ``path`` (every folder on its way must let them through)."""
+def _others_may_enter(path: str | Path) -> bool:
+    """Whether a user other than root may reach ``path`` (it and every folder on its way let them through)."""
     real = Path(os.path.realpath(path))
-    folders = [p for p in real.parents]
-    return bool(real.stat().st_mode & 0o001) and all(p.stat().st_mode & 0o001 for p in folders)
+    return all(p.stat().st_mode & 0o001 for p in [real, *real.parents])
+
+
+#: Where other users see this checkout: itself, or an open folder on which, in their processes, the parts
+#: they need are bind-mounted (the package, and the venv where it is inside the checkout).
+BIND = not _others_may_enter(ROOT)
+VIEW = Path(tempfile.mkdtemp(prefix="jupyter-tt-checkout-")) if BIND else ROOT
+BOUND = [d for d in (ROOT / "jupyter_tt", Path(sys.prefix)) if d.is_relative_to(ROOT)] if BIND else []
+if BIND:
+    VIEW.chmod(0o755)
+    for d in BOUND:  # mount points
+        (VIEW / d.relative_to(ROOT)).mkdir(mode=0o755, parents=True, exist_ok=True)
+
+
+def seen(path: str | Path) -> str:
+    """``path`` as other users' processes see it (under VIEW where it is in the checkout)."""
+    path = Path(path)
+    return str(VIEW / path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def _interpreter() -> tuple[str, str]:
@@ -38,11 +58,11 @@ def _interpreter() -> tuple[str, str]:
     the system's Python of the same version, given this venv's packages (pyenv's Python under /root, as on
     this machine kind, is root's alone). A shared host installs Python where every user reaches it."""
     site = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
-    if _others_may_run(sys.executable):
-        return sys.executable, str(ROOT)
+    if _others_may_enter(sys.executable):
+        return seen(sys.executable), seen(ROOT)
     system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    if os.path.exists(system) and _others_may_run(system):
-        return system, f"{ROOT}:{site}"
+    if os.path.exists(system) and _others_may_enter(system):
+        return system, f"{seen(ROOT)}:{seen(site)}"
     return "", ""
 
 
@@ -59,12 +79,24 @@ class OSUser:
     def env(self, **extra: str) -> dict[str, str]:
         """A clean environment for their processes: nothing of root's, this checkout importable."""
         return {"PATH": "/usr/bin:/bin", "HOME": self.home, "USER": self.name, "LOGNAME": self.name,
-                "PYTHONPATH": PYTHONPATH, "JUPYTER_CONFIG_PATH": f"{sys.prefix}/etc/jupyter",  # enables jupyter_tt
-                "JUPYTER_PATH": f"{sys.prefix}/share/jupyter", **extra}
+                "PYTHONPATH": PYTHONPATH, "JUPYTER_CONFIG_PATH": seen(f"{sys.prefix}/etc/jupyter"),  # enables jupyter_tt
+                **extra}
 
-    def run(self, args: list[str], *, env: dict | None = None, timeout: float = 60, check: bool = False, **kw):
+    def command(self, args: list[str], *, hidepid: bool = False) -> list[str]:
+        """``args`` as root runs them to become this user: in a private mount namespace where the checkout
+        is visible at VIEW (and, with ``hidepid``, /proc hides other users' processes). PIDs do not change."""
+        become = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", *args]
+        if not (BIND or hidepid):
+            return become
+        mounts = "".join(f"mount --bind {shlex.quote(str(d))} {shlex.quote(seen(d))}; " for d in BOUND)
+        if hidepid:
+            mounts += "mount -t proc -o hidepid=invisible proc /proc; "
+        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", f'set -e; {mounts}exec "$@"', "sh", *become]
+
+    def run(self, args: list[str], *, env: dict | None = None, timeout: float = 60, check: bool = False,
+            hidepid: bool = False, **kw):
         """Run ``args`` as this user; returns the CompletedProcess (text)."""
-        return subprocess.run(args, user=self.uid, group=self.gid, extra_groups=[], env=env or self.env(), cwd=self.home,
+        return subprocess.run(self.command(args, hidepid=hidepid), env=env or self.env(), cwd=self.home,
                               capture_output=True, text=True, timeout=timeout, check=check, **kw)
 
     def python(self, code: str, **kw):
@@ -74,8 +106,8 @@ class OSUser:
         """``jupyter tt ARGS`` as this user."""
         return self.run([PYTHON, "-m", "jupyter_tt.cli", *args], **kw)
 
-    def popen(self, args: list[str], *, env: dict | None = None, **kw) -> subprocess.Popen:
-        return subprocess.Popen(args, user=self.uid, group=self.gid, extra_groups=[], env=env or self.env(), cwd=self.home,
+    def popen(self, args: list[str], *, env: dict | None = None, hidepid: bool = False, **kw) -> subprocess.Popen:
+        return subprocess.Popen(self.command(args, hidepid=hidepid), env=env or self.env(), cwd=self.home,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -83,8 +115,9 @@ def os_user(name: str) -> OSUser:
     """The OS user ``name``, created if missing; skips the test where users cannot be made or used."""
     if os.geteuid() != 0:
         pytest.skip("needs root to create OS users with useradd and run processes as them (CI runs as root)")
-    if shutil.which("useradd") is None:
-        pytest.skip("needs useradd to create OS users")
+    for tool in ("useradd", "setpriv", "unshare"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (Debian: passwd, util-linux) to create OS users and run processes as them")
     if not PYTHON:
         pytest.skip(f"no Python that other users may run: {sys.executable} is root's alone, and there is no system Python "
                     f"{sys.version_info.major}.{sys.version_info.minor}")
@@ -99,8 +132,7 @@ def os_user(name: str) -> OSUser:
     user = OSUser(name, entry.pw_uid, entry.pw_gid, str(home))
     probe = user.python("import jupyter_tt")
     if probe.returncode != 0:
-        pytest.skip(f"{name} cannot import this checkout with {PYTHON}: {probe.stderr.strip()[-300:]}; "
-                    f"put the checkout and its venv where other users may read them")
+        pytest.skip(f"{name} cannot import this checkout with {PYTHON}: {probe.stderr.strip()[-300:]}")
     return user
 
 
@@ -143,13 +175,7 @@ class Service:
         env = self.env
         if self.as_user:
             env = {**self.as_user.env(), "JUPYTER_TT_INVENTORY": self.env["JUPYTER_TT_INVENTORY"]}
-            args = ["setpriv", f"--reuid={self.as_user.uid}", f"--regid={self.as_user.gid}", "--clear-groups", *args]
-        if self.hidepid:
-            if shutil.which("unshare") is None:
-                pytest.skip("needs unshare (util-linux) to mount a /proc with hidepid")
-            inner = " ".join(f"'{a}'" for a in args)
-            args = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-                    f"mount -t proc -o hidepid=invisible proc /proc && exec {inner}"]
+            args = self.as_user.command(args, hidepid=self.hidepid)
         self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 

@@ -147,7 +147,8 @@ def test_a_kernel_start_waits_in_the_queue_and_starts_when_a_device_frees(server
     thread.start()
     queue = wait_until(lambda: server.json("/jupyter-tt/api/queue")["requests"], message="the request to queue")
     assert [(r["position"], r["devices"], r["card_type"]) for r in queue] == [(1, 1, "n300")]
-    assert "position 1 in the queue" in server.log_text()
+    # The wait runs in a worker thread, which logs the position just after the request is queued.
+    wait_until(lambda: "position 1 in the queue" in server.log_text(), timeout=5, message="the position in the log")
     server.shutdown_kernel(holder)
     thread.join(30)
     assert server.lease_of(started["id"])["devices"] == [0]
