@@ -1,4 +1,4 @@
-"""``jupyter tt <command>``: devices, kernelspec, usage, release, scheduler, serve, bench."""
+"""``jupyter tt <command>``: devices, kernelspec, usage, release, run, scheduler, serve, bench."""
 
 from __future__ import annotations
 
@@ -42,9 +42,10 @@ def cmd_devices(args) -> int:
     else:
         print(f"Inventory: sysfs under {inv['root']}")
     if scheduler.mode == "service":
-        print(f"Scheduler: the host's service at {scheduler.state_dir}\n")
+        print(f"Scheduler: the host's service at {scheduler.state_dir}")
     else:
-        print(f"Scheduler: personal (only your kernels share these devices), state in {scheduler.state_dir}\n")
+        print(f"Scheduler: personal (only your kernels share these devices), state in {scheduler.state_dir}")
+    print(f"Enforcement: {report['scheduler']['enforcement']}\n")
     leases = {lease["id"]: lease for lease in report["leases"]}
     rows = []
     for d in report["devices"]:
@@ -107,6 +108,15 @@ def cmd_release(args) -> int:
     scheduler.release(args.lease_id, reason=f"released with `jupyter tt release` by {scheduler.user}", user=scheduler.user)
     print(f"Released {args.lease_id}")
     return 0
+
+
+def cmd_run(args) -> int:
+    from .run import run_with_devices
+
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not command:
+        raise TTError("give the command after --, e.g. jupyter tt run --devices 1 -- python train.py")
+    return run_with_devices(command, args.devices, args.card_type, timeout=args.timeout)
 
 
 def cmd_scheduler(args) -> int:
@@ -311,6 +321,14 @@ def parser() -> argparse.ArgumentParser:
     sch.add_argument("--config", default=None, help="a traitlets config file (.py or .json): TTSettings quotas, inventory")
     sch.add_argument("--print-unit", action="store_true", help="print the systemd unit that runs this service, and exit")
     sch.set_defaults(func=cmd_scheduler)
+
+    run = sub.add_parser("run", help="lease devices for a command (a script, a terminal) while it runs",
+                         usage="jupyter tt run [--devices N] [--card-type T] [--timeout S] -- CMD [ARG ...]")
+    run.add_argument("--devices", type=int, default=1, help="how many devices (cards), default 1")
+    run.add_argument("--card-type", default="any", help="n150, n300 or any (default)")
+    run.add_argument("--timeout", type=float, default=None, help="seconds to wait in the queue (default: as long as it takes)")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+    run.set_defaults(func=cmd_run)
 
     r = sub.add_parser("release", help="end one of your leases (e.g. one whose server is gone)")
     r.add_argument("lease_id")

@@ -68,3 +68,35 @@ def servers(tmp_path):
     for server in started:
         server.stop()
         print(f"----- {server.name} log (tail) -----\n{server.log_text()[-4000:]}")
+
+
+@pytest.fixture
+def alice():
+    """The OS user tt-alice (tests/os_users.py; skips where users cannot be made)."""
+    from os_users import os_user
+
+    return os_user("tt-alice")
+
+
+@pytest.fixture
+def bob():
+    from os_users import os_user
+
+    return os_user("tt-bob")
+
+
+@pytest.fixture
+def service():
+    """``service(inventory=..., config=..., env=..., as_user=...)`` starts ``jupyter tt scheduler``; all stop at the end."""
+    from os_users import Service
+
+    started = []
+
+    def start(**kw) -> Service:
+        started.append(Service(**kw).start())
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.stop()
+        print(f"----- service log -----\n{s.log_text()[-3000:]}")

@@ -10,6 +10,7 @@ processes gets a private mount namespace in which its package and venv are bind-
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shlex
@@ -157,7 +158,8 @@ class Service:
         self.socket = self.folder / "scheduler.sock"
         self.state_dir = self.folder / "state"
         self.config = config
-        self.env = {**os.environ, "JUPYTER_TT_INVENTORY": inventory, **(env or {})}
+        self.settings = {"JUPYTER_TT_INVENTORY": inventory, **(env or {})}
+        self.env = {**os.environ, **self.settings}
         self.log_path = self.folder / "service.log"
         self.proc: subprocess.Popen | None = None
 
@@ -174,7 +176,7 @@ class Service:
             args += ["--config", str(path)]
         env = self.env
         if self.as_user:
-            env = {**self.as_user.env(), "JUPYTER_TT_INVENTORY": self.env["JUPYTER_TT_INVENTORY"]}
+            env = {**self.as_user.env(), **self.settings}
             args = self.as_user.command(args, hidepid=self.hidepid)
         self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -202,3 +204,38 @@ class Service:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+HOLD = """
+import os, sys, time
+from jupyter_tt.scheduler import open_scheduler
+lease = open_scheduler().acquire({count}, timeout=30)
+print(lease.id, flush=True)
+time.sleep(600)
+"""
+
+
+def holder(user, service, count=1, **env):
+    """A process of ``user`` that holds a lease of ``count`` devices until killed: (process, lease id)."""
+    proc = user.popen([PYTHON, "-c", HOLD.format(count=count)], env=user.env(JUPYTER_TT_SCHEDULER=service.address, **env))
+    line = proc.stdout.readline().strip()
+    assert line.startswith("lease-"), line + proc.stdout.read() if proc.poll() is not None else line
+    return proc, line
+
+
+def ask(user, service, op, timeout=10, **args) -> dict:
+    """One raw request on the service's socket as ``user``: the answer line, parsed."""
+    code = f"""
+import json, socket
+s = socket.socket(socket.AF_UNIX); s.settimeout({timeout}); s.connect({str(service.socket)!r})
+s.sendall(json.dumps({{"id": 1, "op": {op!r}, "args": {args!r}}}).encode() + b"\\n")
+print(s.makefile().readline(), end="")
+"""
+    out = user.python(code, env=user.env())
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def tt(user, service, *args, timeout=30):
+    """``jupyter tt ARGS`` as ``user``, with the service as their scheduler."""
+    return user.tt(*args, env=user.env(JUPYTER_TT_SCHEDULER=service.address), timeout=timeout)

@@ -122,3 +122,57 @@ def test_the_tt_transformers_adapter_says_where_to_get_it():
 
     with pytest.raises(TTError, match="tt-metal's models.tt_transformers.*--ttnn-impl jupyter-tt"):
         TTTransformersRunner.check_available()
+
+
+def test_run_gives_the_command_its_devices_and_ends_the_lease_when_it_exits(state_dir, tmp_path):
+    env = {"JUPYTER_TT_INVENTORY": "simulated:n150x1,n300x2"}
+    seen = tmp_path / "during.json"
+    done = jupyter_tt("run", "--devices", "2", "--card-type", "n300", "--",
+                      "sh", "-c", f'echo "$TT_VISIBLE_DEVICES $JUPYTER_TT_LEASE"; jupyter tt devices --json > {seen}; exit 3',
+                      env={**env, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
+    assert done.returncode == 3, done.stderr  # the command's own status
+    visible, lease_id = done.stdout.split()
+    during = json.loads(seen.read_text())
+    [lease] = during["leases"]
+    assert lease["id"] == lease_id and visible == ",".join(lease["bdfs"]) and len(lease["bdfs"]) == 2
+    after = Scheduler(SimulatedInventory("n150x1,n300x2"), state_dir, user="alice")
+    assert after.leases() == []
+    assert "exited with 3" in after.history()[0]["end_reason"]
+
+
+def test_run_waits_in_the_queue_and_says_where(state_dir):
+    inventory = SimulatedInventory("n300x1")
+    held = Scheduler(inventory, state_dir, user="alice").acquire(1)
+    done = jupyter_tt("run", "--timeout", "1", "--", "true", env={"JUPYTER_TT_INVENTORY": "simulated:n300x1"})
+    assert done.returncode == 2
+    assert "position 1 in the queue" in done.stderr and "1 device" in done.stderr, done.stderr
+    assert held.id in [lease.id for lease in Scheduler(inventory, state_dir, user="alice").leases()]
+
+
+def test_run_keeps_the_lease_while_the_command_lives_even_when_run_itself_is_killed(state_dir, tmp_path):
+    from jupyter_servers import wait_until
+
+    scheduler = Scheduler(SimulatedInventory("n300x1"), state_dir, user="alice")
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "jupyter"), "tt", "run", "--",
+                             sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(60)"],
+                            env={**os.environ, "JUPYTER_TT_INVENTORY": "simulated:n300x1"}, stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        proc.kill()
+        proc.wait()
+        scheduler.reconcile()
+        [lease] = scheduler.leases()
+        assert lease.pid == child  # the lease follows the command
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+    def ended():
+        scheduler.reconcile()
+        return scheduler.leases() == []
+
+    wait_until(ended, timeout=10, message="the lease to end with the command")
+
+
+def test_run_without_a_command_says_how_to_give_one():
+    done = jupyter_tt("run", "--devices", "1")
+    assert done.returncode == 2 and "give the command after --" in done.stderr

@@ -6,74 +6,12 @@ Each test runs ``jupyter tt scheduler`` as root on a simulated inventory and the
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
 
-import pytest
-
 from jupyter_servers import wait_until
-from os_users import PYTHON, Service, os_user
-
-HOLD = """
-import os, sys, time
-from jupyter_tt.scheduler import open_scheduler
-lease = open_scheduler().acquire({count}, timeout=30)
-print(lease.id, flush=True)
-time.sleep(600)
-"""
-
-
-@pytest.fixture
-def alice():
-    return os_user("tt-alice")
-
-
-@pytest.fixture
-def bob():
-    return os_user("tt-bob")
-
-
-@pytest.fixture
-def service():
-    started = []
-
-    def start(**kw) -> Service:
-        started.append(Service(**kw).start())
-        return started[-1]
-
-    yield start
-    for s in started:
-        s.stop()
-        print(f"----- service log -----\n{s.log_text()[-3000:]}")
-
-
-def holder(user, service, count=1, **env):
-    """A process of ``user`` that holds a lease of ``count`` devices until killed: (process, lease id)."""
-    proc = user.popen([PYTHON, "-c", HOLD.format(count=count)], env=user.env(JUPYTER_TT_SCHEDULER=service.address, **env))
-    line = proc.stdout.readline().strip()
-    assert line.startswith("lease-"), line + proc.stdout.read() if proc.poll() is not None else line
-    return proc, line
-
-
-def ask(user, service, op, timeout=10, **args) -> dict:
-    """One raw request on the service's socket as ``user``: the answer line, parsed."""
-    code = f"""
-import json, socket
-s = socket.socket(socket.AF_UNIX); s.settimeout({timeout}); s.connect({str(service.socket)!r})
-s.sendall(json.dumps({{"id": 1, "op": {op!r}, "args": {args!r}}}).encode() + b"\\n")
-print(s.makefile().readline(), end="")
-"""
-    out = user.python(code, env=user.env())
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def tt(user, service, *args, timeout=30):
-    """``jupyter tt ARGS`` as ``user``, with the service as their scheduler."""
-    return user.tt(*args, env=user.env(JUPYTER_TT_SCHEDULER=service.address), timeout=timeout)
-
+from os_users import PYTHON, ask, holder, tt
 
 def test_the_service_names_each_caller_by_their_uid_whatever_their_environment_says(service, alice):
     svc = service()

@@ -76,6 +76,10 @@ class SysfsInventory(InventoryBackend):
     def describe(self) -> dict:
         return {**super().describe(), "root": str(self.root)}
 
+    def node(self, i: int) -> Path:
+        """Device ``i``'s node under ``root`` (what the scheduler service fences)."""
+        return self.root / "dev/tenstorrent" / str(i)
+
     def present(self) -> bool:
         """Whether the driver shows any device here (used by ``inventory=auto``)."""
         return any(_CLASS_ENTRY.match(p.name) for p in self._entries())
@@ -106,7 +110,7 @@ class SysfsInventory(InventoryBackend):
         card_type = raw_type if raw_type in CHIPS_PER_CARD else "unknown"
         numa = _number(pci / "numa_node")
         telemetry = self._telemetry(entry, pci)
-        node = self.root / "dev/tenstorrent" / str(i)
+        node = self.node(i)
         problem = None
         if not node.exists():
             problem = f"device node {node} is missing (is tt-kmd loaded?)"

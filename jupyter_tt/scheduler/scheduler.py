@@ -474,7 +474,9 @@ class Scheduler(SchedulerAPI):
         states = self.device_states(viewer=viewer)
         return {
             "inventory": self.inventory.describe(),
-            "scheduler": {"mode": self.mode, "state_dir": self.state_dir},
+            "scheduler": {"mode": self.mode, "state_dir": self.state_dir, "enforcing": False,
+                          "enforcement": "coordination only: in personal mode, leases are agreed among this user's own "
+                                         "processes; the host's scheduler service fences device nodes"},
             "devices": states,
             "unaccounted_processes": [{**p, "device": s["id"]} for s in states for p in s["unaccounted_processes"]],
             "leases": [lease.to_json() for lease in self.leases(viewer=viewer)],

@@ -10,6 +10,10 @@ One worker thread runs every call on the scheduler in turn; the event loop only 
 slow or hostile client holds nothing but its own connection. A malformed request gets an error and
 the connection goes on. Each lease's processes are followed with pidfds: when one exits, a pass
 runs at once (and every ``watch_interval`` seconds anyway, for restart windows).
+
+After every change (and every pass) the device nodes are fenced to match the leases (``enforce.py``):
+a node is openable by its lessee only, a free one by nobody. Where the service may not change owners,
+it says so at start and in ``hello`` / ``report``, and coordinates only.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ..config import TTSettings
 from ..devices import open_inventory
 from ..errors import ConfigError, LeaseError, RequestError, TTError
 from . import protocol
+from .enforce import NodeGuard, can_change_owners
 from .processes import ProcessRef, uid_of
 from .scheduler import Caller, Scheduler, Waiting
 
@@ -64,6 +69,8 @@ class SchedulerService:
         inventory = open_inventory(settings.inventory, settings.sysfs_root)
         self.scheduler = Scheduler(inventory, state_dir, user=user_name(os.getuid()), restart_grace=settings.restart_grace,
                                    server=f"{socket.gethostname()}:service", mode="service", max_waiting=MAX_WAITING_PER_USER)
+        self.guard = NodeGuard(state_dir, reason_not=(
+            can_change_owners() if inventory.kind == "sysfs" else f"the {inventory.kind} inventory has no device nodes to fence"))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-tt-service")
         self._connections: dict[int, int] = {}
         self._pidfds: dict[int, int] = {}
@@ -84,11 +91,12 @@ class SchedulerService:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         ended = await self._call(self.scheduler.reconcile)  # leases of processes that died while no service ran
-        await self._follow_processes()
+        await self._after_change()
         inventory = self.scheduler.inventory.describe()
-        log.info("jupyter-tt scheduler: serving %s (%s inventory%s, %d devices), state in %s; ended at start: %s",
+        log.info("jupyter-tt scheduler: serving %s (%s inventory%s, %d devices), state in %s; ended at start: %s; %s",
                  self.socket_path, inventory["kind"], " SIMULATED" if inventory["simulated"] else "",
-                 len(self.scheduler.devices()), self.scheduler.state_dir, ", ".join(ended) or "none")
+                 len(self.scheduler.devices()), self.scheduler.state_dir, ", ".join(ended) or "none",
+                 self.guard.describe()["enforcement"])
         ticker = asyncio.create_task(self._tick())
         try:
             await self._stopped.wait()
@@ -102,6 +110,8 @@ class SchedulerService:
                 with contextlib.suppress(OSError, ValueError):
                     loop.remove_reader(fd)
                     os.close(fd)
+            if self.guard.enforcing:
+                await self._call(self.guard.restore)
             self._worker.shutdown(wait=True)
 
     def stop(self) -> None:
@@ -132,7 +142,7 @@ class SchedulerService:
             return
         try:
             await self._call(self.scheduler.reconcile)
-            await self._follow_processes()
+            await self._after_change()
         except Exception:  # a bad pass must not stop the next ones
             log.exception("jupyter-tt scheduler: a reconcile pass failed")
 
@@ -140,6 +150,19 @@ class SchedulerService:
         if not self._pass_pending:
             self._pass_pending = True
             asyncio.get_running_loop().create_task(self._reconcile())
+
+    async def _after_change(self) -> None:
+        """Follow the processes the leases now name, and fence the nodes as the leases now say."""
+        await self._follow_processes()
+        if self.guard.enforcing:
+            await self._call(self._fence)
+
+    def _fence(self) -> None:
+        inventory = self.scheduler.inventory
+        nodes = {d.id: inventory.node(d.id) for d in self.scheduler.devices()}
+        owners = {d.id: lease.user for lease in self.scheduler.leases() for d in lease.devices}
+        for change in self.guard.apply(nodes, owners):
+            log.info("jupyter-tt scheduler: fenced %s", change)
 
     async def _follow_processes(self) -> None:
         """Hold a pidfd for every process a lease or request follows: its exit wakes a pass at once."""
@@ -217,7 +240,7 @@ class SchedulerService:
                 raise RequestError(f"unknown operation {request['op']!r}: one of {', '.join(sorted(OPS))}")
             result = await self._call(op, self, caller, uid, **protocol.decode(args))
             if request["op"] in MUTATING:
-                await self._follow_processes()
+                await self._after_change()
             return {"id": request_id, "result": protocol.encode(result)}
         except TTError as e:
             return {"id": request_id, "error": protocol.error_body(e)}
@@ -234,7 +257,7 @@ class SchedulerService:
 
     def op_hello(self, caller, uid):
         return {"user": caller.user, "uid": uid, "inventory": self.scheduler.inventory.describe(),
-                "socket": str(self.socket_path), "enforcing": False}
+                "socket": str(self.socket_path), **self.guard.describe()}
 
     def op_devices(self, caller, uid, fresh=False):
         return [d.to_json() for d in self.scheduler.devices(fresh=bool(fresh))]
@@ -288,7 +311,7 @@ class SchedulerService:
 
     def op_report(self, caller, uid):
         report = self.scheduler.report(viewer=self._viewer(caller, uid))
-        report["scheduler"] = {"mode": "service", "state_dir": str(self.socket_path), "enforcing": False}
+        report["scheduler"] = {"mode": "service", "state_dir": str(self.socket_path), **self.guard.describe()}
         return report
 
     def op_timeout_message(self, caller, uid, waiting, timeout=None):
