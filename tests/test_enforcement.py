@@ -35,7 +35,8 @@ def loudbox():
     tree = make_host(open_folder("jupyter-tt-host-") / "root", "loudbox")
     for node in nodes(tree):
         node.chmod(0o666)
-    return tree
+    with tree.beating():
+        yield tree
 
 
 def nodes(tree) -> list:
