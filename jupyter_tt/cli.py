@@ -74,7 +74,9 @@ def cmd_devices(args) -> int:
             print(f"  {w['position']}. {w['user']} wants {w['devices']}× {w['card_type']} "
                   f"(kernel {w['kernel_id'] or '-'}, waiting {waited:.0f} s)")
     if report["unaccounted_processes"]:
-        print("\nProcesses holding a device without a lease (the scheduler coordinates kernels; it cannot fence others):")
+        why = ("opened while a lease of theirs held it, or by root" if report["scheduler"]["enforcing"]
+               else "the scheduler coordinates kernels; here it cannot fence others")
+        print(f"\nProcesses holding a device without a lease ({why}):")
         for p in report["unaccounted_processes"]:
             print(f"  device {p['device']}: pid {p['pid']} {p['name'] or '?'} (user {p['user'] or '?'})")
     return 0
