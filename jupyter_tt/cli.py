@@ -154,7 +154,9 @@ def cmd_serve(args) -> int:
     )
     if args.parent_pid:
         _exit_with_parent(args.parent_pid, engine)
-    serve_forever(engine, args.served_model_name or name, args.host, args.port, args.backend)
+    api_key = args.api_key or os.environ.get("JUPYTER_TT_API_KEY") or None
+    serve_forever(engine, args.served_model_name or name, args.host, args.port, args.backend, api_key=api_key,
+                  listen_fd=args.listen_fd)
     return 0
 
 
@@ -202,7 +204,7 @@ def cmd_bench(args) -> int:
     tokenizer = _bench_tokenizer(args.tokenizer or args.model)
     bench = Bench(args.base_url, args.model, tokenizer, seed=args.seed, num_prompts=args.num_prompts,
                   request_rate=args.request_rate, burstiness=args.burstiness, slo_ms=_slo(args.goodput),
-                  ramp=_ramp(args),
+                  ramp=_ramp(args), api_key=os.environ.get("OPENAI_API_KEY") or None,
                   progress=lambda line: print(line, file=sys.stderr, flush=True))
     recommendation = []
     try:
@@ -314,7 +316,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-num-seqs", type=int, default=16, help="most requests in the running batch")
     s.add_argument("--kv-cache-mb", type=int, default=256, help="KV cache memory")
     s.add_argument("--served-model-name", default=None, help="the name clients use (default: the model's)")
+    s.add_argument("--api-key", default=None,
+                   help="require Authorization: Bearer KEY on /v1 (as vLLM's --api-key); JUPYTER_TT_API_KEY does the same "
+                        "without showing the key in ps. Without one, any local user can use the server")
     s.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # jupyter_tt.serve(): exit with the kernel
+    s.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # serve(): a socket it bound and listens on
     s.set_defaults(func=cmd_serve)
 
     sch = sub.add_parser("scheduler", help="run the host-wide scheduler service (as root or a dedicated user)")
@@ -336,7 +342,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("lease_id")
     r.set_defaults(func=cmd_release)
     b = sub.add_parser("bench", help="benchmark an OpenAI-compatible endpoint (vllm bench serve's metrics)")
-    b.add_argument("--base-url", default="http://127.0.0.1:8000", help="the server, without /v1")
+    b.add_argument("--base-url", default="http://127.0.0.1:8000",
+                   help="the server, without /v1 (its key, if it wants one, from OPENAI_API_KEY as for vllm bench serve)")
     b.add_argument("--model", default="smollm2-135m-instruct", help="the served model's name")
     b.add_argument("--tokenizer", default=None, help="tokenizer for exact prompt lengths (default: --model)")
     b.add_argument("--scenario", default="custom", choices=["chat", "rag", "long", "all", "sweep", "custom"],

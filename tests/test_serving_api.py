@@ -12,13 +12,19 @@ from greedy import ANSWER, ANSWER_TOKENS, QUESTION
 from jupyter_servers import free_port, wait_until
 
 
+#: The key `jupyter tt serve` wants here (JUPYTER_TT_API_KEY: not on the command line, where ps shows it).
+KEY = "test-key-" + "k" * 24
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     jupyter = os.path.join(os.path.dirname(sys.executable), "jupyter")
     with open(log, "w") as out:
-        proc = subprocess.Popen([jupyter, "tt", "serve", "--port", str(port), "--kv-cache-mb", "64"], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([jupyter, "tt", "serve", "--port", str(port), "--kv-cache-mb", "64"], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "JUPYTER_TT_API_KEY": KEY})
     url = f"http://127.0.0.1:{port}"
 
     def ready():
@@ -36,7 +42,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def client(server):
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0)
 
 
 # The server runs the int8 format; the answer is far from a tie there (greedy.py), the same on every CPU.
@@ -91,15 +97,15 @@ def test_errors_use_the_openai_shape(client, server):
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model="smollm2-135m-instruct", prompt="word " * 9000, max_tokens=10)
     assert info.value.body["code"] == "context_length_exceeded"
-    bad = httpx.post(server + "/v1/chat/completions", content=b"{not json")
+    bad = httpx.post(server + "/v1/chat/completions", content=b"{not json", headers=AUTH)
     assert bad.status_code == 400
     assert set(bad.json()["error"]) == {"message", "type", "param", "code"}
-    assert httpx.get(server + "/v1/nothing").status_code == 404
+    assert httpx.get(server + "/v1/nothing", headers=AUTH).status_code == 404
 
 
 def test_a_client_that_disconnects_cancels_its_request(server):
     body = {"model": "smollm2-135m-instruct", "prompt": "Count:", "max_tokens": 4000, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", server + "/v1/completions", json=body, timeout=60) as response:
+    with httpx.stream("POST", server + "/v1/completions", json=body, headers=AUTH, timeout=60) as response:
         for i, _ in enumerate(response.iter_lines()):
             if i > 4:
                 break
@@ -120,3 +126,55 @@ def test_health_and_metrics_count_requests_and_latencies(client, server):
                  "jupyter_tt_kv_cache_usage", "jupyter_tt_requests_waiting"):
         assert name in metrics, name
     assert 'jupyter_tt_requests_total{endpoint="completions",status="200"}' in metrics
+
+
+def _chat(**extra):
+    return {"model": "smollm2-135m-instruct", "messages": MESSAGES, "temperature": 0, "max_tokens": 16, **extra}
+
+
+def _completion(**extra):
+    return {"model": "smollm2-135m-instruct", "prompt": "Hello", "max_tokens": 4, **extra}
+
+
+#: (what, path, body: a dict sent as JSON or raw bytes, expected status, the param the error names or None)
+HOSTILE = [
+    ("a token id past the vocabulary", "completions", _completion(prompt=[999999999]), 400, "prompt"),
+    ("a negative token id", "completions", _completion(prompt=[5, -1]), 400, "prompt"),
+    ("a token id of 2**70", "completions", _completion(prompt=[2**70]), 400, "prompt"),
+    ("token ids that are not whole numbers", "completions", _completion(prompt=[1.5, True]), 400, "prompt"),
+    ("stop_token_ids nested", "completions", _completion(stop_token_ids=[[1]]), 400, "stop_token_ids"),
+    ("a stop token id out of range with min_tokens", "completions", _completion(stop_token_ids=[10**9], min_tokens=2), 400, "stop_token_ids"),
+    ("10,000 stop token ids", "completions", _completion(stop_token_ids=list(range(10_000))), 400, "stop_token_ids"),
+    ("stop not strings", "chat/completions", _chat(stop=[1, 2]), 400, "stop"),
+    ("a seed that is no number", "chat/completions", _chat(seed="x"), 400, "seed"),
+    ("n=1000", "chat/completions", _chat(n=1000), 400, "n"),
+    ("max_tokens true", "completions", _completion(max_tokens=True), 400, "max_tokens"),
+    ("stream_options not an object", "chat/completions", _chat(stream=True, stream_options=5), 400, "stream_options"),
+    ("a prompt of 10^6 characters", "completions", _completion(prompt="a" * 10**6), 400, "prompt"),
+    ("a chat message of 10^6 characters", "chat/completions", _chat(messages=[{"role": "user", "content": "b " * 500_000}]), 400, "messages"),
+    ("a 50 MB body", "completions", b'{"prompt": "' + b"x" * (50 * 2**20) + b'"}', 413, None),
+    ("JSON nested 100,000 deep", "completions", b"[" * 100_000 + b"]" * 100_000, 400, None),
+    ("invalid UTF-8", "chat/completions", b'{"messages": "\xff\xfe\xfa"}', 400, None),
+    ("a body that is a list", "completions", b"[1, 2, 3]", 400, None),
+]
+
+
+@pytest.mark.parametrize("what,path,body,status,param", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_a_hostile_request_gets_its_4xx_and_the_server_answers_the_next_one_correctly(server, what, path, body, status, param):
+    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+    response = httpx.post(f"{server}/v1/{path}", headers={**AUTH, "Content-Type": "application/json"}, timeout=60, **kw)
+    assert response.status_code == status, response.text[:500]
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["param"] == param, error
+    answer = httpx.post(f"{server}/v1/chat/completions", json=_chat(), headers=AUTH, timeout=60)
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == ANSWER
+
+
+def test_without_its_key_the_server_answers_only_health_and_metrics(server):
+    for path in ("/v1/models", "/v1/completions", "/v1/chat/completions"):
+        response = httpx.request("GET" if path.endswith("models") else "POST", server + path, json=_chat(),
+                                 headers={"Authorization": "Bearer wrong"})
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key", path
+    assert httpx.get(server + "/v1/models").status_code == 401
+    assert httpx.get(server + "/health").status_code == 200 and httpx.get(server + "/metrics").status_code == 200

@@ -21,7 +21,7 @@ from jupyter_tt.serving.runner import SequenceStep, TorchModelRunner
 from jupyter_tt.serving.sampling import SamplingError, SamplingParams
 
 import greedy
-from greedy import ANSWER, GAP_ERROR, QUESTION, assert_greedy_agrees, greedy_branches, runner_logits
+from greedy import ANSWER, ANSWER_TOKENS, GAP_ERROR, QUESTION, assert_greedy_agrees, greedy_branches, runner_logits
 
 PROMPTS = [
     QUESTION,
@@ -270,6 +270,86 @@ def test_bad_requests_get_clear_errors(checkpoint, runner):
     assert info.value.param == "temperature"
     with pytest.raises(SamplingError, match="top_p"):
         engine.add_request([1, 2], SamplingParams(top_p=0.0), print)
+
+
+class FailingRunner:
+    """The real runner, but a step fails while it holds a sequence starting with ``poison`` (a stand-in
+    for a fault inside the model: a device error, a kernel bug)."""
+
+    def __init__(self, runner, poison: int):
+        self.runner, self.poison = runner, poison
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def step(self, steps):
+        if any(s.start_pos == 0 and s.tokens[:1] == [self.poison] for s in steps):
+            raise RuntimeError("injected fault")
+        return self.runner.step(steps)
+
+
+def test_a_step_that_fails_ends_only_its_requests_and_the_engine_serves_on(checkpoint, runner):
+    poison = 7
+    engine = Engine(FailingRunner(runner, poison), checkpoint.tokenizer).start()
+    free_before = len(engine.blocks.free)
+    try:
+        failed = generate(engine, [[poison, 8, 9]], lambda i: SamplingParams(max_tokens=4, temperature=0.0))
+        assert failed[0][2] == "error"
+        assert engine.stats["failed_steps"] == 1 and len(engine.blocks.free) == free_before
+        served = generate(engine, [chat_ids(checkpoint, QUESTION)], lambda i: SamplingParams(max_tokens=ANSWER_TOKENS + 4, temperature=0.0))
+        assert served[0][0] == ANSWER and served[0][2] == "stop"
+    finally:
+        engine.stop()
+
+
+def test_over_http_a_failed_step_is_a_500_for_its_request_only(checkpoint, runner):
+    import asyncio
+
+    import httpx
+    from tornado.httpserver import HTTPServer
+
+    from jupyter_servers import free_port
+    from jupyter_tt.serving.server import ServingApp
+
+    poison, port = 7, free_port()
+    engine = Engine(FailingRunner(runner, poison), checkpoint.tokenizer).start()
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        HTTPServer(ServingApp(engine, "smollm2-135m-instruct").web_app()).listen(port, "127.0.0.1")
+        started.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    assert started.wait(10)
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    try:
+        for stream in (False, True):
+            failed = httpx.post(url, json={"prompt": [poison, 8, 9], "max_tokens": 4, "stream": stream}, timeout=60)
+            if stream and failed.status_code == 200:  # the stream had begun: an error event, as vLLM sends
+                assert '"type": "server_error"' in failed.text and "injected fault" in failed.text
+            else:
+                assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error", failed.text
+                assert "injected fault" in failed.json()["error"]["message"]
+        ok = httpx.post(url, json={"prompt": "The capital of Japan is", "max_tokens": 2, "temperature": 0}, timeout=60)
+        assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] == "length"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        engine.stop()
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_before_the_model_sees_them(checkpoint, runner):
+    engine = Engine(runner, checkpoint.tokenizer)
+    vocab = runner.args.vocab_size
+    for ids, param in [([vocab], "prompt"), ([-1], "prompt"), ([True], "prompt")]:
+        with pytest.raises(SamplingError, match="not a token id of this model") as info:
+            engine.add_request(ids, SamplingParams(), print)
+        assert info.value.param == param
+    with pytest.raises(SamplingError) as info:
+        engine.add_request([1, 2], SamplingParams(stop_token_ids=[vocab + 5], min_tokens=1), print)
+    assert info.value.param == "stop_token_ids"
 
 
 def test_a_hugging_face_folder_loads_and_matches_transformers(tmp_path, checkpoint):

@@ -26,13 +26,23 @@ def kernel(monkeypatch):
 
 def test_serve_in_a_kernel_answers_on_the_kernels_devices_and_stops_with_it(kernel):
     km, client = kernel
-    out, _, error = run(client, "import jupyter_tt, json; llm = jupyter_tt.serve(); print(json.dumps([llm.base_url, llm.process.pid]))", timeout=300)
+    out, _, error = run(client, "import jupyter_tt, json; llm = jupyter_tt.serve(); "
+                                "print(json.dumps([llm.base_url, llm.process.pid, llm.api_key]))", timeout=300)
     assert error is None, error
-    base_url, pid = json.loads(out)
-    reply = httpx.post(base_url + "/chat/completions", timeout=60, json={
-        "messages": [{"role": "user", "content": QUESTION}], "temperature": 0,
-    }).json()
+    base_url, pid, key = json.loads(out)
+    body = {"messages": [{"role": "user", "content": QUESTION}], "temperature": 0}
+    reply = httpx.post(base_url + "/chat/completions", timeout=60, json=body, headers={"Authorization": f"Bearer {key}"}).json()
     assert reply["choices"][0]["message"]["content"] == ANSWER
+    # Without its key, nobody: the server wants it on every /v1 route (vLLM's --api-key rule).
+    refused = httpx.post(base_url + "/chat/completions", timeout=60, json=body)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(base_url + "/models", headers={"Authorization": "Bearer guess"}).status_code == 401
+    assert httpx.get(base_url.removesuffix("/v1") + "/health").status_code == 200  # probes stay open, as in vLLM
+    # The key reached the server in its environment, never on its command line (other users read those in ps).
+    assert key not in " ".join(psutil.Process(pid).cmdline())
+    # The server listens on the socket the kernel bound before it started: no other process could take the port.
+    port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+    assert any(c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in psutil.Process(pid).net_connections())
     assert kernel_environ(pid)["TT_VISIBLE_DEVICES"] == ",".join(km.provisioner.lease.bdfs)
 
     km.shutdown_kernel(now=True)

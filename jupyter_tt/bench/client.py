@@ -257,6 +257,7 @@ async def run(
     timeout: float = 600.0,
     on_result: Callable[[RequestResult], None] | None = None,
     cancel: asyncio.Event | None = None,
+    api_key: str | None = None,
 ) -> RunResult:
     """Send every prompt (at ``request_rate``, at most ``concurrency`` in flight) after the untimed
     ``warmup_prompts``, sent under the same cap (other prompts than the timed ones, so that no
@@ -268,7 +269,8 @@ async def run(
     limits = httpx.Limits(max_connections=cap + 1, max_keepalive_connections=cap + 1)
     gaps = arrival_gaps(len(prompts), request_rate, burstiness, seed, ramp)
     cancel = cancel or asyncio.Event()
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
         gate = asyncio.Semaphore(cap)
 
         async def gated(p: Prompt) -> RequestResult:

@@ -68,9 +68,10 @@ class Bench:
 
     def __init__(self, base_url: str, model: str, tokenizer, *, seed: int | None = None, num_prompts: int | None = None,
                  request_rate: float = float("inf"), burstiness: float = 1.0, slo_ms: dict | None = None,
-                 ramp: tuple[str, float, float] | None = None,
+                 ramp: tuple[str, float, float] | None = None, api_key: str | None = None,
                  progress: Callable[[str], None] = print):
         self.base_url, self.model, self.tokenizer = base_url, model, tokenizer
+        self.api_key = api_key  # sent as Authorization: Bearer (vllm bench serve takes OPENAI_API_KEY)
         self.seed = seed if seed is not None else int(time.time())  # a new seed per run: no prefix-cache hits
         self.num_prompts, self.request_rate, self.burstiness, self.slo_ms = num_prompts, request_rate, burstiness, slo_ms
         self.ramp = ramp
@@ -115,7 +116,7 @@ class Bench:
         self.progress(f"concurrency {concurrency}, ISL {input_len}, OSL {output_len}: {n} requests")
         result = asyncio.run(self._run(
             self.base_url, self.model, timed, output_len, concurrency, self.count_tokens, warmup_prompts=warmup,
-            request_rate=self.request_rate, burstiness=self.burstiness, seed=seed, ramp=self.ramp,
+            request_rate=self.request_rate, burstiness=self.burstiness, seed=seed, ramp=self.ramp, api_key=self.api_key,
         ))
         summary = result.summary(self.slo_ms)
         self.runs.append(summary)

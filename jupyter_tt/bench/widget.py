@@ -23,21 +23,24 @@ from .scenarios import SCENARIOS, Bench
 CUSTOM = "custom sweep"
 
 
-def _served() -> tuple[str, str]:
-    """The endpoint and model of the newest model this kernel serves, else the default local server."""
+def _served() -> tuple[str, str, str | None]:
+    """The endpoint, model and key of the newest model this kernel serves, else the default local server."""
     from ..serving.notebook import _servers
 
     if _servers:
         llm = _servers[-1]
-        return llm.base_url, llm.model
-    return "http://127.0.0.1:8000/v1", "smollm2-135m-instruct"
+        return llm.base_url, llm.model, llm.api_key
+    return "http://127.0.0.1:8000/v1", "smollm2-135m-instruct", None
 
 
 class BenchmarkWidget(widgets.VBox):
-    def __init__(self, base_url: str | None = None, model: str | None = None, *, tokenizer=None,
+    def __init__(self, base_url: str | None = None, model: str | None = None, *, tokenizer=None, api_key: str | None = None,
                  scenario: str = "chat", scale: float = 1.0, concurrency: str = "1,2,4", input_len: int = 128,
                  output_len: int = 64, num_prompts: int | None = None, export_dir: str = "."):
-        served_url, served_model = _served()
+        served_url, served_model, served_key = _served()
+        # The served model's key goes to its own endpoint only: never to another URL typed into the box.
+        self._keys = {served_url: served_key} if served_key else {}
+        self.api_key = api_key
         self.tokenizer = tokenizer
         self.export_dir = Path(export_dir)
         self.bench: Bench | None = None
@@ -78,8 +81,9 @@ class BenchmarkWidget(widgets.VBox):
             from ..cli import _bench_tokenizer
 
             self.tokenizer = _bench_tokenizer(self.model.value)
+        key = self.api_key or self._keys.get(self.endpoint.value)
         self.bench = Bench(self.endpoint.value, self.model.value, self.tokenizer, num_prompts=self.num_prompts.value or None,
-                           progress=self._say)
+                           api_key=key, progress=self._say)
         self.bench.on_result = self._finished_request
         self.rows, self.points = [], []
         self.progress.value, self.progress.max = 0, self._planned()
@@ -127,14 +131,15 @@ class BenchmarkWidget(widgets.VBox):
                     self.rows += self.bench.scenario(SCENARIOS[name], self.scale.value)
             self._say("cancelled" if self.bench.cancelled else "done")
         except Exception as e:  # shown in the widget: the thread has no one else to tell
-            self._say(f"<b>failed:</b> {html.escape(str(e))}")
+            self._say(f"failed: {e}")
         finally:
             self.results.value = self._table()
             self.run_button.disabled, self.cancel_button.disabled = False, True
             self.json_button.disabled = self.csv_button.disabled = not self.bench.runs
 
     def _say(self, text: str) -> None:
-        self.status.value = f"<small>{text if text.startswith('<') else html.escape(text)}</small>"
+        """Show ``text`` (plain text, always escaped: it may carry a server's error message)."""
+        self.status.value = f"<small>{html.escape(text)}</small>"
 
     def _finished_request(self, result) -> None:
         self.progress.value = min(self.progress.value + 1, self.progress.max)
@@ -152,7 +157,7 @@ class BenchmarkWidget(widgets.VBox):
             return ""
         cols = ["concurrency", "input_len", "output_len", "completed", "failed", "median_ttft_ms", "p99_ttft_ms",
                 "median_tpot_ms", "median_itl_ms", "output_throughput"]
-        cell = lambda v: "-" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))  # noqa: E731
+        cell = lambda v: "-" if v is None else html.escape(f"{v:.1f}" if isinstance(v, float) else str(v))  # noqa: E731
         out = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"]
         out += ["<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in self.bench.runs]
         out.append("</table>")
@@ -160,11 +165,11 @@ class BenchmarkWidget(widgets.VBox):
             out.append("<table><tr><th>use case</th><th>concurrency</th><th>SLO</th><th>measured</th><th>pass</th></tr>")
             for r in self.rows:
                 verdict = "PASS" if r["pass"] else "FAIL"
-                out.append(f"<tr><td>{html.escape(r['use_case'])}</td><td>{r['concurrency']}</td><td>{html.escape(r['slo'])}</td>"
+                out.append(f"<tr><td>{html.escape(r['use_case'])}</td><td>{html.escape(str(r['concurrency']))}</td><td>{html.escape(r['slo'])}</td>"
                            f"<td>{html.escape(r['measured'])}</td><td><b>{verdict}</b></td></tr>")
             out.append("</table>")
             best = {r["use_case"]: r["max_concurrency_meeting_slo"] for r in self.rows}
-            out.append("<p>largest concurrency meeting the SLO: " + ", ".join(f"{html.escape(k)} {v}" for k, v in best.items()) + "</p>")
+            out.append("<p>largest concurrency meeting the SLO: " + ", ".join(f"{html.escape(k)} {html.escape(str(v))}" for k, v in best.items()) + "</p>")
             if any(r["scale"] != 1 for r in self.rows):
                 out.append(f"<p>lengths scaled by {self.rows[0]['scale']:g} from the published use cases</p>")
         return "".join(out)

@@ -76,7 +76,7 @@ class KernelLease(Lease):
         )
         return (
             f"<div class='jupyter-tt-lease'>{badge}<b>Lease {html.escape(self.id)}</b> · {html.escape(self.user)} · "
-            f"{state} · {self.chips} chips · mesh {rows}×{cols}"
+            f"{state} · {html.escape(str(self.chips))} chips · mesh {html.escape(str(rows))}×{html.escape(str(cols))}"
             "<table><thead><tr><th>device</th><th>card</th><th>PCI BDF</th><th>chips</th><th>node</th></tr></thead>"
             f"<tbody>{body}</tbody></table></div>"
         )

@@ -5,12 +5,15 @@ Every scheduler call runs off the event loop (``call``: a worker thread with a d
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import httpx
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
+from tornado.iostream import StreamClosedError
 
 from ..errors import TTError
 from ..scheduler import call
@@ -91,12 +94,36 @@ class UsageHandler(TTHandler):
         self.finish(json.dumps({"since": since, "usage": await call(self.scheduler.usage, since)}))
 
 
+#: Streams the proxy may hold open to model servers at once: more than any one accepts (its batch plus
+#: its queue), so the proxy never becomes the limit.
+MAX_UPSTREAM_CONNECTIONS = 1024
+_upstream: httpx.AsyncClient | None = None
+
+
+def _client() -> httpx.AsyncClient:
+    """One pooled client for every proxied request of this Jupyter server (it runs one event loop)."""
+    global _upstream
+    if _upstream is None:
+        _upstream = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=MAX_UPSTREAM_CONNECTIONS, max_keepalive_connections=32),
+            timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=60.0),  # streams last; a disconnect ends them
+            follow_redirects=False, trust_env=False,
+        )
+    return _upstream
+
+
 class ServeProxyHandler(TTHandler):
     """``/jupyter-tt/serve/<port>/<path>``: a model served by one of this user's kernels, through Jupyter.
 
-    Only ports that a kernel registered with ``jupyter_tt.serve()`` (in this user's runtime dir, by a
-    live process) are proxied: never an arbitrary local port. Streams (SSE) pass through as they come.
+    Only ports that a kernel registered with ``jupyter_tt.serve()`` (0600 in this user's runtime dir) are
+    proxied, and only while the registered process (pid, start ticks, boot) is the one that runs: never
+    an arbitrary local port, nor a process that took over a PID. The proxy adds the model server's key;
+    it forwards neither Jupyter's credentials (the ``token`` parameter, cookies, Authorization) nor
+    redirects. Streams (SSE) pass through as they come, and a browser that goes away ends the upstream
+    request (the model server then cancels it).
     """
+
+    _task: asyncio.Task | None = None
 
     @web.authenticated
     @authorized
@@ -108,45 +135,54 @@ class ServeProxyHandler(TTHandler):
     async def post(self, port: str, path: str):
         await self._forward(int(port), path)
 
+    def on_connection_close(self):
+        if self._task is not None:
+            self._task.cancel()
+
     async def _forward(self, port: int, path: str) -> None:
-        import psutil
-        from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+        from ..scheduler.processes import ProcessRef
+        from ..serving.notebook import read_registration
 
-        from ..serving.notebook import registry_path
-
+        entry = read_registration(port, self.serverapp.runtime_dir) or {}
         try:
-            with open(registry_path(port, self.serverapp.runtime_dir)) as f:
-                entry = json.load(f)
-            alive = psutil.pid_exists(entry["pid"])
-        except (OSError, ValueError, KeyError):
-            alive = False
-        if not alive:
+            live = ProcessRef(int(entry["pid"]), int(entry["started"]), str(entry["boot_id"])).alive()
+        except (KeyError, TypeError, ValueError):
+            live = False
+        if not live:
             raise web.HTTPError(404, f"no model is served from a kernel on port {port}: start one with jupyter_tt.serve()")
+        query = [(k, v.decode(errors="replace")) for k, values in self.request.query_arguments.items() if k != "token"
+                 for v in values]
+        headers = {"Content-Type": self.request.headers.get("Content-Type", "application/json"),
+                   "Accept": self.request.headers.get("Accept", "*/*")}
+        if entry.get("api_key"):
+            headers["Authorization"] = f"Bearer {entry['api_key']}"
+        request = _client().build_request(self.request.method, f"http://127.0.0.1:{port}/{path}", params=query,
+                                          headers=headers, content=self.request.body if self.request.method == "POST" else None)
+        self._task = asyncio.ensure_future(self._relay(request))
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            if not self.request.connection.stream.closed():
+                raise
+        except httpx.HTTPError as e:
+            if self._headers_written:
+                return
+            raise web.HTTPError(502, f"the model server on port {port} did not answer ({type(e).__name__})") from None
 
-        def on_header(line: str) -> None:
-            if line.startswith("HTTP/"):
-                self.set_status(int(line.split()[1]))
-            elif line.lower().startswith("content-type:"):
-                self.set_header("Content-Type", line.split(":", 1)[1].strip())
-
-        def on_chunk(chunk: bytes) -> None:
-            self.write(chunk)
-            self.flush()
-
-        query = f"?{self.request.query}" if self.request.query else ""
-        request = HTTPRequest(
-            f"http://127.0.0.1:{port}/{path}{query}",
-            method=self.request.method,
-            body=self.request.body if self.request.method == "POST" else None,
-            headers={"Content-Type": self.request.headers.get("Content-Type", "application/json")},
-            header_callback=on_header,
-            streaming_callback=on_chunk,
-            request_timeout=3600,
-        )
-        response = await AsyncHTTPClient().fetch(request, raise_error=False)
-        if response.code == 599:
-            raise web.HTTPError(502, f"the model server on port {port} did not answer ({response.error})")
-        self.finish()
+    async def _relay(self, request: httpx.Request) -> None:
+        response = await _client().send(request, stream=True)
+        try:
+            self.set_status(response.status_code)
+            if "content-type" in response.headers:
+                self.set_header("Content-Type", response.headers["content-type"])
+            async for chunk in response.aiter_raw():
+                self.write(chunk)
+                await self.flush()
+            self.finish()
+        except StreamClosedError:  # the browser went away: closing the response ends the upstream request
+            pass
+        finally:
+            await response.aclose()
 
 
 def handlers() -> list[tuple[str, type]]:

@@ -18,8 +18,10 @@ class ChatWidget(widgets.VBox):
     (and tests) can wait for it. ``messages`` is the conversation so far.
     """
 
-    def __init__(self, base_url: str, model: str, *, system: str | None = None, temperature: float = 0.7, max_tokens: int = 512):
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, system: str | None = None,
+                 temperature: float = 0.7, max_tokens: int = 512):
         self.base_url, self.model = base_url.rstrip("/"), model
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.temperature, self.max_tokens = temperature, max_tokens
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
         self.transcript = widgets.HTML(layout=widgets.Layout(max_height="400px", overflow="auto"))
@@ -50,7 +52,7 @@ class ChatWidget(widgets.VBox):
         }
         start, first, tokens = time.perf_counter(), None, 0
         try:
-            with httpx.stream("POST", f"{self.base_url}/chat/completions", json=body, timeout=600) as response:
+            with httpx.stream("POST", f"{self.base_url}/chat/completions", json=body, headers=self.headers, timeout=600) as response:
                 if response.status_code != 200:
                     error = json.loads(response.read() or b"{}").get("error", {}).get("message", response.reason_phrase)
                     raise RuntimeError(error)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ import torch
 
 from ..errors import TTError
 from .runner import ModelRunner, SequenceStep
-from .sampling import SamplingParams, sample
+from .sampling import SamplingError, SamplingParams, sample
+
+log = logging.getLogger("jupyter_tt.engine")
 
 
 class EngineBusy(TTError):
@@ -44,9 +47,10 @@ class Output:
     text: str
     token_ids: list[int]
     finished: bool = False
-    finish_reason: str | None = None  # "stop", "length" or "abort"
+    finish_reason: str | None = None  # "stop", "length", "abort" or "error"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    error: str | None = None  # with finish_reason "error": what went wrong in the engine step
 
 
 @dataclass(eq=False)
@@ -135,6 +139,11 @@ class Engine:
         params.check()
         if not prompt_ids:
             raise PromptTooLong("the prompt is empty: send at least one token")
+        vocab = self.runner.args.vocab_size
+        for param, ids in (("prompt", prompt_ids), ("stop_token_ids", params.stop_token_ids)):
+            bad = next((t for t in ids if type(t) is not int or not 0 <= t < vocab), None)
+            if bad is not None:
+                raise SamplingError(f"{param} holds {bad!r}, which is not a token id of this model (0 to {vocab - 1})", param)
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
             raise PromptTooLong(
                 f"the prompt has {len(prompt_ids)} tokens and max_tokens is {params.max_tokens}: together more than "
@@ -215,15 +224,24 @@ class Engine:
             SequenceStep(seq.all_ids[seq.computed : seq.computed + n], seq.computed, seq.block_table, want)
             for seq, n, want in work
         ]
-        with torch.inference_mode():  # the logits are inference tensors: sample them in the same mode
-            logits = self.runner.step(steps)
-            self.stats["steps"] += 1
-            row = 0
-            for seq, n, want in work:
-                seq.computed += n
-                if want:
-                    self._append(seq, logits[row])
-                    row += 1
+        done: set[int] = set()
+        try:
+            with torch.inference_mode():  # the logits are inference tensors: sample them in the same mode
+                logits = self.runner.step(steps)
+                self.stats["steps"] += 1
+                row = 0
+                for seq, n, want in work:
+                    seq.computed += n
+                    if want:
+                        self._append(seq, logits[row])
+                        row += 1
+                    done.add(id(seq))
+        except Exception as e:  # one bad step fails its own requests; the engine serves everyone else
+            log.exception("jupyter-tt engine: a step of %d request(s) failed", len(work))
+            self.stats["failed_steps"] = self.stats.get("failed_steps", 0) + 1
+            for seq, _, _ in work:
+                if id(seq) not in done and any(seq is s for s in [*self.running, *self.waiting]):
+                    self._finish(seq, "error", error=f"{type(e).__name__}: {e}")
 
     def _schedule(self) -> list[tuple[Sequence, int, bool]]:
         """(sequence, tokens to feed, whether its next-token logits are wanted) for this step."""
@@ -333,7 +351,7 @@ class Engine:
         seq.prefix_offset, seq.read_offset = seq.read_offset, len(ids)
         return text[len(done) :]
 
-    def _finish(self, seq: Sequence, reason: str, last_token: int | None = None) -> None:
+    def _finish(self, seq: Sequence, reason: str, last_token: int | None = None, error: str | None = None) -> None:
         for queue in (self.running, self.waiting, self._incoming):
             if seq in queue:
                 queue.remove(seq)
@@ -342,7 +360,7 @@ class Engine:
         seq.on_output(
             Output(
                 seq.request_id, seq.text[seq.sent :], [last_token] if last_token is not None else [], True, reason,
-                len(seq.prompt_ids), len(seq.output_ids),
+                len(seq.prompt_ids), len(seq.output_ids), error,
             )
         )
         seq.sent = len(seq.text)

@@ -17,6 +17,10 @@ class SamplingError(TTError):
         self.param = param
 
 
+#: Most token ids a request may name as stops (vLLM sets no bound; one keeps a request's work bounded).
+MAX_STOP_TOKEN_IDS = 64
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 16
@@ -33,18 +37,22 @@ class SamplingParams:
         def bad(param, why):
             raise SamplingError(f"{param} {why}", param)
 
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+        if type(self.max_tokens) is not int or self.max_tokens < 1:
             bad("max_tokens", f"must be a whole number of at least 1, not {self.max_tokens!r}")
         if not 0.0 <= self.temperature <= 2.0:
             bad("temperature", f"must be between 0 and 2, not {self.temperature!r}")
         if not 0.0 < self.top_p <= 1.0:
             bad("top_p", f"must be in (0, 1], not {self.top_p!r}")
-        if not isinstance(self.top_k, int) or (self.top_k < 1 and self.top_k != -1):
+        if type(self.top_k) is not int or (self.top_k < 1 and self.top_k != -1):
             bad("top_k", f"must be -1 (no limit) or at least 1, not {self.top_k!r}")
-        if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
+        if type(self.min_tokens) is not int or not 0 <= self.min_tokens <= self.max_tokens:
             bad("min_tokens", f"must be between 0 and max_tokens ({self.max_tokens}), not {self.min_tokens!r}")
-        if len(self.stop) > 16 or any(not isinstance(s, str) or not s for s in self.stop):
-            bad("stop", "must be at most 16 non-empty strings")
+        if len(self.stop) > 16 or any(not isinstance(s, str) or not s or len(s) > 1000 for s in self.stop):
+            bad("stop", "must be at most 16 non-empty strings of at most 1000 characters")
+        if len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS or any(type(t) is not int for t in self.stop_token_ids):
+            bad("stop_token_ids", f"must be a list of at most {MAX_STOP_TOKEN_IDS} token ids (whole numbers)")
+        if self.seed is not None and (type(self.seed) is not int or not 0 <= self.seed < 2**63):
+            bad("seed", f"must be a whole number from 0 to 2**63 - 1, not {self.seed!r}")
         return self
 
     @property

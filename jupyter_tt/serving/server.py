@@ -3,6 +3,14 @@
 Streaming answers are server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``;
 ``stream_options: {"include_usage": true}`` adds the usage chunk. A client that disconnects
 cancels its request. Errors use OpenAI's body: ``{"error": {"message", "type", "param", "code"}}``.
+
+With an API key (``--api-key`` / ``JUPYTER_TT_API_KEY``; ``serve()`` always sets one) every ``/v1``
+route wants ``Authorization: Bearer <key>``, as vLLM's ``--api-key`` does; ``/health`` and
+``/metrics`` stay open, as in vLLM, for probes and scrapers (they tell no prompt or answer).
+
+Every field of a request is checked before it reaches the engine (bad input: 400 naming ``param``),
+bodies are capped at ``MAX_BODY_BYTES``, and prompts are measured before they are tokenized, off the
+event loop. A failure inside an engine step fails only that step's requests (500) and is logged.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import asyncio
 import json
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -20,6 +29,14 @@ from tornado.iostream import StreamClosedError
 from ..errors import TTError
 from .engine import Engine, EngineBusy, Output, PromptTooLong
 from .sampling import SamplingError, SamplingParams
+
+#: The largest request body read (a prompt that fits any context is far smaller); larger: 413.
+MAX_BODY_BYTES = 4 * 2**20
+#: Characters a prompt may have per token of context before it is refused without tokenizing it.
+#: Real text runs 3 to 5 characters a token; 16 leaves room for long runs (whitespace, digits).
+MAX_CHARS_PER_TOKEN = 16
+#: Tokenizing runs here, never on the HTTP event loop.
+_TOKENIZE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jupyter-tt-tokenize")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -46,8 +63,10 @@ class Metrics:
 class ServingApp:
     """What the handlers share: the engine, the model's name and tokenizer, metrics."""
 
-    def __init__(self, engine: Engine, model_name: str, backend: str = "torch", simulated: bool = False):
+    def __init__(self, engine: Engine, model_name: str, backend: str = "torch", simulated: bool = False,
+                 api_key: str | None = None):
         self.engine = engine
+        self.api_key = api_key or None
         self.tokenizer = engine.tokenizer
         self.model_name = model_name
         self.backend = backend
@@ -70,8 +89,25 @@ class ServingApp:
 
 
 class BaseHandler(web.RequestHandler):
+    #: Whether the route wants the API key (the /v1 routes; /health and /metrics do not, as in vLLM).
+    keyed = True
+
     def initialize(self, app: ServingApp):
         self.app = app
+
+    def prepare(self):
+        if self.keyed and self.app.api_key:
+            given = self.request.headers.get("Authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {self.app.api_key}".encode()):
+                raise APIError(401, "this server wants its API key: send Authorization: Bearer <key> (the handle's "
+                                    "llm.api_key, or the server's --api-key / JUPYTER_TT_API_KEY)", code="invalid_api_key")
+
+    def _handle_request_exception(self, e):
+        if isinstance(e, APIError):
+            if not self._headers_written:
+                self.send_error_for(e)
+            return
+        super()._handle_request_exception(e)
 
     def set_default_headers(self):
         self.set_header("Content-Type", "application/json")
@@ -88,26 +124,27 @@ class BaseHandler(web.RequestHandler):
 
     def send_error_for(self, error: APIError) -> None:
         self.set_status(error.status)
+        self.set_header("Content-Type", "application/json")
         self.write_error(error.status, exc_info=(type(error), error, None))
 
 
 class NotFoundHandler(BaseHandler):
+    keyed = False
+
     def prepare(self):
         raise APIError(404, f"no such endpoint {self.request.path}: use /v1/models, /v1/completions or /v1/chat/completions", code="not_found")
 
-    def _handle_request_exception(self, e):
-        if isinstance(e, APIError):
-            self.send_error_for(e)
-        else:
-            super()._handle_request_exception(e)
-
 
 class HealthHandler(BaseHandler):
+    keyed = False
+
     def get(self):
         self.finish(json.dumps({"status": "ok", "model": self.app.model_name}))
 
 
 class MetricsHandler(BaseHandler):
+    keyed = False
+
     def get(self):
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(self.app.metrics.registry))
@@ -122,19 +159,32 @@ class ModelsHandler(BaseHandler):
         self.finish(json.dumps({"object": "list", "data": [model]}))
 
 
+@web.stream_request_body
 class GenerateHandler(BaseHandler):
-    """Shared by completions and chat: parse, run through the engine, answer or stream."""
+    """Shared by completions and chat: parse, run through the engine, answer or stream.
+
+    The body is read as it arrives: past ``MAX_BODY_BYTES`` it is dropped as it comes and the
+    request gets 413, so an oversized body costs no memory and the client still reads the answer."""
 
     endpoint = ""
     request_id: str | None = None  # set while the engine works on it: a disconnect cancels it
     response_id = ""
 
+    def prepare(self):
+        super().prepare()
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size <= MAX_BODY_BYTES:
+            self._chunks.append(chunk)
+        else:
+            self._chunks = []
+
     def _handle_request_exception(self, e):
         if isinstance(e, APIError):
             self.app.metrics.requests.labels(self.endpoint, str(e.status)).inc()
-            if not self._headers_written:
-                self.send_error_for(e)
-            return
         super()._handle_request_exception(e)
 
     def on_connection_close(self):
@@ -142,18 +192,35 @@ class GenerateHandler(BaseHandler):
             self.app.engine.cancel(self.request_id)
 
     def body(self) -> dict:
+        if self._size > MAX_BODY_BYTES:
+            raise APIError(413, f"the request body has {self._size} bytes, more than this server reads "
+                                f"({MAX_BODY_BYTES}): send a shorter prompt")
         try:
-            body = json.loads(self.request.body or b"")
+            body = json.loads(b"".join(self._chunks))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise APIError(400, f"the request body is not valid JSON ({e})") from None
+        except RecursionError:
+            raise APIError(400, "the request body nests JSON too deeply") from None
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
+        if not isinstance(body.get("stream_options") or {}, dict):
+            raise APIError(400, 'stream_options must be an object such as {"include_usage": true}', param="stream_options")
         model = body.get("model")
         if model is not None and model != self.app.model_name:
             raise APIError(404, f"the model {model!r} does not exist: this server serves {self.app.model_name!r}", param="model", code="model_not_found")
-        if body.get("n", 1) != 1:
+        if body.get("n", 1) not in (1, None):
             raise APIError(400, "only n=1 is supported", param="n")
         return body
+
+    def check_length(self, chars: int, param: str) -> None:
+        """Refuse a prompt too long for the context by its length alone, before tokenizing it."""
+        limit = self.app.engine.max_model_len * MAX_CHARS_PER_TOKEN
+        if chars > limit:
+            raise APIError(400, f"the prompt has {chars} characters, more than fit this model's context of "
+                                f"{self.app.engine.max_model_len} tokens: shorten it", param=param, code="context_length_exceeded")
+
+    async def tokenize(self, fn, *args, **kwargs) -> list[int]:
+        return await asyncio.get_running_loop().run_in_executor(_TOKENIZE, lambda: fn(*args, **kwargs))
 
     def sampling(self, body: dict, default_max_tokens: int) -> SamplingParams:
         stop = body.get("stop") or []
@@ -185,6 +252,8 @@ class GenerateHandler(BaseHandler):
             app.engine.add_request(prompt_ids, params, lambda out: loop.call_soon_threadsafe(queue.put_nowait, out), self.request_id)
         except PromptTooLong as e:
             raise APIError(400, str(e), param=prompt_param, code="context_length_exceeded") from None
+        except SamplingError as e:
+            raise APIError(400, str(e), param=e.param) from None
         except EngineBusy as e:
             raise APIError(429, str(e), type_="rate_limit_error") from None
         except TTError as e:
@@ -199,6 +268,8 @@ class GenerateHandler(BaseHandler):
             if first_token_at is None and (out.token_ids or out.text):
                 first_token_at = time.monotonic()
                 app.metrics.ttft.observe(first_token_at - arrival)
+            if out.finish_reason == "error":
+                break
             text.append(out.text)
             if stream and (out.text or out.finished):
                 try:
@@ -209,6 +280,16 @@ class GenerateHandler(BaseHandler):
             if out.finished:
                 break
         self.request_id = None
+        if out.finish_reason == "error":
+            failure = APIError(500, f"the engine failed on this request ({out.error}); it goes on serving others: retry",
+                               type_="server_error")
+            app.metrics.requests.labels(self.endpoint, "500").inc()
+            if stream and self._headers_written:  # a stream already under way: an error event, as vLLM sends
+                body = {"message": failure.message, "type": failure.type, "param": None, "code": None}
+                self.write(f"data: {json.dumps({'error': body})}\n\n")
+                self.finish()
+                return
+            raise failure
         done = time.monotonic()
         if out.completion_tokens > 1 and first_token_at is not None:
             app.metrics.tpot.observe((done - first_token_at) / (out.completion_tokens - 1))
@@ -247,8 +328,9 @@ class CompletionsHandler(GenerateHandler):
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]
         if isinstance(prompt, str) and prompt:
-            ids = self.app.tokenizer.encode(prompt, add_special_tokens=False)
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            self.check_length(len(prompt), "prompt")
+            ids = await self.tokenize(self.app.tokenizer.encode, prompt, add_special_tokens=False)
+        elif isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
             ids = prompt
         else:
             raise APIError(400, "prompt must be a non-empty string or a list of token ids (one prompt per request)", param="prompt")
@@ -279,7 +361,8 @@ class ChatHandler(GenerateHandler):
             raise APIError(400, "messages must be a non-empty list of {role: system|user|assistant, content: string}", param="messages")
         if not getattr(self.app.tokenizer, "chat_template", None):
             raise APIError(400, f"{self.app.model_name} has no chat template: use /v1/completions", param="messages")
-        ids = self.app.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        self.check_length(sum(len(m["content"]) for m in messages), "messages")
+        ids = await self.tokenize(self.app.tokenizer.apply_chat_template, messages, add_generation_prompt=True, tokenize=True)
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         params = self.sampling(body, default_max_tokens=max(self.app.engine.max_model_len - len(ids), 1))
         self.streaming = bool(body.get("stream"))
@@ -375,21 +458,32 @@ def _return_freed_memory() -> None:
         pass
 
 
-def serve_forever(engine: Engine, name: str, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch") -> None:
-    """Serve until interrupted (``jupyter tt serve``): HTTP in a helper thread, the engine on this one."""
+def serve_forever(engine: Engine, name: str, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch", *,
+                  api_key: str | None = None, listen_fd: int | None = None) -> None:
+    """Serve until interrupted (``jupyter tt serve``): HTTP in a helper thread, the engine on this one.
+
+    ``listen_fd``: a socket already bound and listening, inherited from ``serve()``: no other process can
+    take the port between its choice and this server's start."""
     import signal
+    import socket
     import threading
 
     from tornado.httpserver import HTTPServer
 
-    app = ServingApp(engine, name, backend)
+    app = ServingApp(engine, name, backend, api_key=api_key)
     listening = threading.Event()
     failure: list[BaseException] = []
 
     def http() -> None:
         async def main():
             try:
-                HTTPServer(app.web_app()).listen(port, address=host)
+                server = HTTPServer(app.web_app(), max_body_size=64 * MAX_BODY_BYTES)
+                if listen_fd is not None:
+                    sock = socket.socket(fileno=listen_fd)
+                    sock.setblocking(False)
+                    server.add_sockets([sock])
+                else:
+                    server.listen(port, address=host)
             except OSError as e:
                 failure.append(e)
                 return
@@ -404,7 +498,8 @@ def serve_forever(engine: Engine, name: str, host: str = "127.0.0.1", port: int 
     if failure:
         engine.stop()
         raise TTError(f"cannot listen on {host}:{port} ({failure[0]}): pick another --port")
-    print(f"Serving {name} ({backend}) on http://{host}:{port}/v1", flush=True)
+    keyed = "with an API key" if api_key else "without an API key: every local user can use it"
+    print(f"Serving {name} ({backend}) on http://{host}:{port}/v1, {keyed}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: engine.stop())
     try:
         engine.run()
