@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -17,6 +18,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def app_in_thread(app):
+    """Serve a tornado ``Application`` on 127.0.0.1 from a thread of its own for the block: its base URL.
+    For in-process servers (a scripted endpoint, a model server over a test runner)."""
+    import asyncio
+    import threading
+
+    from tornado.httpserver import HTTPServer
+
+    port, loop, ready = free_port(), asyncio.new_event_loop(), threading.Event()
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        HTTPServer(app).listen(port, "127.0.0.1")
+        loop.call_soon(ready.set)
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10), "the in-thread server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1, message: str = "condition"):

@@ -2,15 +2,12 @@
 
 import asyncio
 import json
-import socket
 import statistics
-import threading
 
 import pytest
-import tornado.httpserver
-import tornado.ioloop
 import tornado.web
 
+from jupyter_servers import app_in_thread
 from jupyter_tt.bench import client
 from jupyter_tt.serving.checkpoint import load_tokenizer
 
@@ -67,26 +64,8 @@ class Scripted(tornado.web.RequestHandler):
 
 @pytest.fixture(scope="module")
 def scripted():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    ready, loops = threading.Event(), []
-
-    def serve():
-        asyncio.set_event_loop(asyncio.new_event_loop())
-        server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/v1/completions", Scripted)]))
-        server.listen(port, "127.0.0.1")
-        loops.append(tornado.ioloop.IOLoop.current())
-        ready.set()
-        loops[0].start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    ready.wait(10)
-    yield f"http://127.0.0.1:{port}"
-    loops[0].add_callback(loops[0].stop)
-    thread.join(10)
+    with app_in_thread(tornado.web.Application([(r"/v1/completions", Scripted)])) as url:
+        yield url
 
 
 def words(text: str) -> int:

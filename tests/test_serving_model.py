@@ -303,40 +303,26 @@ def test_a_step_that_fails_ends_only_its_requests_and_the_engine_serves_on(check
 
 
 def test_over_http_a_failed_step_is_a_500_for_its_request_only(checkpoint, runner):
-    import asyncio
-
     import httpx
-    from tornado.httpserver import HTTPServer
 
-    from jupyter_servers import free_port
+    from jupyter_servers import app_in_thread
     from jupyter_tt.serving.server import ServingApp
 
-    poison, port = 7, free_port()
+    poison = 7
     engine = Engine(FailingRunner(runner, poison), checkpoint.tokenizer).start()
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def serve():
-        asyncio.set_event_loop(loop)
-        HTTPServer(ServingApp(engine, "smollm2-135m-instruct").web_app()).listen(port, "127.0.0.1")
-        started.set()
-        loop.run_forever()
-
-    threading.Thread(target=serve, daemon=True).start()
-    assert started.wait(10)
-    url = f"http://127.0.0.1:{port}/v1/completions"
     try:
-        for stream in (False, True):
-            failed = httpx.post(url, json={"prompt": [poison, 8, 9], "max_tokens": 4, "stream": stream}, timeout=60)
-            if stream and failed.status_code == 200:  # the stream had begun: an error event, as vLLM sends
-                assert '"type": "server_error"' in failed.text and "injected fault" in failed.text
-            else:
-                assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error", failed.text
-                assert "injected fault" in failed.json()["error"]["message"]
-        ok = httpx.post(url, json={"prompt": "The capital of Japan is", "max_tokens": 2, "temperature": 0}, timeout=60)
-        assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] == "length"
+        with app_in_thread(ServingApp(engine, "smollm2-135m-instruct").web_app()) as base:
+            url = f"{base}/v1/completions"
+            for stream in (False, True):
+                failed = httpx.post(url, json={"prompt": [poison, 8, 9], "max_tokens": 4, "stream": stream}, timeout=60)
+                if stream and failed.status_code == 200:  # the stream had begun: an error event, as vLLM sends
+                    assert '"type": "server_error"' in failed.text and "injected fault" in failed.text
+                else:
+                    assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error", failed.text
+                    assert "injected fault" in failed.json()["error"]["message"]
+            ok = httpx.post(url, json={"prompt": "The capital of Japan is", "max_tokens": 2, "temperature": 0}, timeout=60)
+            assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] == "length"
     finally:
-        loop.call_soon_threadsafe(loop.stop)
         engine.stop()
 
 

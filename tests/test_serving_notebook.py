@@ -1,14 +1,20 @@
 """jupyter_tt.serve() inside a real kernel that holds a lease: serves, answers, and dies with the kernel."""
 
+import asyncio
 import json
+import os
+import time
 
 import httpx
 import psutil
 import pytest
+import tornado.web
 from jupyter_client.manager import start_new_kernel
 
 from greedy import ANSWER, ANSWER_TOKENS, QUESTION
-from jupyter_servers import kernel_environ, wait_until
+from jupyter_servers import app_in_thread, kernel_environ, wait_until
+from jupyter_tt.scheduler.processes import ProcessRef
+from jupyter_tt.serving.notebook import registry_path
 from test_kernel_api import run
 
 pytestmark = pytest.mark.usefixtures("kernelspecs")
@@ -117,3 +123,119 @@ def test_the_benchmark_widget_measures_the_model_this_notebook_serves(kernel):
     assert output_tokens == 4 * 8  # ignore_eos holds every output to 8 tokens
     assert "median_ttft_ms" in table
     assert any("application/vnd.jupyter.widget-view+json" in d for d in displays)
+
+
+class Recorder(tornado.web.RequestHandler):
+    """STAND-IN upstream for the proxy's own behaviour: records what reaches it; /v1/redirect redirects."""
+
+    seen: list[dict] = []
+
+    def get(self, path):
+        Recorder.seen.append({"path": path, "query": self.request.query, "headers": dict(self.request.headers)})
+        if path == "redirect":
+            self.redirect("/v1/elsewhere")
+        else:
+            self.finish({"ok": True})
+
+
+def register(port: int, **changes) -> None:
+    """A registration as serve() writes it, naming this test process as the server."""
+    ref = ProcessRef.current()
+    entry = {"port": port, "pid": ref.pid, "started": ref.started, "boot_id": ref.boot_id, "api_key": "upstream-key",
+             "model": "m", "backend": "torch", "kernel_pid": ref.pid, **changes}
+    with open(registry_path(port), "w") as f:
+        json.dump(entry, f)
+
+
+def test_the_proxy_passes_no_jupyter_credentials_follows_no_redirect_and_checks_the_process(servers):
+    server = servers()
+    Recorder.seen = []
+    with app_in_thread(tornado.web.Application([(r"/v1/(.*)", Recorder)])) as upstream:
+        port = int(upstream.rsplit(":", 1)[1])
+        register(port)
+        base = f"{server.url}/jupyter-tt/serve/{port}/v1"
+        # Authenticated by Jupyter's token in the query and a cookie, as a browser may be.
+        response = httpx.get(f"{base}/models?token={server.token}&x=1", headers={"Cookie": "username-x=secret"})
+        assert response.status_code == 200, response.text
+        [seen] = Recorder.seen
+        assert seen["query"] == "x=1"  # the token parameter stayed behind
+        assert "Cookie" not in seen["headers"] and server.token not in json.dumps(seen)
+        assert seen["headers"]["Authorization"] == "Bearer upstream-key"  # the model server's own key instead
+        redirected = server.get(f"/jupyter-tt/serve/{port}/v1/redirect")
+        assert redirected.status_code == 302 and [s["path"] for s in Recorder.seen] == ["models", "redirect"]
+        # A registration whose process is not the one that runs under that PID now (a reused PID): refused.
+        register(port, started=ProcessRef.current().started + 1)
+        stale = server.get(f"/jupyter-tt/serve/{port}/v1/models")
+        assert stale.status_code == 404 and len(Recorder.seen) == 2
+
+
+def test_through_the_proxy_many_streams_run_at_once_and_a_closed_tab_stops_its_request(kernel, servers):
+    server = servers()
+    _, client = kernel
+    out, _, error = run(client, "import jupyter_tt; llm = jupyter_tt.serve(); print(llm.port)", timeout=300)
+    assert error is None, error
+    port = int(out)
+    url = f"{server.url}/jupyter-tt/serve/{port}/v1/completions"
+    body = {"prompt": "Count:", "max_tokens": 64, "ignore_eos": True, "stream": True}
+
+    async def streams(n):
+        async with httpx.AsyncClient(headers=server.http.headers, timeout=120) as http:
+            async def one():
+                first = None
+                async with http.stream("POST", url, json=body) as response:
+                    lines = []
+                    async for line in response.aiter_lines():
+                        first = first or time.monotonic()
+                        lines += [line] if line else []
+                return response.status_code, lines, first, time.monotonic()
+            return await asyncio.gather(*(one() for _ in range(n)))
+
+    # 12 at once: more than tornado's default client allowed (10), fewer than the model server's batch (16).
+    results = asyncio.run(streams(12))
+    assert all(status == 200 and lines[-1] == "data: [DONE]" for status, lines, _, _ in results), results
+    assert max(first for _, _, first, _ in results) < min(end for _, _, _, end in results)  # all streamed together
+    # A browser tab that closes mid-answer: the model server stops generating for it.
+    with server.http.stream("POST", url, json={**body, "max_tokens": 4000}) as response:
+        for i, _ in enumerate(response.iter_lines()):
+            if i > 4:
+                break
+
+    def idle():
+        return "jupyter_tt_requests_running 0.0" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+
+    wait_until(idle, timeout=20, message="the abandoned request to be cancelled")
+
+
+def test_another_os_user_is_refused_by_a_served_model(kernel, alice):
+    _, client = kernel
+    out, _, error = run(client, "import jupyter_tt; llm = jupyter_tt.serve(); print(llm.base_url, llm.port)", timeout=300)
+    assert error is None, error
+    base_url, port = out.split()
+    answer = alice.python(f"""
+        import httpx
+        print(httpx.get("{base_url}/models").status_code,
+              httpx.post("{base_url}/chat/completions", json={{"messages": [{{"role": "user", "content": "hi"}}]}}).status_code,
+              httpx.get("{base_url}/models", headers={{"Authorization": "Bearer guess"}}).status_code,
+              httpx.get("{base_url.removesuffix('/v1')}/health").status_code)
+        try:
+            open({registry_path(int(port))!r})
+        except PermissionError:
+            print("registration: denied")
+    """)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.split("\n")[:2] == ["401 401 401 200", "registration: denied"]
+    assert oct(os.stat(registry_path(int(port))).st_mode & 0o777) == "0o600"
+
+
+def test_serve_on_a_port_another_process_holds_says_so_at_once():
+    import socket
+
+    from jupyter_tt import serve
+    from jupyter_tt.errors import TTError
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(TTError, match=f"port {port} is taken on 127.0.0.1"):
+            serve(port=port)

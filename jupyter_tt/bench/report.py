@@ -186,7 +186,7 @@ def write_html(results: dict[str, dict], path: str | Path) -> None:
     """One self-contained page: the charts (hover a point for its values, click a legend entry to hide
     its series) and the comparison table."""
     script = ("document.querySelectorAll('.legend').forEach(l => l.onclick = () => {"
-              "document.querySelectorAll(`.series[data-name='${l.dataset.name}']`).forEach(g =>"
+              "document.querySelectorAll(`.series[data-name=\"${CSS.escape(l.dataset.name)}\"]`).forEach(g =>"
               "g.style.display = g.style.display === 'none' ? '' : 'none'); l.style.opacity = l.style.opacity === '0.4' ? '1' : '0.4';});")
     body = "".join(f"<div style='display:inline-block;margin:6px'>{c}</div>" for c in charts(results))
     Path(path).write_text(f"<!doctype html><meta charset='utf-8'><title>jupyter tt bench</title><body>{body}"
