@@ -377,7 +377,7 @@ def report(results: dict, workloads) -> list[str]:
 
     floor = results.get("floor")
     if floor:
-        lines.append(f"read bandwidth {floor['bandwidth_gb_s']:.1f} GB/s (numpy sum of 512 MB); a decode step reads "
+        lines.append(f"read bandwidth {floor['bandwidth_gb_s']:.1f} GB/s (numpy max over 512 MB, a thread per core); a decode step reads "
                      f"{floor['decode_mb']:.0f} MB of int8 weights -> decode floor {floor['tpot_floor_ms']:.2f} ms/token")
         ours = find(results, "ours", 128, 64, 1)
         if ours and ours["median_tpot_ms"]:
