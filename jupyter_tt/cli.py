@@ -201,7 +201,9 @@ def cmd_bench(args) -> int:
             for path in report.plot(results, args.plots):
                 print(f"wrote {path}", file=sys.stderr)
         return 0
-    tokenizer = _bench_tokenizer(args.tokenizer or args.model)
+    from .bench.scenarios import bench_tokenizer
+
+    tokenizer = bench_tokenizer(args.tokenizer or args.model)
     bench = Bench(args.base_url, args.model, tokenizer, seed=args.seed, num_prompts=args.num_prompts,
                   request_rate=args.request_rate, burstiness=args.burstiness, slo_ms=_slo(args.goodput),
                   ramp=_ramp(args), api_key=os.environ.get("OPENAI_API_KEY") or None,
@@ -243,23 +245,6 @@ def cmd_bench(args) -> int:
         for path in report.plot({args.model: {"runs": bench.runs}}, args.plots):
             print(f"wrote {path}", file=sys.stderr)
     return 0 if bench.runs and all(r["completed"] for r in bench.runs) else 1
-
-
-def _bench_tokenizer(name: str):
-    """The tokenizer prompts are counted with: an embedded model, a .gguf or a Hugging Face folder/name."""
-    try:
-        from .serving.checkpoint import CheckpointError, load_tokenizer
-    except ImportError as e:
-        raise TTError(f"bench needs a tokenizer library ({e.name}): pip install 'jupyter-tt[serve]'") from e
-    try:
-        return load_tokenizer(name)
-    except CheckpointError as first:
-        try:
-            from transformers import AutoTokenizer
-
-            return AutoTokenizer.from_pretrained(name)
-        except Exception:
-            raise TTError(f"{first}. Give --tokenizer the served model's tokenizer (a name or path)") from None
 
 
 def _exit_with_parent(pid: int, engine) -> None:

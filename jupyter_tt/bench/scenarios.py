@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..errors import TTError
 from . import client
 
 
@@ -206,3 +207,20 @@ def format_recommendation(rows: list[dict]) -> str:
     if scales:
         out.append(f"lengths scaled by {', '.join(f'{s:g}' for s in scales)} from the published use cases (--scale)")
     return "\n".join(out)
+
+
+def bench_tokenizer(name: str):
+    """The tokenizer prompts are counted with: an embedded model, a .gguf or a Hugging Face folder/name."""
+    try:
+        from ..serving.checkpoint import CheckpointError, load_tokenizer
+    except ImportError as e:
+        raise TTError(f"bench needs a tokenizer library ({e.name}): pip install 'jupyter-tt[serve]'") from e
+    try:
+        return load_tokenizer(name)
+    except CheckpointError as first:
+        try:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(name)
+        except Exception:
+            raise TTError(f"{first}. Give --tokenizer the served model's tokenizer (a name or path)") from None

@@ -78,9 +78,9 @@ class BenchmarkWidget(widgets.VBox):
 
     def run(self) -> threading.Thread:
         if self.tokenizer is None:
-            from ..cli import _bench_tokenizer
+            from .scenarios import bench_tokenizer
 
-            self.tokenizer = _bench_tokenizer(self.model.value)
+            self.tokenizer = bench_tokenizer(self.model.value)
         key = self.api_key or self._keys.get(self.endpoint.value)
         self.bench = Bench(self.endpoint.value, self.model.value, self.tokenizer, num_prompts=self.num_prompts.value or None,
                            api_key=key, progress=self._say)
