@@ -17,7 +17,9 @@ fresh prompts, so that a slow spell of this shared machine does not fall on one 
 - ``vllm``: vLLM's CPU build on a bfloat16 Hugging Face copy of the GGUF. Its PyPI wheels are built
   for AVX-512: on a CPU without it the system is reported as skipped, with the reason.
 - ``transformers``: ``generate`` in-process (float32, batch 1, its own venv): concurrency 1 only.
-- ``ours``: ``jupyter tt serve`` (torch backend, int8 weights).
+- ``ours``: ``jupyter tt serve --backend openvino`` (int8 weights; OpenVINO picks bfloat16 or float32
+  activations for this CPU). The targets are its ratios.
+- ``ours-torch``: ``jupyter tt serve --backend torch`` (int8 weights), the reference runner, for comparison.
 
 Workloads (ISL/OSL in tokens, concurrency): 128/64 at 1, 4 and 8; 1024/32 at 1; 128/256 at 1.
 Prints this machine's read bandwidth and the decode floor it sets (int8 weights read per token /
@@ -49,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from jupyter_tt.bench import client  # noqa: E402
 from jupyter_tt.serving.checkpoint import DEFAULT_MODEL, load_tokenizer, resolve  # noqa: E402
 
+SYSTEMS = ("ours", "ours-torch", "llamacpp", "vllm", "transformers")
 WORKLOADS = [(128, 64, 1), (128, 64, 4), (128, 64, 8), (1024, 32, 1), (128, 256, 1)]
 SERVED_NAME = "smollm2"
 LLAMA_CPP = "llama-cpp-python[server]==0.3.36"
@@ -142,8 +145,10 @@ AutoTokenizer.from_pretrained(d, gguf_file=f).save_pretrained(out)
 
 
 def server_command(system: str, gguf: Path, port: int) -> tuple[list[str], dict]:
-    if system == "ours":
-        return [sys.executable, "-m", "jupyter_tt.cli", "serve", "--port", str(port), "--served-model-name", SERVED_NAME], {}
+    if system in ("ours", "ours-torch"):
+        backend = "torch" if system == "ours-torch" else "openvino"
+        return [sys.executable, "-m", "jupyter_tt.cli", "serve", "--backend", backend, "--port", str(port),
+                "--served-model-name", SERVED_NAME], {}
     if system == "llamacpp":
         return [
             str(PEERS / "llamacpp/bin/python"), "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias",
@@ -157,6 +162,12 @@ def server_command(system: str, gguf: Path, port: int) -> tuple[list[str], dict]
             "--kv-cache-memory-bytes", str(2**30),
         ], {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_TARGET_DEVICE": "cpu"}
     raise ValueError(system)
+
+
+def openvino_precision() -> str:
+    from jupyter_tt.serving.openvino_runner import cpu_precision
+
+    return cpu_precision()
 
 
 def tree_rss(pid: int) -> int:
@@ -196,7 +207,7 @@ class Server:
 
     def __init__(self, system: str, gguf: Path, tokenizer, log_dir: Path):
         self.system = system
-        port = 8100 + ["ours", "llamacpp", "vllm"].index(system)
+        port = 8100 + SYSTEMS.index(system)
         self.base = f"http://127.0.0.1:{port}"
         cmd, env = server_command(system, gguf, port)
         self.log = open(log_dir / f"{system}.log", "w")
@@ -353,7 +364,7 @@ def find(results: dict, system: str, isl: int, osl: int, c: int) -> dict | None:
 
 def report(results: dict, workloads) -> list[str]:
     lines = ["", "median TTFT ms / median TPOT ms / output tok/s  (this machine, side by side)"]
-    systems = [s for s in ("ours", "llamacpp", "vllm", "transformers") if s in results]
+    systems = [s for s in SYSTEMS if s in results]
     head = f"{'workload':16}" + "".join(f"{s:>26}" for s in systems)
     lines += [head, "-" * len(head)]
     for isl, osl, c in workloads:
@@ -410,9 +421,9 @@ def report(results: dict, workloads) -> list[str]:
 
 def run(args) -> None:
     systems = args.systems.split(",")
-    unknown = set(systems) - {"ours", "llamacpp", "vllm", "transformers"}
+    unknown = set(systems) - set(SYSTEMS)
     if unknown:
-        sys.exit(f"unknown systems {sorted(unknown)}: choose from ours, llamacpp, vllm, transformers")
+        sys.exit(f"unknown systems {sorted(unknown)}: choose from {', '.join(SYSTEMS)}")
     workloads = WORKLOADS
     gguf = resolve(DEFAULT_MODEL)
     tokenizer = load_tokenizer(DEFAULT_MODEL)
@@ -427,7 +438,7 @@ def run(args) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {
         "machine": {"cpu": platform.processor() or "", "cores": os.cpu_count(), "avx512": "avx512f" in cpu_flags(),
-                    "amx": "amx_tile" in cpu_flags()},
+                    "amx": "amx_tile" in cpu_flags(), "openvino_precision": openvino_precision()},
         "model": str(gguf),
     }
     print(f"serving benchmark: {len(workloads)} workloads, systems {systems}, logs in {log_dir}", flush=True)
@@ -439,7 +450,7 @@ def run(args) -> None:
         if system == "vllm" and (why := vllm_unavailable()):
             results[system] = {"skipped": why}
             print(f"  vllm: skipped: {why}", flush=True)
-        elif system != "ours" and not (PEERS / system / "bin/python").exists():
+        elif not system.startswith("ours") and not (PEERS / system / "bin/python").exists():
             results[system] = {"skipped": "not installed (python benchmarks/serving.py setup)"}
             print(f"  {system}: skipped: not installed", flush=True)
         elif system != "transformers":
@@ -464,7 +475,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("setup", help="make the peers' venvs under .peers/")
     r = sub.add_parser("run", help="run the workloads against each system")
-    r.add_argument("--systems", default="ours,llamacpp,vllm,transformers")
+    r.add_argument("--systems", default=",".join(SYSTEMS))
     r.add_argument("--quick", action="store_true", help="half the requests per workload")
     r.add_argument("--prompts", type=float, default=1.0, help="scale the number of requests per workload")
     r.add_argument("--rounds", type=int, default=2, help="runs of each workload per system, interleaved")

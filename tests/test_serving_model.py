@@ -1,7 +1,9 @@
-"""The torch model and engine against transformers' implementation of the same checkpoint.
+"""The model runners and the engine against transformers' implementation of the same checkpoint.
 
-Tolerance: both run in float32 from the same dequantized weights; logits agree to 1e-3 absolute
-(seen: about 5e-5, on AVX2, AVX-512 and AMX alike). Neither is bit-exact against the other, nor
+Every test that takes ``runner`` runs on both CPU runners: the torch reference and the OpenVINO graph,
+each in float32. Tolerance: they and transformers run in float32 from the same dequantized weights;
+logits agree to 1e-3 absolute (seen: about 5e-5 for torch and 9e-5 for OpenVINO, on AVX2, AVX-512 and
+AMX alike). The int8 formats are checked against transformers at the end of this file. Neither is bit-exact against the other, nor
 across CPUs or batch shapes, so greedy outputs are compared with `greedy.assert_greedy_agrees`: the
 same tokens, or parted at a near tie (within 1e-3) of the reference. What the tests assert word for
 word is the answer to `greedy.QUESTION`, whose margins `test_the_answer_tests_assert_word_for_word_is_far_from_a_tie`
@@ -17,6 +19,7 @@ import torch
 
 from jupyter_tt.serving.checkpoint import CheckpointError, load_checkpoint
 from jupyter_tt.serving.engine import Engine, PromptTooLong
+from jupyter_tt.serving.openvino_runner import OpenVINOModelRunner, cpu_precision
 from jupyter_tt.serving.runner import SequenceStep, TorchModelRunner
 from jupyter_tt.serving.sampling import SamplingError, SamplingParams
 
@@ -51,8 +54,12 @@ def reference(checkpoint):
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def runner(checkpoint):
+@pytest.fixture(scope="module", params=["torch", "openvino"])
+def runner(request, checkpoint):
+    if request.param == "openvino":
+        if greedy.OPENVINO_SKIP:
+            pytest.skip(greedy.OPENVINO_SKIP)
+        return OpenVINOModelRunner(checkpoint, weights="float32", precision="f32", kv_cache_bytes=64 * 2**20)
     return TorchModelRunner(checkpoint, kv_cache_bytes=64 * 2**20)
 
 
@@ -407,3 +414,51 @@ def test_a_gguf_tokenizer_is_cached_and_the_cached_one_is_the_same(checkpoint):
     assert cached.apply_chat_template(messages, tokenize=False) == checkpoint.tokenizer.apply_chat_template(messages, tokenize=False)
     assert cached.encode("Héllo, wörld! 12345") == checkpoint.tokenizer.encode("Héllo, wörld! 12345")
     assert cached.eos_token_id == checkpoint.tokenizer.eos_token_id
+
+
+#: int8 logits against transformers' float32 (seen: torch 1.41; OpenVINO 1.39 in float32 and 1.24 in
+#: bfloat16 activations, on AMX): per-row int8 weights move logits by about one.
+INT8_LOGIT_ERROR = 2.0
+INT8_RUNNERS = ["torch", "openvino-f32"] + (["openvino-bf16"] if cpu_precision() == "bf16" else [])
+
+
+def int8_runner(checkpoint, name: str):
+    if name == "torch":
+        return TorchModelRunner(checkpoint, weights="int8", kv_cache_bytes=16 * 2**20)
+    if greedy.OPENVINO_SKIP:
+        pytest.skip(greedy.OPENVINO_SKIP)
+    return OpenVINOModelRunner(checkpoint, weights="int8", precision=name.split("-")[1], kv_cache_bytes=16 * 2**20)
+
+
+@pytest.mark.parametrize("name", INT8_RUNNERS)
+def test_int8_runners_agree_with_transformers_within_their_tolerance(checkpoint, reference, name):
+    """Each int8 runner in each precision this CPU has (bfloat16 only where it has bfloat16 units):
+    logits along the answer within ``INT8_LOGIT_ERROR``; 64 greedy tokens that part from transformers'
+    only where its top two are that close; and the same tokens alone and in a batch of four."""
+    runner = int8_runner(checkpoint, name)
+    ids, answer = chat_ids(checkpoint, PROMPTS[0]), answer_ids(checkpoint)
+    with torch.no_grad():
+        ref = reference(torch.tensor([ids + answer])).logits[0]
+    table = list(range(-(-(len(ids) + len(answer)) // runner.block_size)))
+    errors = [(runner.step([SequenceStep(ids, 0, table)])[0] - ref[len(ids) - 1]).abs().max().item()]
+    for k, token in enumerate(answer[:-1]):
+        errors.append((runner.step([SequenceStep([token], len(ids) + k, table)])[0] - ref[len(ids) + k]).abs().max().item())
+    assert max(errors) < INT8_LOGIT_ERROR, errors
+
+    prompts = [chat_ids(checkpoint, p) for p in PROMPTS[:4]]
+    engine = Engine(runner, checkpoint.tokenizer, max_num_seqs=4, max_step_tokens=64).start()
+    params = lambda i: SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True)  # noqa: E731
+    try:
+        together = generate(engine, prompts, params)
+        alone = generate(engine, [prompts[1]], params)[0]
+    finally:
+        engine.stop()
+    for i, ids in enumerate(prompts[:2]):
+        with torch.no_grad():
+            expected = reference.generate(
+                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=64, do_sample=False, pad_token_id=2,
+            )[0, len(ids):]
+        assert_greedy_agrees(together[i][1], expected.tolist(), transformers_logits(reference, ids), near_tie=INT8_LOGIT_ERROR)
+    assert_greedy_agrees(alone[1], together[1][1], runner_logits(runner, prompts[1]), near_tie=GAP_ERROR["int8"])
+    assert together[0][0].startswith(ANSWER)

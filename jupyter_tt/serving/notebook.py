@@ -148,7 +148,8 @@ def serve(
     """Serve ``model`` from this kernel on 127.0.0.1; returns when it answers (or raises TTError with its log).
 
     ``backend="ttnn"`` serves on this kernel's leased Wormhole devices (``weights`` "accuracy" or
-    "performance"; ``ttnn_impl`` "jupyter-tt" or "tt-transformers"); ``backend="torch"`` on the CPU.
+    "performance"; ``ttnn_impl`` "jupyter-tt" or "tt-transformers"); ``backend="torch"`` on the CPU (the
+    reference); ``backend="openvino"`` on the CPU through OpenVINO's compiled graph (faster; see the README).
     """
     if backend == "ttnn":
         from ..kernels.current import check_ttnn_backend

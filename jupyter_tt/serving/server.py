@@ -379,7 +379,8 @@ class ChatHandler(GenerateHandler):
         return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish_reason}
 
 
-BACKENDS = ("torch", "ttnn")
+#: The model backends: the torch reference (CPU, or CUDA), OpenVINO (the fast CPU runner), ttnn (Wormhole).
+BACKENDS = ("torch", "openvino", "ttnn")
 TTNN_IMPLEMENTATIONS = ("jupyter-tt", "tt-transformers")
 
 
@@ -395,17 +396,19 @@ def build_engine(
 ) -> tuple[Engine, str]:
     """Load ``model`` and make an engine on ``backend`` (not started); returns (engine, served model name).
 
-    ``weights``: for torch int8 (default), bfloat16 or float32; for ttnn accuracy (default) or performance.
+    ``weights``: for torch int8 (default), bfloat16 or float32; for openvino int8 (default) or float32;
+    for ttnn accuracy (default) or performance.
     ``ttnn_impl``: the ttnn model, ours ("jupyter-tt") or tt-metal's tuned one ("tt-transformers",
     where tt-metal's ``models`` package is importable). The ttnn backend runs on the kernel's lease.
     """
     import torch
 
     from .checkpoint import load_checkpoint
+    from .openvino_runner import WEIGHT_FORMATS as OPENVINO_FORMATS
     from .runner import WEIGHT_FORMATS, TorchModelRunner
 
     if backend not in BACKENDS:
-        raise TTError(f"unknown backend {backend!r}: use torch or ttnn")
+        raise TTError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
     if backend == "ttnn":
         from ..kernels.current import check_ttnn_backend
         from .ttnn_model import WEIGHT_FORMATS as TTNN_FORMATS
@@ -417,12 +420,17 @@ def build_engine(
             raise TTError(f"--weights {weights} is not a ttnn format: use {' or '.join(TTNN_FORMATS)}")
         check_ttnn_backend()  # before minutes of loading: a simulated lease, no lease, or no ttnn
     else:
+        formats = WEIGHT_FORMATS if backend == "torch" else OPENVINO_FORMATS
         weights = weights or "int8"
-        if weights not in WEIGHT_FORMATS:
-            raise TTError(f"--weights {weights} is not a torch format: use {', '.join(WEIGHT_FORMATS)}")
+        if weights not in formats:
+            raise TTError(f"--weights {weights} is not a {backend} format: use {', '.join(formats)}")
     checkpoint = load_checkpoint(model, progress=progress)
     if backend == "ttnn":
         runner = _ttnn_runner(checkpoint, ttnn_impl, weights, kv_cache_mb * 2**20, max_num_seqs)
+    elif backend == "openvino":
+        from .openvino_runner import OpenVINOModelRunner
+
+        runner = OpenVINOModelRunner(checkpoint, weights=weights, kv_cache_bytes=kv_cache_mb * 2**20)
     else:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         runner = TorchModelRunner(checkpoint, weights=weights, kv_cache_bytes=kv_cache_mb * 2**20, device=device)
