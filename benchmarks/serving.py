@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from jupyter_tt.bench import client  # noqa: E402
 from jupyter_tt.serving.checkpoint import DEFAULT_MODEL, load_tokenizer, resolve  # noqa: E402
+from jupyter_tt.serving.openvino_runner import cpu_precision  # noqa: E402
 
 SYSTEMS = ("ours", "ours-torch", "llamacpp", "vllm", "transformers")
 WORKLOADS = [(128, 64, 1), (128, 64, 4), (128, 64, 8), (1024, 32, 1), (128, 256, 1)]
@@ -162,12 +163,6 @@ def server_command(system: str, gguf: Path, port: int) -> tuple[list[str], dict]
             "--kv-cache-memory-bytes", str(2**30),
         ], {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_TARGET_DEVICE": "cpu"}
     raise ValueError(system)
-
-
-def openvino_precision() -> str:
-    from jupyter_tt.serving.openvino_runner import cpu_precision
-
-    return cpu_precision()
 
 
 def tree_rss(pid: int) -> int:
@@ -438,7 +433,7 @@ def run(args) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {
         "machine": {"cpu": platform.processor() or "", "cores": os.cpu_count(), "avx512": "avx512f" in cpu_flags(),
-                    "amx": "amx_tile" in cpu_flags(), "openvino_precision": openvino_precision()},
+                    "amx": "amx_tile" in cpu_flags(), "openvino_precision": cpu_precision()},
         "model": str(gguf),
     }
     print(f"serving benchmark: {len(workloads)} workloads, systems {systems}, logs in {log_dir}", flush=True)

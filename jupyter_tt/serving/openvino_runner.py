@@ -61,7 +61,6 @@ class _GraphBuilder:
 
         self.ov, self.op, self.model, self.args, self.cache_type = ov, op, model, model.args, cache_type
         self.inputs: list = []
-        self.caches: list = []
 
     def parameter(self, shape: list[int], dtype, name: str):
         p = self.op.parameter(self.ov.PartialShape(shape), dtype, name=name)
@@ -123,7 +122,6 @@ class _GraphBuilder:
         for i, layer in enumerate(m.layers):
             k_cache = self.parameter([-1, KV, BLOCK_SIZE, d], self.cache_type, f"key_cache.{i}")
             v_cache = self.parameter([-1, KV, BLOCK_SIZE, d], self.cache_type, f"value_cache.{i}")
-            self.caches += [k_cache, v_cache]
             qkv = self.linear(self.rms_norm(x, layer.attention_norm), layer.attention.wqkv)
             q, k, v = op.variadic_split(qkv, at, _const(np.int64([H * d, KV * d, KV * d]))).outputs()
             q, k = self.rope(q, H, cos, sin), self.rope(k, KV, cos, sin)
@@ -159,7 +157,6 @@ class OpenVINOModelRunner(ModelRunner):
         kv_cache_bytes: int = 256 * 2**20,
         weights: str = "int8",
         precision: str | None = None,
-        threads: int | None = None,
     ):
         """``precision``: "bf16" or "f32" for activations and KV cache (default: OpenVINO's choice for this CPU)."""
         try:
@@ -192,8 +189,6 @@ class OpenVINOModelRunner(ModelRunner):
             # Not OpenVINO's int8 activations (on by default for compressed weights): they triple the
             # logit error against transformers for no speed on this model (measured on AMX and AVX-512).
             config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = "0"
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = str(threads)
         try:
             self.compiled = ov.Core().compile_model(graph, "CPU", config)
         except RuntimeError as e:
@@ -231,11 +226,11 @@ class OpenVINOModelRunner(ModelRunner):
             ),
             "block_indices_begins": np.concatenate([[0], np.cumsum(n_blocks)]).astype(np.int32),
             "max_context_len": np.array(context.max(), dtype=np.int32),
-            "logits_index": (ends - 1)[[s.want_logits for s in sequences]].astype(np.int64),
         }
-        if not len(feed["logits_index"]):  # every sequence mid-prompt: run for the cache, on one row
-            feed["logits_index"] = np.zeros(1, dtype=np.int64)
-            self.request.infer(feed, share_inputs=True)
-            return torch.empty(0, self.args.vocab_size)
+        wanted = (ends - 1)[[s.want_logits for s in sequences]].astype(np.int64)
+        # Every sequence mid-prompt: the step still fills the cache; the graph computes one unused row.
+        feed["logits_index"] = wanted if len(wanted) else np.zeros(1, dtype=np.int64)
         self.request.infer(feed, share_inputs=True)
+        if not len(wanted):
+            return torch.empty(0, self.args.vocab_size)
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
