@@ -47,7 +47,8 @@ def logits(out: Path) -> None:
 
     torch.set_num_threads(2)
     from jupyter_tt.serving.checkpoint import load_checkpoint
-    from jupyter_tt.serving.runner import SequenceStep, TorchModelRunner
+    from jupyter_tt.serving.backends.torch.runner import TorchModelRunner
+    from jupyter_tt.serving.engine import SequenceStep
 
     checkpoint = load_checkpoint("smollm2-135m-instruct", progress=False)
     tok = checkpoint.tokenizer
@@ -59,9 +60,9 @@ def logits(out: Path) -> None:
             prompt, tokens = tok.encode(text, add_special_tokens=False), tok.encode(answer, add_special_tokens=False)
             table = list(range(-(-(len(prompt) + len(tokens)) // runner.block_size)))
             with torch.no_grad():
-                rows = [runner.step([SequenceStep(prompt, 0, table)])[0].float()]
+                rows = [runner.step([SequenceStep(tokens=prompt, start_pos=0, block_table=table)])[0].float()]
                 for k, t in enumerate(tokens[:-1]):
-                    rows.append(runner.step([SequenceStep([t], len(prompt) + k, table)])[0].float())
+                    rows.append(runner.step([SequenceStep(tokens=[t], start_pos=len(prompt) + k, block_table=table)])[0].float())
             result[weights, i] = torch.stack(rows)
     torch.save(result, out)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import TTSettings
 from .errors import TTError
+from .serving.backends import BACKENDS, DEFAULT_BACKEND, all_weight_formats
 
 
 def _scheduler():
@@ -290,16 +291,15 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve a model with an OpenAI-compatible API")
     s.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name, .gguf file or Hugging Face folder")
-    s.add_argument("--backend", default="torch", choices=["torch", "openvino", "ttnn"],
-                   help="torch (the reference: CPU, or CUDA where present), openvino (the fast CPU runner) "
-                        "or ttnn (the kernel's leased Wormhole devices)")
-    s.add_argument("--ttnn-impl", default="jupyter-tt", choices=["jupyter-tt", "tt-transformers"],
-                   help="the ttnn model: ours, or tt-metal's models.tt_transformers where it is importable")
+    s.add_argument("--backend", default=DEFAULT_BACKEND, choices=list(BACKENDS),
+                   help="; ".join(f"{b.name}: {b.summary}" for b in BACKENDS.values()))
+    s.add_argument("--ttnn-impl", default=None, choices=BACKENDS["ttnn"].implementations,
+                   help="the ttnn model: ours (jupyter-tt, the default), or tt-metal's models.tt_transformers where it is importable")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--weights", default=None, choices=["int8", "bfloat16", "float32", "accuracy", "performance"],
-                   help="weight format: torch int8 (default), bfloat16, float32; openvino int8 (default), float32; "
-                        "ttnn accuracy (default), performance")
+    s.add_argument("--weights", default=None, choices=all_weight_formats(),
+                   help="weight format, the backend's first by default: " + "; ".join(
+                       f"{b.name} {', '.join(b.weight_formats)}" for b in BACKENDS.values()))
     s.add_argument("--max-num-seqs", type=int, default=16, help="most requests in the running batch")
     s.add_argument("--kv-cache-mb", type=int, default=256, help="KV cache memory")
     s.add_argument("--served-model-name", default=None, help="the name clients use (default: the model's)")

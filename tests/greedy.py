@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from jupyter_tt.serving.runner import SequenceStep
+from jupyter_tt.serving.engine import SequenceStep
 
 #: A bound on how much the lead of one token's logit over another's changes between two CPUs' kernels,
 #: per torch weight format. Measured by benchmarks/rounding.py: float32 2.5e-5; int8 0.25, two steps of
@@ -71,7 +71,7 @@ def runner_logits(runner, prompt: Sequence[int]) -> Callable[[Sequence[int]], to
         ids = list(prompt) + list(prefix)
         table = list(range(-(-len(ids) // runner.block_size)))
         with torch.no_grad():
-            return runner.step([SequenceStep(ids, 0, table)])[0].float()
+            return runner.step([SequenceStep(tokens=ids, start_pos=0, block_table=table)])[0].float()
 
     return logits
 
@@ -94,7 +94,7 @@ def greedy_branches(
         while todo:
             tokens = todo.pop()
             if not finished(tokens):
-                logits = runner.step([SequenceStep(list(prompt) + tokens, 0, table)])[0].float()
+                logits = runner.step([SequenceStep(tokens=list(prompt) + tokens, start_pos=0, block_table=table)])[0].float()
                 while True:
                     best = int(logits.argmax())
                     close = (logits >= logits[best] - near_tie).nonzero().flatten().tolist()
@@ -102,7 +102,7 @@ def greedy_branches(
                     tokens = tokens + [best]
                     if finished(tokens):
                         break
-                    logits = runner.step([SequenceStep([best], len(prompt) + len(tokens) - 1, table)])[0].float()
+                    logits = runner.step([SequenceStep(tokens=[best], start_pos=len(prompt) + len(tokens) - 1, block_table=table)])[0].float()
             done.append(tokens)
             assert len(done) + len(todo) <= limit, f"more than {limit} branches: too many near ties to check every one"
     return done

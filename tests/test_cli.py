@@ -108,7 +108,7 @@ def test_serve_on_the_ttnn_backend_says_what_is_missing(tmp_path):
     assert done.returncode == 2 and "ttnn is not installed" in done.stderr and "pip install ttnn" in done.stderr, done.stderr
 
     bad = jupyter_tt("serve", "--backend", "ttnn", "--weights", "int8", env=env)
-    assert bad.returncode == 2 and "not a ttnn format: use accuracy or performance" in bad.stderr, bad.stderr
+    assert bad.returncode == 2 and "not one of the ttnn backend's formats: use accuracy or performance" in bad.stderr, bad.stderr
     for done in (none, bad):
         assert "Traceback" not in done.stderr
 
@@ -118,7 +118,7 @@ def test_the_tt_transformers_adapter_says_where_to_get_it():
     import pytest
 
     from jupyter_tt.errors import TTError
-    from jupyter_tt.serving.tt_transformers import TTTransformersRunner
+    from jupyter_tt.serving.backends.ttnn.tt_transformers import TTTransformersRunner
 
     with pytest.raises(TTError, match="tt-metal's models.tt_transformers.*--ttnn-impl jupyter-tt"):
         TTTransformersRunner.check_available()

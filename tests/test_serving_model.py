@@ -17,11 +17,10 @@ import threading
 import pytest
 import torch
 
+from jupyter_tt.serving.backends.openvino.runner import OpenVINOModelRunner, cpu_precision
+from jupyter_tt.serving.backends.torch.runner import TorchModelRunner
 from jupyter_tt.serving.checkpoint import CheckpointError, load_checkpoint
-from jupyter_tt.serving.engine import Engine, PromptTooLong
-from jupyter_tt.serving.openvino_runner import OpenVINOModelRunner, cpu_precision
-from jupyter_tt.serving.runner import SequenceStep, TorchModelRunner
-from jupyter_tt.serving.sampling import SamplingError, SamplingParams
+from jupyter_tt.serving.engine import Engine, PromptTooLong, SamplingError, SamplingParams, SequenceStep
 
 import greedy
 from greedy import ANSWER, ANSWER_TOKENS, GAP_ERROR, QUESTION, assert_greedy_agrees, greedy_branches, runner_logits
@@ -97,10 +96,10 @@ def test_logits_match_transformers_after_prefill_and_each_decode_step(checkpoint
     with torch.no_grad():
         ref = reference(torch.tensor([ids + answer])).logits[0]
     table = list(range(8))
-    ours = runner.step([SequenceStep(ids, 0, table)])[0]
+    ours = runner.step([SequenceStep(tokens=ids, start_pos=0, block_table=table)])[0]
     assert (ours - ref[len(ids) - 1]).abs().max() < 1e-3
     for k, token in enumerate(answer[:-1]):
-        ours = runner.step([SequenceStep([token], len(ids) + k, table)])[0]
+        ours = runner.step([SequenceStep(tokens=[token], start_pos=len(ids) + k, block_table=table)])[0]
         assert (ours - ref[len(ids) + k]).abs().max() < 1e-3, f"decode step {k}"
 
 
@@ -251,7 +250,7 @@ def test_stop_strings_max_tokens_min_tokens_and_eos(checkpoint, runner):
 
 def test_cancelling_a_request_frees_its_cache_blocks(checkpoint, runner):
     engine = Engine(runner, checkpoint.tokenizer).start()
-    free_before = len(engine.blocks.free)
+    free_before = engine.free_blocks
     finished = threading.Event()
     reasons = []
 
@@ -265,7 +264,7 @@ def test_cancelling_a_request_frees_its_cache_blocks(checkpoint, runner):
     engine.add_request(chat_ids(checkpoint, PROMPTS[1]), SamplingParams(max_tokens=500, temperature=0.0, ignore_eos=True), on_output)
     assert finished.wait(60)
     engine.stop()
-    assert reasons == ["abort"] and len(engine.blocks.free) == free_before
+    assert reasons == ["abort"] and engine.free_blocks == free_before
 
 
 def test_bad_requests_get_clear_errors(checkpoint, runner):
@@ -298,11 +297,11 @@ class FailingRunner:
 def test_a_step_that_fails_ends_only_its_requests_and_the_engine_serves_on(checkpoint, runner):
     poison = 7
     engine = Engine(FailingRunner(runner, poison), checkpoint.tokenizer).start()
-    free_before = len(engine.blocks.free)
+    free_before = engine.free_blocks
     try:
         failed = generate(engine, [[poison, 8, 9]], lambda i: SamplingParams(max_tokens=4, temperature=0.0))
         assert failed[0][2] == "error"
-        assert engine.stats["failed_steps"] == 1 and len(engine.blocks.free) == free_before
+        assert engine.stats["failed_steps"] == 1 and engine.free_blocks == free_before
         served = generate(engine, [chat_ids(checkpoint, QUESTION)], lambda i: SamplingParams(max_tokens=ANSWER_TOKENS + 4, temperature=0.0))
         assert served[0][0] == ANSWER and served[0][2] == "stop"
     finally:
@@ -313,7 +312,7 @@ def test_over_http_a_failed_step_is_a_500_for_its_request_only(checkpoint, runne
     import httpx
 
     from jupyter_servers import app_in_thread
-    from jupyter_tt.serving.server import ServingApp
+    from jupyter_tt.serving.openai import ServingApp
 
     poison = 7
     engine = Engine(FailingRunner(runner, poison), checkpoint.tokenizer).start()
@@ -363,7 +362,7 @@ def test_a_hugging_face_folder_loads_and_matches_transformers(tmp_path, checkpoi
     ids = chat_ids(loaded, "hello there")
     with torch.no_grad():
         ref = reference(torch.tensor([ids])).logits[0, -1]
-    assert (runner.step([SequenceStep(ids, 0, list(range(4)))])[0] - ref).abs().max() < 1e-4
+    assert (runner.step([SequenceStep(tokens=ids, start_pos=0, block_table=list(range(4)))])[0] - ref).abs().max() < 1e-4
 
 
 def test_broken_and_unsupported_checkpoints_are_named(tmp_path):
@@ -440,9 +439,9 @@ def test_int8_runners_agree_with_transformers_within_their_tolerance(checkpoint,
     with torch.no_grad():
         ref = reference(torch.tensor([ids + answer])).logits[0]
     table = list(range(-(-(len(ids) + len(answer)) // runner.block_size)))
-    errors = [(runner.step([SequenceStep(ids, 0, table)])[0] - ref[len(ids) - 1]).abs().max().item()]
+    errors = [(runner.step([SequenceStep(tokens=ids, start_pos=0, block_table=table)])[0] - ref[len(ids) - 1]).abs().max().item()]
     for k, token in enumerate(answer[:-1]):
-        errors.append((runner.step([SequenceStep([token], len(ids) + k, table)])[0] - ref[len(ids) + k]).abs().max().item())
+        errors.append((runner.step([SequenceStep(tokens=[token], start_pos=len(ids) + k, block_table=table)])[0] - ref[len(ids) + k]).abs().max().item())
     assert max(errors) < INT8_LOGIT_ERROR, errors
 
     prompts = [chat_ids(checkpoint, p) for p in PROMPTS[:4]]

@@ -12,10 +12,10 @@ import pytest
 import ttnn
 
 import jupyter_tt
-from jupyter_tt.serving import ttnn_model
+from jupyter_tt.serving.backends.ttnn import model as ttnn_model
 
 ROOT = Path(jupyter_tt.__file__).parent
-SOURCES = ["serving/ttnn_model.py", "kernels/current.py", "serving/tt_transformers.py"]
+SOURCES = ["serving/backends/ttnn/model.py", "kernels/current.py", "serving/backends/ttnn/tt_transformers.py"]
 
 
 def dotted(node) -> str | None:

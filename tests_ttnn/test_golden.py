@@ -12,12 +12,12 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from jupyter_tt.serving.checkpoint import Checkpoint, ModelArgs, load_checkpoint
-from jupyter_tt.serving.engine import Engine
-from jupyter_tt.serving.runner import SequenceStep, TorchModelRunner
-from jupyter_tt.serving.sampling import SamplingParams
-from jupyter_tt.serving.ttnn_golden import EQUIVALENTS, GoldenTTNN, Shards
-from jupyter_tt.serving.ttnn_model import TtnnModelRunner
+from jupyter_tt.serving.backends.torch.model import ModelArgs
+from jupyter_tt.serving.backends.torch.runner import TorchModelRunner
+from jupyter_tt.serving.backends.ttnn.golden import EQUIVALENTS, GoldenTTNN, Shards
+from jupyter_tt.serving.backends.ttnn.model import TtnnModelRunner
+from jupyter_tt.serving.checkpoint import Checkpoint, load_checkpoint
+from jupyter_tt.serving.engine import Engine, SamplingParams, SequenceStep
 
 from greedy import ANSWER, QUESTION, assert_greedy_agrees, chat_ids, runner_logits
 
@@ -72,11 +72,11 @@ def test_golden_execution_matches_the_torch_backend_after_prefill_and_32_decode_
     blocks = [5, 2, 7, 0]  # not in order: the page tables must be followed
     # Greedy decoding: the reference picks each token; both read the same tokens (so a step's PCC
     # compares like with like) and the ttnn backend must have picked the same token at every step.
-    a, b = tt.step([SequenceStep(ids, 0, blocks)])[0], ref.step([SequenceStep(ids, 0, blocks)])[0]
+    a, b = tt.step([SequenceStep(tokens=ids, start_pos=0, block_table=blocks)])[0], ref.step([SequenceStep(tokens=ids, start_pos=0, block_table=blocks)])[0]
     rows = [Step.of("prefill", a, b)]
     pos, tokens = len(ids), [rows[0].theirs]
     for step in range(DECODE_STEPS):
-        s = SequenceStep([tokens[-1]], pos, blocks)
+        s = SequenceStep(tokens=[tokens[-1]], start_pos=pos, block_table=blocks)
         a, b = tt.step([s])[0], ref.step([s])[0]
         rows.append(Step.of(f"decode {step + 1}", a, b))
         tokens.append(rows[-1].theirs)
@@ -114,8 +114,8 @@ def test_chunked_prefill_and_a_batch_at_different_positions(checkpoint):
     first = prompts[0]
     assert len(first) > 32
     # Sequence 0 arrives in two chunks: the second attends to the cached first block (chunked SDPA).
-    steps = [[SequenceStep(first[:32], 0, tables[0], want_logits=False)],
-             [SequenceStep(first[32:], 32, tables[0]), SequenceStep(prompts[1], 0, tables[1]), SequenceStep(prompts[2], 0, tables[2])]]
+    steps = [[SequenceStep(tokens=first[:32], start_pos=0, block_table=tables[0], want_logits=False)],
+             [SequenceStep(tokens=first[32:], start_pos=32, block_table=tables[0]), SequenceStep(tokens=prompts[1], start_pos=0, block_table=tables[1]), SequenceStep(tokens=prompts[2], start_pos=0, block_table=tables[2])]]
     for batch in steps:
         a, b = tt.step(batch), ref.step(batch)
     positions = [len(p) for p in prompts]
@@ -124,7 +124,7 @@ def test_chunked_prefill_and_a_batch_at_different_positions(checkpoint):
         for row in range(3):
             r = Step.of(f"step {step} user {row}", a[row], b[row])
             assert r.pcc >= PCC_MIN and r.same_pick_or_near_tie, r
-        batch = [SequenceStep([int(b[i].argmax())], positions[i], tables[i]) for i in range(3)]
+        batch = [SequenceStep(tokens=[int(b[i].argmax())], start_pos=positions[i], block_table=tables[i]) for i in range(3)]
         a, b = tt.step(batch), ref.step(batch)
         positions = [p + 1 for p in positions]
     assert ttnn.calls[("transformer.chunked_scaled_dot_product_attention", "golden")] == checkpoint.args.n_layers
@@ -137,7 +137,7 @@ def serve_greedily(runner, tokenizer, questions, max_step_tokens):
     for q in questions:
         engine.add_request(chat_ids(tokenizer, q), SamplingParams(max_tokens=8, temperature=0.0),
                            lambda out, q=q: done.setdefault(q, []).append(out), request_id=q)
-    while engine.running or engine.waiting or engine._incoming:
+    while engine.has_work:
         engine.step()
     return {q: ("".join(o.text for o in outs), [t for o in outs for t in o.token_ids]) for q, outs in done.items()}, engine
 
@@ -194,7 +194,7 @@ def test_tensor_parallel_on_n150_n300_and_loudbox_meshes(mesh_shape, tp, report)
     assert isinstance(cache, Shards) and len(cache.parts) == tp
     assert {tuple(p.shape) for p in cache.parts} == {(tt.num_blocks + 1, ck.args.n_kv_heads // tp, 32, 32)}
     prompt = torch.randint(0, ck.args.vocab_size, (40,), generator=torch.Generator().manual_seed(1)).tolist()
-    steps = [[SequenceStep(prompt, 0, [2, 0])], [SequenceStep([7], 40, [2, 0]), SequenceStep(prompt[:9], 0, [1])]]
+    steps = [[SequenceStep(tokens=prompt, start_pos=0, block_table=[2, 0])], [SequenceStep(tokens=[7], start_pos=40, block_table=[2, 0]), SequenceStep(tokens=prompt[:9], start_pos=0, block_table=[1])]]
     for batch in steps:
         a, b = tt.step(batch), ref.step(batch)
         for row in range(len(batch)):

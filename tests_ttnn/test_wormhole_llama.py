@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from jupyter_tt.serving.checkpoint import load_checkpoint
-from jupyter_tt.serving.runner import SequenceStep, TorchModelRunner
-from jupyter_tt.serving.ttnn_model import MESH_OPTIONS, TtnnModelRunner
+from jupyter_tt.serving.backends.torch.runner import TorchModelRunner
+from jupyter_tt.serving.engine import SequenceStep
+from jupyter_tt.serving.backends.ttnn.model import MESH_OPTIONS, TtnnModelRunner
 
 pytestmark = [
     pytest.mark.wormhole,
@@ -52,10 +53,10 @@ def test_logits_match_the_torch_backend_on_the_card(setup, report):
     ref = TorchModelRunner(checkpoint, weights="float32", block_size=runner.block_size)
     ids = checkpoint.tokenizer.encode("The capital of France is")
     table = [3, 1]
-    a, b = runner.step([SequenceStep(ids, 0, table)])[0], ref.step([SequenceStep(ids, 0, table)])[0]
+    a, b = runner.step([SequenceStep(tokens=ids, start_pos=0, block_table=table)])[0], ref.step([SequenceStep(tokens=ids, start_pos=0, block_table=table)])[0]
     pccs, pos = [pcc(a, b)], len(ids)
     for _ in range(32):
-        step = SequenceStep([int(b.argmax())], pos, table)
+        step = SequenceStep(tokens=[int(b.argmax())], start_pos=pos, block_table=table)
         a, b = runner.step([step])[0], ref.step([step])[0]
         pccs.append(pcc(a, b))
         pos += 1
@@ -67,23 +68,23 @@ def test_ttft_decode_and_prefill_speed_next_to_the_public_figures(setup, report)
     checkpoint, runner, n = setup
     prompt = torch.randint(100, 1000, (128,), generator=torch.Generator().manual_seed(0)).tolist()
     table = list(range(runner.blocks_per_seq))
-    runner.step([SequenceStep(prompt, 0, table)])  # compile
+    runner.step([SequenceStep(tokens=prompt, start_pos=0, block_table=table)])  # compile
     t = time.perf_counter()
-    logits = runner.step([SequenceStep(prompt, 0, table)])
+    logits = runner.step([SequenceStep(tokens=prompt, start_pos=0, block_table=table)])
     ttft = time.perf_counter() - t
     pos, token = len(prompt), int(logits[0].argmax())
     for _ in range(3):  # compile and capture the decode trace
-        token = int(runner.step([SequenceStep([token], pos, table)])[0].argmax())
+        token = int(runner.step([SequenceStep(tokens=[token], start_pos=pos, block_table=table)])[0].argmax())
         pos += 1
     steps, t = 64, time.perf_counter()
     for _ in range(steps):
-        token = int(runner.step([SequenceStep([token], pos, table)])[0].argmax())
+        token = int(runner.step([SequenceStep(tokens=[token], start_pos=pos, block_table=table)])[0].argmax())
         pos += 1
     tps = steps / (time.perf_counter() - t)
     long = torch.randint(100, 1000, (2048,), generator=torch.Generator().manual_seed(1)).tolist()
-    runner.step([SequenceStep(long, 0, table)])
+    runner.step([SequenceStep(tokens=long, start_pos=0, block_table=table)])
     t = time.perf_counter()
-    runner.step([SequenceStep(long, 0, table)])
+    runner.step([SequenceStep(tokens=long, start_pos=0, block_table=table)])
     prefill = len(long) / (time.perf_counter() - t)
     card, public_tps, public_ttft = PUBLIC.get(n, (f"{n} chips", float("nan"), float("nan")))
     report(f"{'':<28} {'ours (' + MODEL + ')':>34} {'tt-metal, Llama-3.1-8B':>24}")

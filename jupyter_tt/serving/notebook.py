@@ -30,6 +30,7 @@ import httpx
 from jupyter_core.paths import jupyter_runtime_dir
 
 from ..errors import TTError
+from .backends import DEFAULT_BACKEND, get_backend
 
 
 def registry_path(port: int, runtime_dir: str | None = None) -> str:
@@ -138,23 +139,23 @@ _servers: list[LLM] = []
 
 def serve(
     model: str = "smollm2-135m-instruct",
-    backend: str = "torch",
+    backend: str = DEFAULT_BACKEND,
     *,
     port: int | None = None,
     weights: str | None = None,
     timeout: float = 300.0,
-    ttnn_impl: str = "jupyter-tt",
+    ttnn_impl: str | None = None,
 ) -> LLM:
     """Serve ``model`` from this kernel on 127.0.0.1; returns when it answers (or raises TTError with its log).
 
-    ``backend="ttnn"`` serves on this kernel's leased Wormhole devices (``weights`` "accuracy" or
-    "performance"; ``ttnn_impl`` "jupyter-tt" or "tt-transformers"); ``backend="torch"`` on the CPU (the
-    reference); ``backend="openvino"`` on the CPU through OpenVINO's compiled graph (faster; see the README).
+    ``backend``, ``weights`` and ``ttnn_impl`` are those of ``jupyter tt serve`` (``backends.BACKENDS``):
+    "torch" on the CPU (the reference; int8, bfloat16 or float32), "openvino" on the CPU through
+    OpenVINO's compiled graph (faster; int8 or float32), "ttnn" on this kernel's leased Wormhole devices
+    ("accuracy" or "performance"; ``ttnn_impl`` "jupyter-tt" or "tt-transformers").
     """
-    if backend == "ttnn":
-        from ..kernels.current import check_ttnn_backend
-
-        check_ttnn_backend()  # say at once what is missing, rather than after the server fails to start
+    spec = get_backend(backend)
+    weights, ttnn_impl = spec.check(weights, ttnn_impl)
+    spec.preflight(ttnn_impl)  # say at once what is missing, rather than after the server fails to start
     sock = _listen(port)
     port = sock.getsockname()[1]
     api_key = secrets.token_urlsafe(32)
@@ -163,10 +164,8 @@ def serve(
     cmd = [
         sys.executable, "-m", "jupyter_tt.cli", "serve", "--model", model, "--backend", backend,
         "--host", "127.0.0.1", "--port", str(port), "--parent-pid", str(os.getpid()), "--ttnn-impl", ttnn_impl,
-        "--listen-fd", str(sock.fileno()),
+        "--listen-fd", str(sock.fileno()), "--weights", weights,
     ]
-    if weights:
-        cmd += ["--weights", weights]
     try:
         with open(log_path, "w") as log:
             process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

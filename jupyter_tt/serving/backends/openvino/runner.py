@@ -25,9 +25,10 @@ import os
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, ModelArgs
-from .model import Transformer, quantize_int8
-from .runner import ModelRunner, SequenceStep, kv_cache_blocks
+from ...checkpoint import Checkpoint
+from ...engine.runner import ModelRunner, SequenceStep
+from ..torch.model import ModelArgs, Transformer, quantize_int8
+from . import check_available
 
 #: Weight formats of this backend: "int8" (per-row weight-only, as the torch reference's int8) or "float32".
 WEIGHT_FORMATS = ("int8", "float32")
@@ -159,10 +160,9 @@ class OpenVINOModelRunner(ModelRunner):
         precision: str | None = None,
     ):
         """``precision``: "bf16" or "f32" for activations and KV cache (default: OpenVINO's choice for this CPU)."""
-        try:
-            import openvino as ov
-        except ImportError as e:
-            raise ImportError("the openvino backend needs the openvino package: pip install 'jupyter-tt[serve]'") from e
+        check_available()
+        import openvino as ov
+
         if weights not in WEIGHT_FORMATS:
             raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, not {weights!r}")
         self.args: ModelArgs = checkpoint.args
@@ -171,8 +171,8 @@ class OpenVINOModelRunner(ModelRunner):
         if self.precision not in ("bf16", "f32"):
             raise ValueError(f"precision must be bf16 or f32, not {self.precision!r}")
         cache_type = ov.Type.bf16 if self.precision == "bf16" else ov.Type.f32
-        self.num_blocks = kv_cache_blocks(
-            self.args, BLOCK_SIZE, kv_cache_bytes, torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self.num_blocks = self.args.kv_cache_blocks(
+            BLOCK_SIZE, kv_cache_bytes, torch.bfloat16 if self.precision == "bf16" else torch.float32
         )
         model = Transformer.from_weights(self.args, checkpoint.weights, torch.float32)
         if weights == "int8":

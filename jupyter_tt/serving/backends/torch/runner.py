@@ -1,77 +1,21 @@
-"""The model-runner interface the engine drives, and its torch implementation.
+"""The torch reference runner: the model of ``model.py`` on the CPU (or CUDA where present).
 
-A step hands the runner, for each sequence in the running batch, the new tokens (a prefill chunk or
-one decode token), where they start, and the sequence's block table; the runner returns the
-next-token logits of the sequences that asked for them. The engine owns the block allocator; the
-runner owns the cache memory. The ttnn backend implements the same ``ModelRunner``.
+It is the reference every other backend is checked against, and the fallback wherever OpenVINO
+or a card is missing. Weights are float32, bfloat16 or int8 (weight-only, ``quantize_int8``).
 """
 
 from __future__ import annotations
 
-import abc
-from dataclasses import dataclass
-
 import torch
 
-from .checkpoint import Checkpoint, ModelArgs
+from ...engine.runner import ModelRunner, SequenceStep
+from ...checkpoint import Checkpoint
 from .model import Batch, Transformer, quantize_int8
 
 #: Weight formats of the torch backend: name -> dtype of the KV cache on CUDA. On a CPU the cache
 #: is float32 in every format: attention runs in float32 there (no bf16 matmul units), and a
 #: bfloat16 cache would cost a conversion of the whole context in every layer of every step.
 WEIGHT_FORMATS = {"int8": torch.bfloat16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-@dataclass
-class SequenceStep:
-    tokens: list[int]
-    start_pos: int
-    block_table: list[int]
-    want_logits: bool = True
-
-
-class ModelRunner(abc.ABC):
-    """Runs the model over one step of a continuous batch on a paged KV cache."""
-
-    args: ModelArgs
-    block_size: int
-    num_blocks: int
-    #: prompt chunks other than the last are a multiple of this many tokens (ttnn fills whole blocks)
-    prefill_chunk_multiple: int = 1
-
-    @abc.abstractmethod
-    def step(self, sequences: list[SequenceStep]) -> torch.Tensor:
-        """Float logits ``[S, vocab]`` for the sequences with ``want_logits``, in their order."""
-
-    @property
-    def max_tokens_in_cache(self) -> int:
-        return self.block_size * self.num_blocks
-
-
-# Helpers for runners that prefill one sequence at a time and decode a padded batch (ttnn, tt_transformers).
-
-
-def decode_indices(sequences: list[SequenceStep]) -> list[int]:
-    """The sequences that decode: one token after a cached context (a whole prompt of one token prefills)."""
-    return [i for i, s in enumerate(sequences) if len(s.tokens) == 1 and s.start_pos > 0]
-
-
-def page_table(block_tables: list[list[int]], rows: int, width: int, scratch: int) -> torch.Tensor:
-    """Block tables as an int32 ``[rows, width]`` tensor, padded (and padding rows filled) with ``scratch``."""
-    out = torch.full((rows, width), scratch, dtype=torch.int32)
-    for i, table in enumerate(block_tables):
-        out[i, : min(len(table), width)] = torch.tensor(table[:width], dtype=torch.int32)
-    return out
-
-
-def wanted_logits(logits: dict[int, torch.Tensor], sequences: list[SequenceStep], vocab_size: int) -> torch.Tensor:
-    """``ModelRunner.step``'s result from per-sequence logits: the wanted ones, in order."""
-    wanted = [logits[i] for i, s in enumerate(sequences) if s.want_logits]
-    return torch.stack(wanted) if wanted else torch.empty(0, vocab_size)
-
-def kv_cache_blocks(args: ModelArgs, block_size: int, budget_bytes: int, dtype: torch.dtype) -> int:
-    per_block = args.n_layers * 2 * block_size * args.n_kv_heads * args.head_dim * torch.finfo(dtype).bits // 8
-    return max(budget_bytes // per_block, 1)
 
 
 class TorchModelRunner(ModelRunner):
@@ -94,7 +38,7 @@ class TorchModelRunner(ModelRunner):
         self.args = checkpoint.args
         self.weights = weights
         self.block_size = block_size
-        self.num_blocks = kv_cache_blocks(self.args, block_size, kv_cache_bytes, dtype)
+        self.num_blocks = self.args.kv_cache_blocks(block_size, kv_cache_bytes, dtype)
         model = Transformer.from_weights(self.args, checkpoint.weights, torch.bfloat16 if weights == "bfloat16" else torch.float32)
         self.model = (quantize_int8(model) if weights == "int8" else model).to(self.device)
         a = self.args

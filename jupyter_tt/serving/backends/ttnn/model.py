@@ -17,7 +17,7 @@ Shaped after tt-metal's ``models/tt_transformers``:
   (the embedded model's 3 KV heads on an n300), every chip holds the whole model.
 
 The code runs against the ``ttnn`` module it is given: the real one on a card, or
-``ttnn_golden.GoldenTTNN``, which runs every op through ttnn's golden function on the CPU.
+``golden.GoldenTTNN``, which runs every op through ttnn's golden function on the CPU.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import TTError
-from .checkpoint import Checkpoint, ModelArgs
-from .model import precompute_rope
-from .runner import ModelRunner, SequenceStep, decode_indices, page_table, wanted_logits
+from ...checkpoint import Checkpoint
+from ...engine.runner import ModelRunner, SequenceStep
+from ....errors import TTError
+from ..torch.model import ModelArgs, precompute_rope
+from .paging import decode_indices, page_table, wanted_logits
 
 TILE = 32
 #: ``ttnn.open_mesh_device`` options the backend needs: room for the decode trace
@@ -251,7 +252,7 @@ class TtnnModelRunner(ModelRunner):
             import ttnn
         if weights not in WEIGHT_FORMATS:
             raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, not {weights!r}")
-        from .ttnn_golden import GoldenTTNN
+        from .golden import GoldenTTNN
 
         self.golden = isinstance(ttnn, GoldenTTNN)
         self.trace = (not self.golden) if trace is None else trace

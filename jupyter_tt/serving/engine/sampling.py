@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import TTError
+from ...errors import TTError
 
 
 class SamplingError(TTError):

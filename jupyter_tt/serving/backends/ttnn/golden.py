@@ -1,6 +1,6 @@
 """ttnn on the CPU through ttnn's own golden functions: the stand-in for a Wormhole card.
 
-``GoldenTTNN`` looks like the ``ttnn`` module to the ttnn backend (``ttnn_model``), but every op
+``GoldenTTNN`` looks like the ``ttnn`` module to the ttnn backend (``backends/ttnn/model.py``), but every op
 call runs ``ttnn.get_golden_function(op)`` (ttnn's torch reference for that op) instead of a device
 kernel, on one torch tensor per device of a ``GoldenMesh``. Everything that is not an op (dtypes,
 layouts, memory configs) is the real ttnn's. Tensors are created by ttnn's golden ``from_torch``,
@@ -112,7 +112,7 @@ class GoldenTTNN:
             return real  # dtypes, layouts, memory configs, program configs...
         if real.golden_function is None:
             raise NotImplementedError(
-                f"ttnn.{qualified} has no golden function and no torch equivalent in jupyter_tt.serving.ttnn_golden"
+                f"ttnn.{qualified} has no golden function and no torch equivalent in jupyter_tt.serving.backends.ttnn.golden"
             )
         if name in COLLECTIVES:
             return self._collective(qualified, real.golden_function)

@@ -16,7 +16,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import ModelArgs
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """The sizes of a Llama-family model, read from its checkpoint; every backend builds from these."""
+
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    intermediate_size: int
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    max_seq_len: int = 4096
+    tie_embeddings: bool = False
+    rope_scaling: dict | None = None  # Llama 3.1 style: factor, low/high_freq_factor, original_max_position_embeddings
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def kv_cache_blocks(self, block_size: int, budget_bytes: int, dtype: torch.dtype) -> int:
+        """How many blocks of ``block_size`` tokens' keys and values in ``dtype`` fit ``budget_bytes`` (at least one)."""
+        per_block = self.n_layers * 2 * block_size * self.n_kv_heads * self.head_dim * torch.finfo(dtype).bits // 8
+        return max(budget_bytes // per_block, 1)
 
 
 @dataclass

@@ -1,0 +1,219 @@
+"""The engine loop: continuous batching over a paged KV cache, with chunked prefill.
+
+Each step: take in new requests and cancellations, let the ``Scheduler`` build the batch, run it
+on the ``ModelRunner``, sample the sequences that want a token, and pass each token through the
+``OutputStage`` to its request's callback. Requests join at any step and leave as soon as they
+finish; their cache blocks go back to the free list at once.
+
+The engine runs in one background thread; ``add_request`` and ``cancel`` may be called from any
+thread, and outputs are delivered through each request's callback from the engine thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+from typing import Callable
+
+import torch
+
+from ...errors import TTError
+from .output import FinishReason, Output, OutputStage
+from .runner import ModelRunner
+from .sampling import SamplingError, SamplingParams, sample
+from .scheduler import Scheduler, Sequence
+
+log = logging.getLogger("jupyter_tt.engine")
+
+
+class EngineBusy(TTError):
+    """Too many requests are waiting; the client should retry later."""
+
+    status = 503
+
+
+class PromptTooLong(TTError):
+    """The prompt and the requested output do not fit the model's context."""
+
+
+class Engine:
+    """Owns the running batch. ``max_num_seqs`` bounds the batch, ``max_step_tokens`` a step's tokens
+    while sequences are decoding, ``max_prefill_tokens`` those of a step that has only prompts to read."""
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        tokenizer,
+        *,
+        max_num_seqs: int = 16,
+        max_step_tokens: int = 256,
+        max_prefill_tokens: int = 2048,
+        max_waiting: int = 256,
+        max_model_len: int | None = None,
+    ):
+        if max_step_tokens < max_num_seqs + runner.prefill_chunk_multiple:
+            raise ValueError(
+                f"max_step_tokens ({max_step_tokens}) must leave room for a decode token of each of max_num_seqs "
+                f"({max_num_seqs}) and one prompt chunk of {runner.prefill_chunk_multiple}: raise it or lower max_num_seqs"
+            )
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.max_waiting = max_waiting
+        self.max_model_len = min(max_model_len or runner.args.max_seq_len, runner.args.max_seq_len, runner.max_tokens_in_cache)
+        self.scheduler = Scheduler(
+            num_blocks=runner.num_blocks, block_size=runner.block_size, max_num_seqs=max_num_seqs,
+            max_step_tokens=max_step_tokens, max_prefill_tokens=max_prefill_tokens,
+            chunk_multiple=runner.prefill_chunk_multiple,
+        )
+        self.output = OutputStage(tokenizer, self.max_model_len)
+        self._incoming: collections.deque[Sequence] = collections.deque()
+        self._cancelled: set[str] = set()
+        self._wake = threading.Condition()
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.stats = {"steps": 0, "prefill_tokens": 0, "decode_tokens": 0, "failed_steps": 0}
+
+    # ------------------------------------------------------------------ API (any thread)
+
+    def add_request(
+        self, prompt_ids: list[int], params: SamplingParams, on_output: Callable[[Output], None], request_id: str | None = None
+    ) -> str:
+        params.check()
+        if not prompt_ids:
+            raise PromptTooLong("the prompt is empty: send at least one token")
+        vocab = self.runner.args.vocab_size
+        for param, ids in (("prompt", prompt_ids), ("stop_token_ids", params.stop_token_ids)):
+            bad = next((t for t in ids if type(t) is not int or not 0 <= t < vocab), None)
+            if bad is not None:
+                raise SamplingError(f"{param} holds {bad!r}, which is not a token id of this model (0 to {vocab - 1})", param)
+        if len(prompt_ids) + params.max_tokens > self.max_model_len:
+            raise PromptTooLong(
+                f"the prompt has {len(prompt_ids)} tokens and max_tokens is {params.max_tokens}: together more than "
+                f"this model's context of {self.max_model_len} tokens. Shorten the prompt or lower max_tokens"
+            )
+        if self.num_waiting >= self.max_waiting:
+            raise EngineBusy(f"{self.max_waiting} requests are already waiting: retry later")
+        seq = Sequence(request_id=request_id or f"req-{next(self._ids)}", prompt_ids=list(prompt_ids), params=params,
+                       on_output=on_output)
+        if params.seed is not None:
+            seq.generator = torch.Generator().manual_seed(params.seed)
+        with self._wake:
+            self._incoming.append(seq)
+            self._wake.notify()
+        return seq.request_id
+
+    def cancel(self, request_id: str) -> None:
+        """Stop a request (e.g. its client went away); its blocks are freed at the next step."""
+        with self._wake:
+            self._cancelled.add(request_id)
+            self._wake.notify()
+
+    def start(self) -> "Engine":
+        """Run the loop in a background thread (tests, embedding). A server should prefer ``run()``
+        on its main thread: on CPUs, torch's OpenMP teams run ~2x slower from other threads."""
+        self._thread = threading.Thread(target=self._loop, name="jupyter-tt-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def run(self) -> None:
+        """Run the loop in this thread until ``stop()``."""
+        self._loop()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread:
+            self._thread.join(10)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting) + len(self._incoming)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.scheduler.running or self.scheduler.waiting or self._incoming or self._cancelled)
+
+    @property
+    def free_blocks(self) -> int:
+        return len(self.scheduler.blocks.free)
+
+    @property
+    def cache_usage(self) -> float:
+        return 1.0 - self.free_blocks / self.runner.num_blocks
+
+    # ------------------------------------------------------------------ the loop (engine thread)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._stopping or self.has_work):
+                    self._wake.wait()
+                if self._stopping:
+                    break
+            self.step()
+        with self._wake:
+            self.scheduler.waiting.extend(self._incoming)
+            self._incoming.clear()
+        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+            self._finish(seq, FinishReason.ABORT)
+
+    def step(self) -> None:
+        """One iteration: admit, cancel, schedule, run the model, sample, deliver."""
+        scheduler = self.scheduler
+        with self._wake:
+            scheduler.waiting.extend(self._incoming)
+            self._incoming.clear()
+            cancelled, self._cancelled = self._cancelled, set()
+        for seq in [s for s in [*scheduler.running, *scheduler.waiting] if s.request_id in cancelled]:
+            self._finish(seq, FinishReason.ABORT)
+
+        batch = scheduler.schedule()
+        if not batch:
+            return
+        self.stats["decode_tokens"] += batch.decode_tokens
+        self.stats["prefill_tokens"] += batch.prefill_tokens
+        done: set[int] = set()
+        try:
+            with torch.inference_mode():  # the logits are inference tensors: sample them in the same mode
+                logits = self.runner.step(batch.steps())
+                self.stats["steps"] += 1
+                row = 0
+                for item in batch.items:
+                    item.seq.computed += item.tokens
+                    if item.want_logits:
+                        self._sample(item.seq, logits[row])
+                        row += 1
+                    done.add(id(item.seq))
+        except Exception as e:  # one bad step fails its own requests; the engine serves everyone else
+            log.exception("jupyter-tt engine: a step of %d request(s) failed", len(batch.items))
+            self.stats["failed_steps"] += 1
+            for seq in batch.sequences:
+                if id(seq) not in done and any(seq is s for s in [*scheduler.running, *scheduler.waiting]):
+                    self._finish(seq, FinishReason.ERROR, error=f"{type(e).__name__}: {e}")
+
+    @property
+    def preemptions(self) -> int:
+        return self.scheduler.preemptions
+
+    def _sample(self, seq: Sequence, logits: torch.Tensor) -> None:
+        params = seq.params
+        stops = self.output.stop_ids(params)
+        if len(seq.output_ids) < params.min_tokens and stops:
+            logits = logits.clone()
+            logits[list(stops)] = float("-inf")
+        out = self.output.append(seq, sample(logits, params, seq.generator))
+        if out.finished:
+            self.scheduler.remove(seq)
+        seq.on_output(out)
+
+    def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
+        self.scheduler.remove(seq)
+        seq.on_output(self.output.finish(seq, reason, error=error))
