@@ -202,13 +202,15 @@ class OpenVINOModelRunner(ModelRunner):
         self.request = self.compiled.create_infer_request()
         a = self.args
         shape = ov.Shape([self.num_blocks, a.n_kv_heads, BLOCK_SIZE, a.head_dim])
-        self.kv_cache = []  # key and value of each layer, written in place by PagedAttention
+        # Key and value of each layer, written in place by PagedAttention. The memory is numpy's zeros
+        # (calloc): the OS maps it as it is first written, so an idle server holds none of the cache.
+        self.kv_cache = []
         for port in self.compiled.inputs:
             if port.get_any_name().startswith(("key_cache.", "value_cache.")):
-                tensor = ov.Tensor(port.get_element_type(), shape)
-                tensor.data[:] = 0
+                memory = np.zeros(tuple(shape), dtype=np.uint16 if cache_type == ov.Type.bf16 else np.float32)
+                tensor = ov.Tensor(memory, shape, cache_type)  # shares ``memory``, which it keeps alive
                 self.request.set_tensor(port, tensor)
-                self.kv_cache.append(tensor)
+                self.kv_cache.append((tensor, memory))
 
     def step(self, sequences: list[SequenceStep]) -> torch.Tensor:
         lengths = np.array([len(s.tokens) for s in sequences], dtype=np.int32)

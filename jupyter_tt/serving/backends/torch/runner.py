@@ -6,6 +6,7 @@ or a card is missing. Weights are float32, bfloat16 or int8 (weight-only, ``quan
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ...engine.runner import ModelRunner, SequenceStep
@@ -43,9 +44,11 @@ class TorchModelRunner(ModelRunner):
         self.model = (quantize_int8(model) if weights == "int8" else model).to(self.device)
         a = self.args
         # Heads before blocks: a gathered context is [kv_heads, B, C, d], ready for batched matmuls.
-        self.kv_cache = torch.zeros(
-            a.n_layers, 2, a.n_kv_heads, self.num_blocks, block_size, a.head_dim, dtype=dtype, device=self.device
-        )
+        shape = (a.n_layers, 2, a.n_kv_heads, self.num_blocks, block_size, a.head_dim)
+        if self.device.type == "cpu":  # numpy's zeros (calloc): the OS maps the pages as they are first written
+            self.kv_cache = torch.from_numpy(np.zeros(shape, dtype=np.float32))
+        else:
+            self.kv_cache = torch.zeros(shape, dtype=dtype, device=self.device)
 
     def step(self, sequences: list[SequenceStep]) -> torch.Tensor:
         tokens, batch = self.build_batch(sequences)
