@@ -109,9 +109,14 @@ class _GraphBuilder:
         max_context_len = self.parameter([], i32, "max_context_len")
         logits_index = self.parameter([-1], i64, "logits_index")
         table = m.tok_embeddings.weight.detach().float().numpy()
-        if hasattr(m.output, "scales"):  # int8: the table (only indexed) in float16, half the bytes
-            table = table.astype(np.float16)
-        x = op.convert(op.gather(_const(table), tokens, _const(np.int64(0))), ov.Type.f32)
+        if hasattr(m.output, "scales"):
+            # int8: the table (only indexed) in float16, half the bytes. Marked as a decompression, the
+            # Convert stays in the graph; otherwise the CPU plugin folds the table into a float32 copy.
+            table = op.convert(_const(table.astype(np.float16)), ov.Type.f32)
+            table.get_rt_info()["decompression"] = ""
+        else:
+            table = _const(table)
+        x = op.gather(table, tokens, _const(np.int64(0)))
         at = _const(np.int64(1))
         cos = op.unsqueeze(op.gather(_const(m.rope_cos.numpy()), positions, _const(np.int64(0))), at)
         sin = op.unsqueeze(op.gather(_const(m.rope_sin.numpy()), positions, _const(np.int64(0))), at)
