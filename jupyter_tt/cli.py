@@ -41,7 +41,9 @@ def cmd_devices(args) -> int:
     if inv["simulated"]:
         print(f"Inventory: {inv['label']}")
     else:
-        print(f"Inventory: sysfs under {inv['root']}")
+        where = [f"limited to {', '.join(inv['visible'])} (TTSettings.visible_devices)"] if inv.get("visible") else []
+        where += ["in a container: the cards whose nodes it was given"] if inv.get("container") else []
+        print(f"Inventory: sysfs under {inv['root']}" + "".join(f"; {w}" for w in where))
     if scheduler.mode == "service":
         print(f"Scheduler: the host's service at {scheduler.state_dir}")
     else:

@@ -56,6 +56,13 @@ class TTSettings(Configurable):
         "proc/driver/tenstorrent are read. Env: JUPYTER_TT_SYSFS_ROOT.",
     ).tag(config=True)
 
+    visible_devices = Unicode(
+        help="The devices this server may divide between its kernels, as a Kubernetes device plugin or a "
+        "container runtime hands them over: device numbers (N of /dev/tenstorrent/N) or PCI BDFs, comma-"
+        "separated; empty: every device the host shows. Env: JUPYTER_TT_VISIBLE_DEVICES, else an inherited "
+        "TT_VISIBLE_DEVICES (one that no jupyter-tt lease set).",
+    ).tag(config=True)
+
     scheduler = Unicode(
         help=f"Which scheduler leases devices: 'auto' (the host's scheduler service if its socket "
         f"{SERVICE_SOCKET} exists, else personal), 'unix:<socket path>' (a scheduler service), or 'personal' "
@@ -105,6 +112,13 @@ class TTSettings(Configurable):
     def _default_sysfs_root(self):
         return os.environ.get("JUPYTER_TT_SYSFS_ROOT", "/")
 
+    @default("visible_devices")
+    def _default_visible_devices(self):
+        if "JUPYTER_TT_VISIBLE_DEVICES" in os.environ:
+            return os.environ["JUPYTER_TT_VISIBLE_DEVICES"]
+        # A lease's own TT_VISIBLE_DEVICES (a kernel's, or `jupyter tt run`'s) is not a limit of the host.
+        return "" if os.environ.get("JUPYTER_TT_LEASE") else os.environ.get("TT_VISIBLE_DEVICES", "")
+
     @default("scheduler")
     def _default_scheduler(self):
         return os.environ.get("JUPYTER_TT_SCHEDULER", "auto")
@@ -139,5 +153,6 @@ class TTSettings(Configurable):
             "JUPYTER_TT_SCHEDULER": f"unix:{socket_path}" if socket_path else "personal",
             "JUPYTER_TT_INVENTORY": self.inventory,
             "JUPYTER_TT_SYSFS_ROOT": self.sysfs_root,
+            "JUPYTER_TT_VISIBLE_DEVICES": self.visible_devices,
             "JUPYTER_TT_STATE_DIR": self.state_dir,
         }

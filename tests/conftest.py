@@ -17,7 +17,8 @@ def _isolated_env(tmp_path_factory, monkeypatch):
         monkeypatch.setenv(var, str(home / sub))
     monkeypatch.setenv("JUPYTER_TT_STATE_DIR", str(home / "tt-state"))
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
-    for var in ("JUPYTER_TT_INVENTORY", "JUPYTER_TT_SYSFS_ROOT", "JUPYTER_TT_LEASE", "TT_VISIBLE_DEVICES", "JUPYTERHUB_USER"):
+    for var in ("JUPYTER_TT_INVENTORY", "JUPYTER_TT_SYSFS_ROOT", "JUPYTER_TT_LEASE", "TT_VISIBLE_DEVICES", "JUPYTER_TT_VISIBLE_DEVICES",
+                "JUPYTERHUB_USER"):
         monkeypatch.delenv(var, raising=False)
 
 

@@ -176,3 +176,19 @@ def test_run_keeps_the_lease_while_the_command_lives_even_when_run_itself_is_kil
 def test_run_without_a_command_says_how_to_give_one():
     done = jupyter_tt("run", "--devices", "1")
     assert done.returncode == 2 and "give the command after --" in done.stderr
+
+
+def test_a_device_plugins_tt_visible_devices_is_the_set_the_cli_shows_and_leases_from(tmp_path):
+    """A pod given cards 1 and 3 of a LoudBox (TT_VISIBLE_DEVICES from the device plugin): the others are not its."""
+    host = make_host(tmp_path / "host", "loudbox")
+    env = {"JUPYTER_TT_INVENTORY": "sysfs", "JUPYTER_TT_SYSFS_ROOT": str(host.root), "TT_VISIBLE_DEVICES": "1,3",
+           "JUPYTER_TT_STATE_DIR": str(tmp_path / "state")}
+    listed = jupyter_tt("devices", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert [d["id"] for d in json.loads(listed.stdout)["devices"]] == [1, 3]
+    assert "limited to 1, 3" in jupyter_tt("devices", env=env).stdout
+    too_many = jupyter_tt("run", "--devices", "3", "--", "true", env=env)
+    assert too_many.returncode == 2 and "Traceback" not in too_many.stderr, too_many.stderr
+    both = jupyter_tt("run", "--devices", "2", "--", "sh", "-c", "echo $TT_VISIBLE_DEVICES", env=env)
+    assert both.returncode == 0, both.stderr
+    assert both.stdout.split() == [f"{host.bdf(1)},{host.bdf(3)}"]

@@ -137,3 +137,55 @@ def test_sysfs_inventory_without_devices_is_a_clear_error(tmp_path):
 def test_unknown_inventory_name_is_a_clear_error():
     with pytest.raises(ConfigError, match="use 'auto', 'sysfs' or 'simulated:<spec>'"):
         open_inventory("cloud")
+
+
+def pod_of_a_loudbox(tmp_path, given=(1, 3), marker=".dockerenv"):
+    """A LoudBox's sysfs (all four cards, as sysfs is not namespaced) seen from a container that was given ``given``."""
+    tree = make_host(tmp_path, [Card(card_type="n300", device_node=i in given) for i in range(4)])
+    if marker:
+        (tree.root / marker).parent.mkdir(parents=True, exist_ok=True)
+        (tree.root / marker).write_text("")
+    return tree
+
+
+@pytest.mark.parametrize("marker", [".dockerenv", "run/.containerenv"])
+def test_in_a_container_only_the_cards_whose_nodes_it_was_given_are_listed_and_all_are_healthy(tmp_path, marker):
+    inventory = SysfsInventory(str(pod_of_a_loudbox(tmp_path, marker=marker).root))
+    assert inventory.container and inventory.describe()["container"] is True
+    assert [(d.id, d.healthy) for d in inventory.devices()] == [(1, True), (3, True)]
+
+
+def test_outside_a_container_a_card_without_its_node_is_still_reported_unhealthy(tmp_path):
+    devices = SysfsInventory(str(pod_of_a_loudbox(tmp_path, marker=None).root)).devices()
+    assert [(d.id, d.healthy) for d in devices] == [(0, False), (1, True), (2, False), (3, True)]
+
+
+def test_in_a_container_a_card_given_and_then_lost_is_reported_not_dropped(tmp_path):
+    tree = pod_of_a_loudbox(tmp_path)
+    inventory = SysfsInventory(str(tree.root))
+    inventory.devices()
+    (tree.root / "dev/tenstorrent/3").unlink()
+    assert [(d.id, d.healthy) for d in inventory.devices()] == [(1, True), (3, False)]
+
+
+@pytest.mark.parametrize("visible", ["0,2", "0000:04:00.0, 0000:06:00.0", "0,0000:06:00.0"])
+def test_visible_devices_by_number_or_bdf_narrow_the_inventory_and_its_state(host, visible):
+    root = str(host("loudbox").root)
+    inventory = SysfsInventory(root, visible=visible)
+    assert [d.id for d in inventory.devices()] == [0, 2]
+    assert inventory.key != SysfsInventory(root).key  # another device set: another scheduler state
+    assert open_inventory("sysfs", root, visible).key == inventory.key
+
+
+def test_an_inherited_tt_visible_devices_limits_the_server_but_a_leases_own_does_not(monkeypatch):
+    from jupyter_tt.config import TTSettings
+
+    monkeypatch.delenv("JUPYTER_TT_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("JUPYTER_TT_LEASE", raising=False)
+    monkeypatch.setenv("TT_VISIBLE_DEVICES", "2,3")  # from a device plugin
+    settings = TTSettings()
+    assert settings.visible_devices == "2,3" and settings.environment()["JUPYTER_TT_VISIBLE_DEVICES"] == "2,3"
+    monkeypatch.setenv("JUPYTER_TT_LEASE", "lease-1")  # a kernel's: TT_VISIBLE_DEVICES is its lease's
+    assert TTSettings().visible_devices == ""
+    monkeypatch.setenv("JUPYTER_TT_VISIBLE_DEVICES", "2,3")  # what its server passed on
+    assert TTSettings().visible_devices == "2,3"

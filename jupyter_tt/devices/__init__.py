@@ -24,14 +24,15 @@ __all__ = [
 ]
 
 
-def open_inventory(spec: str = "auto", sysfs_root: str = "/") -> InventoryBackend:
-    """The inventory named by ``spec`` (``JUPYTER_TT_INVENTORY``'s syntax)."""
+def open_inventory(spec: str = "auto", sysfs_root: str = "/", visible: str = "") -> InventoryBackend:
+    """The inventory named by ``spec`` (``JUPYTER_TT_INVENTORY``'s syntax); real devices limited to
+    ``visible`` (``TTSettings.visible_devices``), if set."""
     spec = (spec or "auto").strip()
     if spec == "auto":
-        sysfs = SysfsInventory(sysfs_root)
+        sysfs = SysfsInventory(sysfs_root, visible=visible)
         return sysfs if sysfs.present() else SimulatedInventory(DEFAULT_SPEC)
     if spec == "sysfs":
-        sysfs = SysfsInventory(sysfs_root)
+        sysfs = SysfsInventory(sysfs_root, visible=visible)
         if not sysfs.present():
             raise ConfigError(
                 f"inventory 'sysfs' asked for, but no Tenstorrent device is listed under "

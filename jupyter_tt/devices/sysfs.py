@@ -9,11 +9,17 @@ Layout (all under ``root``, ``/`` on a real host; tests point it at a generated 
     proc/driver/tenstorrent/N/pids         processes holding the node open (driver >= 2.5)
 
 Any attribute may be missing (older driver or firmware); it is then reported as unknown.
+
+Inside a container (a Kubernetes pod), sysfs still lists every card of the host, but only the nodes
+the pod was given exist in its ``/dev/tenstorrent``: there a card without a node is not this
+server's, and is left out rather than reported unhealthy. ``visible`` (a device plugin's
+``TT_VISIBLE_DEVICES``: device numbers or BDFs) narrows the devices further, anywhere.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from dataclasses import replace
@@ -47,6 +53,19 @@ def _number(path: Path, scale: float = 1.0) -> float | None:
         return None
 
 
+def _bdf(entry: Path) -> str:
+    pci = entry / "device"
+    return pci.resolve().name if pci.exists() else "unknown"
+
+
+def in_container(root: Path) -> bool:
+    """Whether ``root`` is a container's view: Docker's or Podman's marker file, or (on ``/``) a
+    Kubernetes pod's service variable."""
+    if (root / ".dockerenv").exists() or (root / "run/.containerenv").exists():
+        return True
+    return str(root.resolve()) == "/" and "KUBERNETES_SERVICE_HOST" in os.environ
+
+
 class SysfsInventory(InventoryBackend):
     """Devices of this host as the driver exposes them.
 
@@ -57,8 +76,11 @@ class SysfsInventory(InventoryBackend):
 
     kind = "sysfs"
 
-    def __init__(self, root: str = "/", heartbeat_timeout: float = 10.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, root: str = "/", heartbeat_timeout: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 *, visible: str = "", container: bool | None = None):
         self.root = Path(root)
+        self.visible = frozenset(v.strip() for v in visible.split(",") if v.strip())
+        self.container = in_container(self.root) if container is None else container
         self.heartbeat_timeout = heartbeat_timeout
         self._clock = clock
         self._heartbeats: dict[int, tuple[int, float]] = {}  # id -> (value, when it last changed)
@@ -71,10 +93,14 @@ class SysfsInventory(InventoryBackend):
     @property
     def key(self) -> str:
         root = str(self.root.resolve())
-        return "sysfs" if root == "/" else "sysfs-" + hashlib.sha1(root.encode()).hexdigest()[:10]
+        key = "sysfs" if root == "/" else "sysfs-" + hashlib.sha1(root.encode()).hexdigest()[:10]
+        if self.visible:  # another set of devices: another scheduler state
+            key += "-visible-" + hashlib.sha1(",".join(sorted(self.visible)).encode()).hexdigest()[:10]
+        return key
 
     def describe(self) -> dict:
-        return {**super().describe(), "root": str(self.root)}
+        return {**super().describe(), "root": str(self.root), "visible": sorted(self.visible) or None,
+                "container": self.container}
 
     def node(self, i: int) -> Path:
         """Device ``i``'s node under ``root`` (what the scheduler service fences)."""
@@ -94,7 +120,7 @@ class SysfsInventory(InventoryBackend):
         found = {}
         for entry in self._entries():
             match = _CLASS_ENTRY.match(entry.name)
-            if match:
+            if match and self._ours(int(match[1]), entry):
                 device = self._read_device(int(match[1]), entry)
                 found[device.id] = device
         for i, last in self._seen.items():
@@ -103,9 +129,16 @@ class SysfsInventory(InventoryBackend):
         self._seen.update({i: d for i, d in found.items() if d.problem is None or i not in self._seen})
         return [found[i] for i in sorted(found)]
 
+    def _ours(self, i: int, entry: Path) -> bool:
+        """Whether device ``i`` is this server's to lease: in ``visible`` (if set), and, in a container,
+        one whose node the container was given (or one seen before, whose loss is then reported)."""
+        if self.visible and str(i) not in self.visible and _bdf(entry) not in self.visible:
+            return False
+        return not self.container or i in self._seen or self.node(i).exists()
+
     def _read_device(self, i: int, entry: Path) -> Device:
         pci = entry / "device"
-        bdf = pci.resolve().name if pci.exists() else "unknown"
+        bdf = _bdf(entry)
         raw_type = (_read(entry / "tt_card_type") or "unknown").lower()
         card_type = raw_type if raw_type in CHIPS_PER_CARD else "unknown"
         numa = _number(pci / "numa_node")

@@ -29,7 +29,8 @@ def open_scheduler(settings: TTSettings | None = None, *, server: str | None = N
         key: tuple = ("service", socket_path)
     else:
         user = settings.user
-        key = (settings.inventory, settings.sysfs_root, settings.state_dir, user, settings.quota_for(user))
+        key = (settings.inventory, settings.sysfs_root, settings.visible_devices, settings.state_dir, user,
+               settings.quota_for(user))
     with _lock:
         scheduler = _shared.get(key)
         if scheduler is None:
@@ -39,7 +40,7 @@ def open_scheduler(settings: TTSettings | None = None, *, server: str | None = N
                 scheduler = ServiceClient(socket_path)
             else:
                 scheduler = Scheduler(
-                    open_inventory(settings.inventory, settings.sysfs_root),
+                    open_inventory(settings.inventory, settings.sysfs_root, settings.visible_devices),
                     settings.state_dir,
                     user=settings.user,
                     quota=settings.quota_for(settings.user),

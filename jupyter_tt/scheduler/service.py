@@ -66,7 +66,7 @@ class SchedulerService:
     def __init__(self, settings: TTSettings, socket_path: str, state_dir: str):
         self.settings = settings
         self.socket_path = Path(socket_path)
-        inventory = open_inventory(settings.inventory, settings.sysfs_root)
+        inventory = open_inventory(settings.inventory, settings.sysfs_root, settings.visible_devices)
         self.scheduler = Scheduler(inventory, state_dir, user=user_name(os.getuid()), restart_grace=settings.restart_grace,
                                    server=f"{socket.gethostname()}:service", mode="service", max_waiting=MAX_WAITING_PER_USER)
         self.guard = NodeGuard(state_dir, reason_not=(

@@ -34,6 +34,8 @@ class JupyterTTApp(ExtensionApp):
         # Kernels without a lease must see no device: tt-provisioner sets the variable for kernels
         # that hold one, every other kernel inherits this empty value from the server.
         os.environ["TT_VISIBLE_DEVICES"] = ""
+        # What the server may divide stays known to its terminals and CLI calls (the same state).
+        os.environ["JUPYTER_TT_VISIBLE_DEVICES"] = self.tt_settings.visible_devices
         inventory = self.scheduler.inventory.describe()
         self.log.info(
             "jupyter-tt %s: %s inventory%s, %s scheduler (%s), user %s",
