@@ -97,8 +97,26 @@ def cmd_kernelspec_install(args) -> int:
     return 0
 
 
+#: The columns of ``jupyter tt usage --csv``: one row per lease, times in UTC (ISO 8601).
+USAGE_CSV_COLUMNS = ["lease_id", "user", "card_type", "devices", "chips", "granted_at", "ended_at", "end_reason",
+                     "device_hours", "chip_hours"]
+
+
 def cmd_usage(args) -> int:
     since = time.time() - args.days * 86400 if args.days else 0.0
+    if args.csv:
+        import csv
+        from datetime import datetime, timezone
+
+        def iso(t: float | None) -> str:
+            return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds") if t is not None else ""
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(USAGE_CSV_COLUMNS)
+        for r in _scheduler().usage_records(since):
+            writer.writerow([r.lease_id, r.user, r.card_type, " ".join(map(str, r.devices)), r.chips, iso(r.granted_at),
+                             iso(r.ended_at), r.end_reason or "", f"{r.device_hours:.6f}", f"{r.chip_hours:.6f}"])
+        return 0
     usage = _scheduler().usage(since)
     if args.json:
         print(json.dumps(usage, indent=2))
@@ -288,7 +306,11 @@ def parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("usage", help="device-hours per user, from the lease history")
     u.add_argument("--days", type=float, default=0, help="only the last N days (default: all)")
-    u.add_argument("--json", action="store_true")
+    shape = u.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="the totals per user as JSON")
+    shape.add_argument("--csv", action="store_true",
+                       help="one row per lease (held ones too, with an empty ended_at), for billing or reports: "
+                            + ", ".join(USAGE_CSV_COLUMNS))
     u.set_defaults(func=cmd_usage)
 
     s = sub.add_parser("serve", help="serve a model with an OpenAI-compatible API")

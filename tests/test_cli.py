@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from jupyter_tt.devices import SimulatedInventory
 from jupyter_tt.scheduler import Scheduler
 from sysfs_tree import Card, make_host
@@ -192,3 +194,30 @@ def test_a_device_plugins_tt_visible_devices_is_the_set_the_cli_shows_and_leases
     both = jupyter_tt("run", "--devices", "2", "--", "sh", "-c", "echo $TT_VISIBLE_DEVICES", env=env)
     assert both.returncode == 0, both.stderr
     assert both.stdout.split() == [f"{host.bdf(1)},{host.bdf(3)}"]
+
+
+def test_usage_csv_has_one_row_per_lease_with_utc_times_and_hours_held_ones_included(state_dir):
+    import csv
+    import io
+    from datetime import datetime
+
+    scheduler = Scheduler(SimulatedInventory("n150x1,n300x2"), state_dir, user="alice")
+    ended = scheduler.acquire(2, "n300")
+    scheduler.db.execute("UPDATE leases SET granted_at = granted_at - 5400 WHERE id=?", (ended.id,))  # 1.5 h ago
+    scheduler.release(ended.id, reason="kernel shut down")
+    held = Scheduler(SimulatedInventory("n150x1,n300x2"), state_dir, user="bob").acquire(1, "n150")
+    done = jupyter_tt("usage", "--csv", env={"JUPYTER_TT_INVENTORY": "simulated:n150x1,n300x2"})
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert list(rows[0]) == ["lease_id", "user", "card_type", "devices", "chips", "granted_at", "ended_at",
+                             "end_reason", "device_hours", "chip_hours"]
+    first, second = rows
+    assert (first["lease_id"], first["user"], first["card_type"], first["chips"]) == (ended.id, "alice", "n300", "4")
+    assert first["end_reason"] == "kernel shut down" and len(first["devices"].split()) == 2
+    assert float(first["device_hours"]) == pytest.approx(3.0, abs=0.01) and float(first["chip_hours"]) == pytest.approx(6.0, abs=0.02)
+    start, end = datetime.fromisoformat(first["granted_at"]), datetime.fromisoformat(first["ended_at"])
+    assert start.utcoffset().total_seconds() == 0 and (end - start).total_seconds() == pytest.approx(5400, abs=5)
+    assert (second["lease_id"], second["user"], second["ended_at"], second["end_reason"]) == (held.id, "bob", "", "")
+    window = jupyter_tt("usage", "--csv", "--days", "0.01", env={"JUPYTER_TT_INVENTORY": "simulated:n150x1,n300x2"})
+    counted = {r["lease_id"]: float(r["device_hours"]) for r in csv.DictReader(io.StringIO(window.stdout))}
+    assert counted[ended.id] == pytest.approx(2 * 0.24, abs=0.01)  # only the window's 0.24 h of its 1.5 h

@@ -213,3 +213,16 @@ def test_jupyter_servers_of_two_users_lease_through_the_service_and_see_only_who
     finally:
         a.stop()
         b.stop()
+
+
+def test_usage_csv_through_the_service_lists_every_users_leases_for_reports(service, alice, bob):
+    svc = service()
+    proc, lease_id = holder(alice, svc)
+    try:
+        out = bob.tt("usage", "--csv", env=bob.env(JUPYTER_TT_SCHEDULER=svc.address))
+        assert out.returncode == 0, out.stderr
+        header, *rows = [line.split(",") for line in out.stdout.splitlines()]
+        assert header[:2] == ["lease_id", "user"]
+        assert [(r[0], r[1], r[6]) for r in rows] == [(lease_id, "tt-alice", "")]  # held: no end yet
+    finally:
+        proc.kill()

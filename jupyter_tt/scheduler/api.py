@@ -24,7 +24,7 @@ from .placement import ANY
 
 if TYPE_CHECKING:
     from ..devices import Device
-    from .scheduler import Lease, Waiting
+    from .scheduler import Lease, UsageRecord, Waiting
 
 #: Short calls (a pass, a report) from event loops; a stuck call keeps one thread, not the loop.
 _CALLS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jupyter-tt-call")
@@ -110,6 +110,9 @@ class SchedulerAPI(abc.ABC):
 
     @abc.abstractmethod
     def usage(self, since: float = 0.0) -> list[dict]: ...
+
+    @abc.abstractmethod
+    def usage_records(self, since: float = 0.0) -> list[UsageRecord]: ...
 
     @abc.abstractmethod
     def report(self) -> dict: ...

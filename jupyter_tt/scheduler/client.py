@@ -18,7 +18,7 @@ from ..errors import SchedulerUnavailable
 from . import protocol
 from .api import SchedulerAPI
 from .placement import ANY
-from .scheduler import Lease, Waiting
+from .scheduler import Lease, UsageRecord, Waiting
 
 
 class RemoteInventory:
@@ -145,6 +145,9 @@ class ServiceClient(SchedulerAPI):
 
     def usage(self, since: float = 0.0) -> list[dict]:
         return self._call("usage", since=since)
+
+    def usage_records(self, since: float = 0.0) -> list[UsageRecord]:
+        return self._call("usage_records", since=since)
 
     def report(self) -> dict:
         return self._call("report")

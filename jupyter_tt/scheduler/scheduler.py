@@ -147,6 +147,34 @@ class Waiting:
         }
 
 
+@dataclass(frozen=True, kw_only=True)
+class UsageRecord:
+    """One lease's use of devices within a period (``usage_records``): what billing and reports read."""
+
+    lease_id: str
+    user: str
+    card_type: str  # what was asked for ("any", or a card type)
+    devices: tuple[int, ...]
+    chips: int
+    granted_at: float
+    ended_at: float | None  # None: still held
+    end_reason: str | None
+    #: within the period asked for (a lease granted before it counts from its start)
+    device_hours: float
+    chip_hours: float
+
+
+def usage_totals(records: list[UsageRecord]) -> list[dict]:
+    """Per user: leases, device-hours and chip-hours of ``records``, the heaviest user first."""
+    totals: dict[str, dict] = {}
+    for r in records:
+        entry = totals.setdefault(r.user, {"user": r.user, "leases": 0, "device_hours": 0.0, "chip_hours": 0.0})
+        entry["leases"] += 1
+        entry["device_hours"] += r.device_hours
+        entry["chip_hours"] += r.chip_hours
+    return sorted(totals.values(), key=lambda e: -e["device_hours"])
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(6)}"
 
@@ -422,23 +450,34 @@ class Scheduler(SchedulerAPI):
         return entries
 
     @_serialized
-    def usage(self, since: float = 0.0) -> list[dict]:
-        """Device-hours and chip-hours per user since ``since`` (epoch seconds), active leases included."""
+    def usage_records(self, since: float = 0.0) -> list[UsageRecord]:
+        """Every lease that held devices after ``since`` (epoch seconds), held ones included, oldest first."""
         now = time.time()
-        totals: dict[str, dict] = {}
         with store.snapshot(self.db) as db:
             ended = db.execute(
-                "SELECT user, devices_json, granted_at, ended_at FROM history WHERE ended_at > ?", (since,)
+                "SELECT lease_id, user, card_type, devices_json, granted_at, ended_at, end_reason FROM history"
+                " WHERE ended_at > ?", (since,)
             ).fetchall()
-            active = db.execute("SELECT user, devices_json, granted_at, ? AS ended_at FROM leases", (now,)).fetchall()
+            active = db.execute(
+                "SELECT id AS lease_id, user, card_type, devices_json, granted_at, NULL AS ended_at,"
+                " NULL AS end_reason FROM leases"
+            ).fetchall()
+        records = []
         for row in [*ended, *active]:
             devices = json.loads(row["devices_json"])
-            hours = (row["ended_at"] - max(row["granted_at"], since)) / 3600.0
-            entry = totals.setdefault(row["user"], {"user": row["user"], "leases": 0, "device_hours": 0.0, "chip_hours": 0.0})
-            entry["leases"] += 1
-            entry["device_hours"] += len(devices) * hours
-            entry["chip_hours"] += sum(d["chips"] for d in devices) * hours
-        return sorted(totals.values(), key=lambda e: -e["device_hours"])
+            hours = ((row["ended_at"] or now) - max(row["granted_at"], since)) / 3600.0
+            chips = sum(d["chips"] for d in devices)
+            records.append(UsageRecord(
+                lease_id=row["lease_id"], user=row["user"], card_type=row["card_type"],
+                devices=tuple(d["id"] for d in devices), chips=chips, granted_at=row["granted_at"],
+                ended_at=row["ended_at"], end_reason=row["end_reason"],
+                device_hours=len(devices) * hours, chip_hours=chips * hours,
+            ))
+        return sorted(records, key=lambda r: r.granted_at)
+
+    def usage(self, since: float = 0.0) -> list[dict]:
+        """Device-hours and chip-hours per user since ``since`` (epoch seconds), active leases included."""
+        return usage_totals(self.usage_records(since))
 
     @_serialized
     def device_states(self, *, viewer: str | None = None) -> list[dict]:

@@ -309,6 +309,9 @@ class SchedulerService:
     def op_usage(self, caller, uid, since=0.0):
         return self.scheduler.usage(float(since))
 
+    def op_usage_records(self, caller, uid, since=0.0):
+        return self.scheduler.usage_records(float(since))
+
     def op_report(self, caller, uid):
         report = self.scheduler.report(viewer=self._viewer(caller, uid))
         report["scheduler"] = {"mode": "service", "state_dir": str(self.socket_path), **self.guard.describe()}
