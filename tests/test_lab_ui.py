@@ -100,6 +100,8 @@ def test_the_panel_follows_a_kernels_lease_from_queue_to_grant_to_release(server
     expect(panel.locator(".jp-tt-telemetry").first).to_contain_text("°C")
     status = page.locator(".jp-tt-status")
     expect(status).to_have_text("TT 1/1 free (simulated)")
+    usage = panel.locator(".jp-tt-usage")
+    expect(usage).to_have_text(re.compile(r"^You \(.+\): 0 device-hours today · 0 this week$"))
     shot(page, "1-panel-all-free")
 
     # A notebook whose kernel asks for the n150: the card becomes leased to it.
@@ -110,6 +112,8 @@ def test_the_panel_follows_a_kernels_lease_from_queue_to_grant_to_release(server
     # jupyter-resource-usage keeps showing memory and CPU beside ours.
     expect(page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"Mem:"))).to_be_visible()
     expect(page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"CPU:"))).to_be_visible()
+    # The lease counts in the user's device-hours at once (a few seconds: under 0.01).
+    expect(usage).to_have_text(re.compile(r"^You \(.+\): < 0\.01 device-hours today · < 0\.01 this week$"))
     shot(page, "2-leased-to-untitled")
 
     # A second notebook asks for the same card: its kernel waits, first in the queue.

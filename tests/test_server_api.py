@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -122,8 +123,11 @@ def test_a_user_can_release_their_own_lease_but_never_anothers(servers, state_di
 def test_usage_api_reports_device_hours_and_rejects_a_bad_since(servers):
     server = servers()
     server.shutdown_kernel(server.start_kernel("tt-n300"))
-    [entry] = server.json("/jupyter-tt/api/usage")["usage"]
+    answer = server.json("/jupyter-tt/api/usage")
+    [entry] = answer["usage"]
     assert entry["leases"] == 1 and entry["device_hours"] > 0
+    assert answer["user"] == entry["user"]  # whom this server accounts to: the panel shows their hours
+    assert server.json(f"/jupyter-tt/api/usage?since={time.time() + 60}")["usage"] == []
     bad = server.get("/jupyter-tt/api/usage?since=yesterday")
     assert bad.status_code == 400 and "seconds since the epoch" in bad.json()["message"]
 

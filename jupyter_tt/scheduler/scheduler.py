@@ -460,12 +460,12 @@ class Scheduler(SchedulerAPI):
             ).fetchall()
             active = db.execute(
                 "SELECT id AS lease_id, user, card_type, devices_json, granted_at, NULL AS ended_at,"
-                " NULL AS end_reason FROM leases"
+                " NULL AS end_reason FROM leases WHERE ? < ?", (since, now)
             ).fetchall()
         records = []
         for row in [*ended, *active]:
             devices = json.loads(row["devices_json"])
-            hours = ((row["ended_at"] or now) - max(row["granted_at"], since)) / 3600.0
+            hours = max((row["ended_at"] or now) - max(row["granted_at"], since), 0.0) / 3600.0
             chips = sum(d["chips"] for d in devices)
             records.append(UsageRecord(
                 lease_id=row["lease_id"], user=row["user"], card_type=row["card_type"],

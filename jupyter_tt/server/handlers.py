@@ -91,7 +91,9 @@ class UsageHandler(TTHandler):
             since = float(self.get_query_argument("since", "0"))
         except ValueError:
             raise web.HTTPError(400, "since must be a time in seconds since the epoch, e.g. ?since=1767225600") from None
-        self.finish(json.dumps({"since": since, "usage": await call(self.scheduler.usage, since)}))
+        usage = await call(self.scheduler.usage, since)
+        # ``user``: whom this server's leases are accounted to (the panel shows their share).
+        self.finish(json.dumps({"since": since, "user": self.scheduler.user, "usage": usage}))
 
 
 #: Streams the proxy may hold open to model servers at once: more than any one accepts (its batch plus

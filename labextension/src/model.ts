@@ -1,6 +1,6 @@
 /**
  * The host's Tenstorrent devices, leases and queue, as the jupyter-tt server extension reports them
- * (`/jupyter-tt/api/devices`, `/leases`, `/queue`). Kept fresh by the server's event stream, with
+ * (`/jupyter-tt/api/devices`, `/leases`, `/queue`, `/usage`). Kept fresh by the server's event stream, with
  * polling as the fallback (and for telemetry, which has no events).
  */
 import { URLExt } from '@jupyterlab/coreutils';
@@ -67,11 +67,32 @@ export interface IInventory {
   spec?: string;
 }
 
+/** Device-hours of the user this server accounts leases to, since local midnight and since Monday. */
+export interface IUsage {
+  user: string;
+  today: number;
+  week: number;
+}
+
 export interface IState {
   inventory: IInventory;
   devices: IDevice[];
   leases: ILease[];
   requests: IRequest[];
+  usage: IUsage;
+}
+
+/** Epoch seconds of this day's local midnight, and of this week's (Monday's). */
+export function periodStarts(now = new Date()): { today: number; week: number } {
+  const midnight = new Date(now.getFullYear(), now.getMonth(), now.getDate());
+  const monday = new Date(midnight);
+  monday.setDate(midnight.getDate() - ((midnight.getDay() + 6) % 7));
+  return { today: midnight.getTime() / 1000, week: monday.getTime() / 1000 };
+}
+
+interface IUsageAnswer {
+  user: string;
+  usage: { user: string; device_hours: number }[];
 }
 
 /** What the server reported, refreshed on every lease event and every `interval` ms. */
@@ -137,16 +158,21 @@ export class DeviceModel {
 
   private async _fetch(): Promise<void> {
     try {
-      const [devices, leases, queue] = await Promise.all([
+      const starts = periodStarts();
+      const [devices, leases, queue, today, week] = await Promise.all([
         this._get<{ inventory: IInventory; devices: IDevice[] }>('devices'),
         this._get<{ leases: ILease[] }>('leases'),
-        this._get<{ requests: IRequest[] }>('queue')
+        this._get<{ requests: IRequest[] }>('queue'),
+        this._get<IUsageAnswer>(`usage?since=${starts.today}`),
+        this._get<IUsageAnswer>(`usage?since=${starts.week}`)
       ]);
+      const hours = (answer: IUsageAnswer) => answer.usage.find(u => u.user === answer.user)?.device_hours ?? 0;
       this._state = {
         inventory: devices.inventory,
         devices: devices.devices,
         leases: leases.leases,
-        requests: queue.requests
+        requests: queue.requests,
+        usage: { user: today.user, today: hours(today), week: hours(week) }
       };
       this._error = null;
     } catch (reason) {

@@ -57,6 +57,11 @@ export function sparkline(values: (number | null)[], label: string, width = 64, 
   return svg;
 }
 
+/** Device-hours as the panel shows them: "0", "< 0.01", "1.25". */
+export function deviceHours(hours: number): string {
+  return hours === 0 ? '0' : hours < 0.01 ? '< 0.01' : hours.toFixed(2);
+}
+
 function plural(n: number, what: string): string {
   return `${n} ${what}${n === 1 ? '' : 's'}`;
 }
@@ -118,6 +123,12 @@ export class DevicePanel extends Widget {
           { class: 'jp-tt-summary' },
           `${free} of ${plural(state.devices.length, 'card')} free · ${plural(chips, 'chip')} · ` +
             plural(state.leases.length, 'lease')
+        ),
+        h(
+          'div',
+          { class: 'jp-tt-usage', title: 'device-hours of your leases (a lease of 2 cards for 1 hour is 2)' },
+          `You (${state.usage.user}): ${deviceHours(state.usage.today)} device-hours today · ` +
+            `${deviceHours(state.usage.week)} this week`
         )
       );
     }
