@@ -126,6 +126,15 @@ def cmd_usage(args) -> int:
     return 0
 
 
+def cmd_reset(args) -> int:
+    scheduler = _scheduler()
+    if not scheduler.retry_reset(args.device):
+        print(f"Device {args.device} waits for no reset.")
+        return 0
+    print(f"Device {args.device} will be reset again; `jupyter tt devices` shows when it is back.")
+    return 0
+
+
 def cmd_release(args) -> int:
     scheduler = _scheduler()
     scheduler.release(args.lease_id, reason=f"released with `jupyter tt release` by {scheduler.user}", user=scheduler.user)
@@ -312,6 +321,10 @@ def parser() -> argparse.ArgumentParser:
                        help="one row per lease (held ones too, with an empty ended_at), for billing or reports: "
                             + ", ".join(USAGE_CSV_COLUMNS))
     u.set_defaults(func=cmd_usage)
+
+    r = sub.add_parser("reset", help="reset again a card whose reset after a crash failed (root on a shared host)")
+    r.add_argument("device", type=int, help="the device number, N of /dev/tenstorrent/N")
+    r.set_defaults(func=cmd_reset)
 
     s = sub.add_parser("serve", help="serve a model with an OpenAI-compatible API")
     s.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name, .gguf file or Hugging Face folder")

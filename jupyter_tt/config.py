@@ -12,7 +12,7 @@ import pwd
 from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
-from traitlets import Dict, Float, Int, Unicode, default
+from traitlets import Bool, Dict, Float, Int, Unicode, default
 from traitlets.config import Configurable
 
 from .errors import ConfigError
@@ -92,6 +92,17 @@ class TTSettings(Configurable):
         15.0,
         help="Seconds a lease outlives its kernel process while the kernel's server is alive, so that "
         "the server's auto-restart keeps the same devices. The lease ends at once when the server is gone.",
+    ).tag(config=True)
+
+    reset_after_crash = Bool(
+        None, allow_none=True,
+        help="Reset a card (tt-umd's WarmReset, or tt-smi -r) before anyone uses it again when its holder died "
+        "(killed or crashed) instead of releasing it; until its firmware heartbeat advances again it is "
+        "'resetting' and not leased. Default: on in the scheduler service, off in personal mode.",
+    ).tag(config=True)
+
+    reset_tool = Unicode(
+        "auto", help="What resets a card: 'auto' (tt-umd if importable, else tt-smi on PATH), 'tt-umd' or 'tt-smi'."
     ).tag(config=True)
 
     watch_interval = Float(

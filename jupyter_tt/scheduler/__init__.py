@@ -46,6 +46,8 @@ def open_scheduler(settings: TTSettings | None = None, *, server: str | None = N
                     quota=settings.quota_for(settings.user),
                     restart_grace=settings.restart_grace,
                     server=server,
+                    reset_after_crash=bool(settings.reset_after_crash),  # None: off in personal mode
+                    reset_tool=settings.reset_tool,
                 )
             _shared[key] = scheduler
         return scheduler

@@ -115,6 +115,9 @@ class SchedulerAPI(abc.ABC):
     def usage_records(self, since: float = 0.0) -> list[UsageRecord]: ...
 
     @abc.abstractmethod
+    def retry_reset(self, device_id: int) -> bool: ...
+
+    @abc.abstractmethod
     def report(self) -> dict: ...
 
     @abc.abstractmethod

@@ -149,6 +149,9 @@ class ServiceClient(SchedulerAPI):
     def usage_records(self, since: float = 0.0) -> list[UsageRecord]:
         return self._call("usage_records", since=since)
 
+    def retry_reset(self, device_id: int) -> bool:
+        return self._call("retry_reset", device_id=device_id)
+
     def report(self) -> dict:
         return self._call("report")
 

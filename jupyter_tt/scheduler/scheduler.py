@@ -35,6 +35,7 @@ from . import store
 from .api import SchedulerAPI
 from .placement import ANY, check_card_type, place, types_for
 from .processes import BOOT_ID, ProcessRef, describe, lineage
+from .reset import reset as reset_card
 
 log = logging.getLogger("jupyter_tt.scheduler")
 
@@ -239,6 +240,9 @@ class Scheduler(SchedulerAPI):
         server: str | None = None,
         mode: str = "personal",
         max_waiting: int = 0,
+        reset_after_crash: bool = False,
+        reset_tool: str = "auto",
+        reset_verify_timeout: float = 30.0,
     ):
         self.inventory = inventory
         self.state_dir = str(state_dir)
@@ -249,6 +253,11 @@ class Scheduler(SchedulerAPI):
         self.mode = mode
         #: Most requests one user may have waiting at once (0: no limit; the service sets one).
         self.max_waiting = max_waiting
+        #: Reset a card before anyone uses it again when its holder died (killed or crashed) rather
+        #: than released it; ``run_resets`` does it, a card's heartbeat must then advance again.
+        self.reset_after_crash = reset_after_crash and not inventory.simulated
+        self.reset_tool = reset_tool
+        self.reset_verify_timeout = reset_verify_timeout
         self._lock = threading.RLock()
         self.db = store.connect(state_dir, inventory.key)
         self._me: ProcessRef | None = None
@@ -421,6 +430,55 @@ class Scheduler(SchedulerAPI):
         with self._write() as db:
             return self._pass(db)
 
+    def run_resets(self) -> list[int]:
+        """Reset the cards waiting for it whose nodes nobody holds; returns the ones reset.
+
+        The reset runs outside the scheduler's lock (it takes seconds): call this from a thread of its
+        own, never from a scheduling pass. The next passes return each card once its heartbeat advances."""
+        with self._lock:
+            pending = self.db.execute("SELECT device_id FROM resets WHERE done_at IS NULL AND failed IS NULL").fetchall()
+            devices = {d.id: d for d in self.devices(fresh=True)} if pending else {}
+        done = []
+        for (device_id,) in pending:
+            device = devices.get(device_id)
+            if device is None:
+                self._reset_result(device_id, failed="the device is gone from the inventory")
+                continue
+            if device.holders:  # never under someone's open node: the reset would pull the card from under them
+                self._reset_result(device_id, waiting_for=f"process {', '.join(map(str, device.holders))} holds its node")
+                continue
+            error = reset_card(device_id, self.reset_tool)
+            if error:
+                log.error("jupyter-tt: could not reset device %d: %s", device_id, error)
+                self._reset_result(device_id, failed=f"could not reset it after its holder died: {error}")
+                continue
+            beat = self.inventory.devices()
+            heartbeat = next((d.telemetry.heartbeat for d in beat if d.id == device_id), None)
+            self._reset_result(device_id, done_at=time.monotonic(), heartbeat=heartbeat)
+            done.append(device_id)
+        return done
+
+    @_serialized
+    def _reset_result(self, device_id: int, *, waiting_for: str | None = None, done_at: float | None = None,
+                      heartbeat: int | None = None, failed: str | None = None) -> None:
+        with self._write() as db:
+            db.execute("UPDATE resets SET waiting_for=?, done_at=?, heartbeat=?, failed=? WHERE device_id=?",
+                       (waiting_for, done_at, heartbeat, failed, device_id))
+
+    @_serialized
+    def retry_reset(self, device_id: int) -> bool:
+        """Reset a card again whose reset failed (or that waits for one); False if it needs none."""
+        with self._write() as db:
+            changed = db.execute("UPDATE resets SET waiting_for=NULL, done_at=NULL, heartbeat=NULL, failed=NULL"
+                                 " WHERE device_id=?", (device_id,)).rowcount
+        return bool(changed)
+
+    @_serialized
+    def resets(self) -> dict[int, dict]:
+        """Cards out of the pool for a reset, by device id: lease_id, reason, since, waiting_for, done_at, failed."""
+        with store.snapshot(self.db) as db:
+            return {r["device_id"]: dict(r) for r in db.execute("SELECT * FROM resets").fetchall()}
+
     @_serialized
     def followed_pids(self) -> set[int]:
         """Every process a lease or a waiting request follows (the service watches them exit)."""
@@ -481,9 +539,10 @@ class Scheduler(SchedulerAPI):
 
     @_serialized
     def device_states(self, *, viewer: str | None = None) -> list[dict]:
-        """Every device with its state (free, leased, unhealthy), holder, and unaccounted processes."""
+        """Every device with its state (free, leased, resetting, unhealthy), holder, and unaccounted processes."""
         devices = self.devices(fresh=True)
         rows = self.db.execute("SELECT * FROM leases").fetchall()
+        resets = {r["device_id"]: r for r in self.db.execute("SELECT * FROM resets").fetchall()}
         by_device = {d.id: lease for lease in map(self._to_lease, rows) for d in lease.devices}
         pids = {r["id"]: {p for p in (r["owner_pid"], r["kernel_pid"]) if p} for r in rows}  # who may hold the node
         states = []
@@ -494,10 +553,19 @@ class Scheduler(SchedulerAPI):
             if viewer is not None:  # who else holds a node is shown, not what they run
                 unaccounted = [{**p, "cmdline": None} if p["user"] != viewer else p for p in unaccounted]
             shown = lease and self._shown(lease, viewer)
+            reset = resets.get(device.id)
+            data = device.to_json()
+            if reset and reset["failed"]:
+                data.update(problem=reset["failed"], healthy=False)
+            state = "unhealthy" if not data["healthy"] else "leased" if lease else "resetting" if reset else "free"
             states.append(
                 {
-                    **device.to_json(),
-                    "state": "unhealthy" if not device.healthy else "leased" if lease else "free",
+                    **data,
+                    "state": state,
+                    "reset": None if not reset else {
+                        "reason": reset["reason"], "waiting_for": reset["waiting_for"], "failed": reset["failed"],
+                        "done": reset["done_at"] is not None,
+                    },
                     "lease_id": lease.id if lease else None,
                     "user": lease.user if lease else None,
                     "kernel_id": shown.kernel_id if shown else None,
@@ -591,6 +659,11 @@ class Scheduler(SchedulerAPI):
             if reason:
                 self._end(db, row, reason, now)
                 ended.append(row["id"])
+                if self.reset_after_crash:  # its holder died with the card open: reset it before anyone else
+                    db.executemany(
+                        "INSERT OR REPLACE INTO resets (device_id, lease_id, reason, since) VALUES (?,?,?,?)",
+                        [(d["id"], row["id"], reason, now) for d in json.loads(row["devices_json"])],
+                    )
         for row in db.execute("SELECT id, owner_pid, owner_started, owner_boot FROM requests").fetchall():
             try:
                 alive = _ref(row["owner_pid"], row["owner_started"], row["owner_boot"]).alive()
@@ -599,8 +672,26 @@ class Scheduler(SchedulerAPI):
                 alive = False
             if not alive:
                 db.execute("DELETE FROM requests WHERE id=?", (row["id"],))
+        self._check_resets(db, ticking)
         self._grant(db, now)
         return ended
+
+    def _check_resets(self, db: sqlite3.Connection, now: float) -> None:
+        """Cards reset since: back to the pool once their heartbeat changed, unhealthy if it does not in time."""
+        rows = db.execute("SELECT * FROM resets WHERE done_at IS NOT NULL AND failed IS NULL").fetchall()
+        if not rows:
+            return
+        beats = {d.id: d.telemetry.heartbeat for d in self.devices(fresh=True)}
+        for row in rows:
+            beat = beats.get(row["device_id"])
+            if beat is not None and beat != row["heartbeat"]:
+                db.execute("DELETE FROM resets WHERE device_id=?", (row["device_id"],))
+                log.info("jupyter-tt: device %d is back in the pool after its reset", row["device_id"])
+            elif now - row["done_at"] > self.reset_verify_timeout:
+                db.execute("UPDATE resets SET failed=? WHERE device_id=?", (
+                    f"reset after {row['reason']}, but its firmware heartbeat did not advance within "
+                    f"{self.reset_verify_timeout:g} s: check the card, then `jupyter tt reset {row['device_id']}` tries again",
+                    row["device_id"]))
 
     def _dead_reason(self, db: sqlite3.Connection, row: sqlite3.Row, now: float) -> str | None:
         """Why the lease has ended, or None while it lives. ``now`` is monotonic (clock steps do not count)."""
@@ -624,7 +715,7 @@ class Scheduler(SchedulerAPI):
         pending = self._queue(db)
         if not pending:
             return
-        taken = {r[0] for r in db.execute("SELECT device_id FROM lease_devices")}
+        taken = {r[0] for r in db.execute("SELECT device_id FROM lease_devices UNION SELECT device_id FROM resets")}
         free = [d for d in self.devices() if d.id not in taken]
         held = Counter(dict(db.execute(
             "SELECT user, COUNT(*) FROM lease_devices JOIN leases ON leases.id = lease_devices.lease_id GROUP BY user"

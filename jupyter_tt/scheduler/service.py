@@ -68,7 +68,11 @@ class SchedulerService:
         self.socket_path = Path(socket_path)
         inventory = open_inventory(settings.inventory, settings.sysfs_root, settings.visible_devices)
         self.scheduler = Scheduler(inventory, state_dir, user=user_name(os.getuid()), restart_grace=settings.restart_grace,
-                                   server=f"{socket.gethostname()}:service", mode="service", max_waiting=MAX_WAITING_PER_USER)
+                                   server=f"{socket.gethostname()}:service", mode="service", max_waiting=MAX_WAITING_PER_USER,
+                                   reset_after_crash=settings.reset_after_crash is not False, reset_tool=settings.reset_tool)
+        #: Resets take seconds: their own thread, so that the scheduler's worker keeps answering.
+        self._resetter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-tt-reset")
+        self._resetting: asyncio.Future | None = None
         self.guard = NodeGuard(state_dir, reason_not=(
             can_change_owners() if inventory.kind == "sysfs" else f"the {inventory.kind} inventory has no device nodes to fence"))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-tt-service")
@@ -113,6 +117,7 @@ class SchedulerService:
             if self.guard.enforcing:
                 await self._call(self.guard.restore)
             self._worker.shutdown(wait=True)
+            self._resetter.shutdown(wait=False, cancel_futures=True)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -145,6 +150,21 @@ class SchedulerService:
             await self._after_change()
         except Exception:  # a bad pass must not stop the next ones
             log.exception("jupyter-tt scheduler: a reconcile pass failed")
+        self._start_resets()
+
+    def _start_resets(self) -> None:
+        """Run the pending resets in their own thread (one run at a time); a pass follows each run."""
+        if not self.scheduler.reset_after_crash or (self._resetting and not self._resetting.done()):
+            return
+        self._resetting = asyncio.get_running_loop().run_in_executor(self._resetter, self.scheduler.run_resets)
+
+        def finished(future: asyncio.Future) -> None:
+            if not future.cancelled() and future.exception():
+                log.error("jupyter-tt scheduler: resetting failed: %s", future.exception())
+            elif not future.cancelled() and future.result():
+                self._reconcile_soon()
+
+        self._resetting.add_done_callback(finished)
 
     def _reconcile_soon(self) -> None:
         if not self._pass_pending:
@@ -317,6 +337,11 @@ class SchedulerService:
         report["scheduler"] = {"mode": "service", "state_dir": str(self.socket_path), **self.guard.describe()}
         return report
 
+    def op_retry_reset(self, caller, uid, device_id):
+        if uid != 0:
+            raise TTError("only root may reset a card again on a shared host: ask the host's admin", status=403)
+        return self.scheduler.retry_reset(int(device_id))
+
     def op_timeout_message(self, caller, uid, waiting, timeout=None):
         if not isinstance(waiting, Waiting):
             raise RequestError("waiting must be a request's queue position, as check() returned it")
@@ -325,7 +350,7 @@ class SchedulerService:
 
 OPS = {name[3:]: fn for name, fn in vars(SchedulerService).items() if name.startswith("op_")}
 #: Operations after which the processes to follow may have changed.
-MUTATING = {"submit", "check", "cancel", "release", "attach_kernel", "detach_kernel", "reconcile"}
+MUTATING = {"submit", "check", "cancel", "release", "attach_kernel", "detach_kernel", "reconcile", "retry_reset"}
 
 
 def main(socket_path: str, state_dir: str, config_file: str | None) -> int:

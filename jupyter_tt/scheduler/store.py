@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -79,6 +79,16 @@ CREATE TABLE IF NOT EXISTS history (
     end_reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_user ON history(user, ended_at);
+CREATE TABLE IF NOT EXISTS resets (   -- cards out of the pool until a reset after their holder died
+    device_id INTEGER PRIMARY KEY,
+    lease_id TEXT NOT NULL,           -- the lease whose holder died
+    reason TEXT NOT NULL,             -- how it ended
+    since REAL NOT NULL,
+    waiting_for TEXT,                 -- why the reset has not run yet (other processes hold the node)
+    done_at REAL,                     -- the reset command succeeded (monotonic: waits for the heartbeat)
+    heartbeat INTEGER,                -- the heartbeat read just after the reset: it must change again
+    failed TEXT                       -- why the card could not be reset: it stays out, unhealthy
+);
 """
 
 

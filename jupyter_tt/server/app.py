@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop, PeriodicCallback
@@ -15,6 +16,9 @@ from ..scheduler import call, open_scheduler
 from . import metrics
 from .events import SCHEMA_ID, SCHEMA_PATH, StateWatcher
 from .handlers import handlers
+
+#: Resets after a crash (personal mode): seconds each, never on the event loop nor in the calls' pool.
+_RESETS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-tt-reset")
 
 
 class JupyterTTApp(ExtensionApp):
@@ -53,6 +57,7 @@ class JupyterTTApp(ExtensionApp):
         self.watcher = StateWatcher(self.scheduler)
         self._loop = IOLoop.current()
         self._polling = self._poll_soon = False
+        self._resetting: Future | None = None
         self._loop.add_callback(self._poll)  # reconcile at start: leases of processes that died while no server ran end now
         self._watch = PeriodicCallback(self._poll, self.tt_settings.watch_interval * 1000)
         self._watch.start()
@@ -97,6 +102,15 @@ class JupyterTTApp(ExtensionApp):
             self.log.exception("jupyter-tt: reconcile pass failed")
         finally:
             self._polling = False
+        self._start_resets()
+
+    def _start_resets(self) -> None:
+        """Personal mode with reset_after_crash: reset cards whose holder died, in a thread of their own
+        (a reset takes seconds); the service does this itself on a shared host."""
+        if self.scheduler.mode != "personal" or not getattr(self.scheduler, "reset_after_crash", False):
+            return
+        if self._resetting is None or self._resetting.done():
+            self._resetting = _RESETS.submit(self.scheduler.run_resets)
 
     async def _sample_telemetry(self) -> None:
         now = round(time.time(), 1)

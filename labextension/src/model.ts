@@ -34,9 +34,11 @@ export interface IDevice extends IHeld {
   bdf: string;
   card_type: string;
   chips: number;
-  state: 'free' | 'leased' | 'unhealthy';
+  state: 'free' | 'leased' | 'resetting' | 'unhealthy';
   lease_id: string | null;
   problem: string | null;
+  /** Set while the card is out of the pool for a reset after its holder died. */
+  reset: { reason: string; waiting_for: string | null; failed: string | null; done: boolean } | null;
   simulated: boolean;
   telemetry: ITelemetry;
   /** [epoch seconds, temperature °C, power W], oldest first. */

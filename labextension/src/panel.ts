@@ -173,6 +173,12 @@ export class DevicePanel extends Widget {
       h('div', { class: 'jp-tt-meta' }, `${device.path} · ${device.bdf}`),
       device.state === 'leased' && this._holder(device),
       device.problem && h('div', { class: 'jp-tt-problem' }, device.problem),
+      device.state === 'resetting' &&
+        h(
+          'div',
+          { class: 'jp-tt-problem' },
+          `reset after ${device.reset?.reason ?? 'a crash'}` + (device.reset?.waiting_for ? `: waits, ${device.reset.waiting_for}` : '')
+        ),
       h(
         'div',
         { class: 'jp-tt-telemetry' },
