@@ -94,6 +94,16 @@ class TTSettings(Configurable):
         "the server's auto-restart keeps the same devices. The lease ends at once when the server is gone.",
     ).tag(config=True)
 
+    idle_timeout = Float(
+        0.0,
+        help="Seconds a kernel may sit idle holding devices while a queued request needs them; then it is told "
+        "(a JupyterLab notification, the log, an idle-warning lease event) and after idle_grace shut down, its "
+        "devices going to the queue. A busy kernel is never taken, nor anything while nobody waits. 0: off "
+        "(personal mode's default). On a shared host the scheduler service's config sets it for every server.",
+    ).tag(config=True)
+
+    idle_grace = Float(60.0, help="Seconds between the idle warning and the shutdown (see idle_timeout).").tag(config=True)
+
     reset_after_crash = Bool(
         None, allow_none=True,
         help="Reset a card (tt-umd's WarmReset, or tt-smi -r) before anyone uses it again when its holder died "

@@ -39,6 +39,8 @@ class TTProvisioner(LocalProvisioner):
 
     lease: Lease | None = None
     _dead_hooked = False
+    #: Why the next shutdown ends the lease, when the server (not the user) shuts the kernel down.
+    release_reason: str | None = None
 
     def __init__(self, **kwargs: Any):
         known = {"devices", "card_type", "wait_timeout"}
@@ -116,7 +118,7 @@ class TTProvisioner(LocalProvisioner):
             if not await call((await self.scheduler()).detach_kernel, self.lease.id):
                 self.lease = None  # reclaimed meanwhile: pre_launch asks again
         else:
-            await self._release("kernel shut down")
+            await self._release(self.release_reason or "kernel shut down")
 
     def _on_dead(self) -> None:
         # jupyter_client calls restart callbacks synchronously on the event loop: release in a task.

@@ -50,6 +50,8 @@ class ServiceClient(SchedulerAPI):
         self.user = hello["user"]
         self.enforcing = hello.get("enforcing", False)
         self.inventory = RemoteInventory(hello["inventory"])
+        #: The host's idle policy (TTSettings.idle_timeout, idle_grace in the service's config).
+        self.idle_policy = (float(hello.get("idle", {}).get("timeout", 0.0)), float(hello.get("idle", {}).get("grace", 60.0)))
 
     # ------------------------------------------------------------------ the wire
 

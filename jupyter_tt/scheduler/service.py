@@ -277,7 +277,8 @@ class SchedulerService:
 
     def op_hello(self, caller, uid):
         return {"user": caller.user, "uid": uid, "inventory": self.scheduler.inventory.describe(),
-                "socket": str(self.socket_path), **self.guard.describe()}
+                "socket": str(self.socket_path), **self.guard.describe(),
+                "idle": {"timeout": self.settings.idle_timeout, "grace": self.settings.idle_grace}}
 
     def op_devices(self, caller, uid, fresh=False):
         return [d.to_json() for d in self.scheduler.devices(fresh=bool(fresh))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from jupyter_server.extension.application import ExtensionApp
@@ -16,6 +16,7 @@ from ..scheduler import call, open_scheduler
 from . import metrics
 from .events import SCHEMA_ID, SCHEMA_PATH, StateWatcher
 from .handlers import handlers
+from .idle import IdleReclaimer, idle_kernel
 
 #: Resets after a crash (personal mode): seconds each, never on the event loop nor in the calls' pool.
 _RESETS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-tt-reset")
@@ -58,6 +59,7 @@ class JupyterTTApp(ExtensionApp):
         self._loop = IOLoop.current()
         self._polling = self._poll_soon = False
         self._resetting: Future | None = None
+        self._idle = IdleReclaimer(timeout=0.0, grace=0.0)
         self._loop.add_callback(self._poll)  # reconcile at start: leases of processes that died while no server ran end now
         self._watch = PeriodicCallback(self._poll, self.tt_settings.watch_interval * 1000)
         self._watch.start()
@@ -98,11 +100,46 @@ class JupyterTTApp(ExtensionApp):
         try:
             for event in await call(self.watcher.look):
                 self._emit(event)
+            await self._reclaim_idle()
         except Exception:  # a bad pass, or an unreachable scheduler, must not stop the next ones
             self.log.exception("jupyter-tt: reconcile pass failed")
         finally:
             self._polling = False
         self._start_resets()
+
+    def idle_policy(self) -> tuple[float, float]:
+        """(idle_timeout, idle_grace): the service's on a shared host, else this server's settings."""
+        policy = getattr(self.scheduler, "idle_policy", None)
+        return policy if policy else (self.tt_settings.idle_timeout, self.tt_settings.idle_grace)
+
+    async def _reclaim_idle(self) -> None:
+        """Warn, then shut down, this server's idle kernels whose devices a waiting request needs
+        (see ``idle.py``). Works from the look that just ran: no scheduler call of its own."""
+        timeout, grace = self.idle_policy()
+        if timeout <= 0:
+            return
+        self._idle.timeout, self._idle.grace = timeout, grace
+        km = self.serverapp.kernel_manager
+        kernels = {}
+        for kid in km.list_kernel_ids():
+            try:
+                kernels[kid] = idle_kernel(kid, km.get_kernel(kid))
+            except KeyError:  # shut down meanwhile
+                continue
+        free = Counter(d["card_type"] for d in (self.watcher.report or {}).get("devices", []) if d["state"] == "free")
+        actions = self._idle.decide(list(self.watcher.leases.values()), kernels, list(self.watcher.queue.values()), free)
+        for action in actions:
+            lease, kernel_id = action.lease, action.lease.kernel_id
+            if action.kind == "warn":
+                self.log.warning("jupyter-tt: kernel %s (%s) is %s", kernel_id, lease.id, action.reason)
+                self._emit({**StateWatcher.lease_event("idle-warning", lease, self.scheduler.inventory.simulated),
+                            "reason": action.reason, "idle_seconds": round(action.idle_for), "grace_seconds": round(grace)})
+                continue
+            self.log.warning("jupyter-tt: shutting down kernel %s, %s", kernel_id, action.reason)
+            provisioner = getattr(km.get_kernel(kernel_id), "provisioner", None)
+            if provisioner is not None and hasattr(provisioner, "release_reason"):
+                provisioner.release_reason = action.reason
+            await km.shutdown_kernel(kernel_id)
 
     def _start_resets(self) -> None:
         """Personal mode with reset_after_crash: reset cards whose holder died, in a thread of their own

@@ -39,10 +39,10 @@ class StateWatcher:
         events = []
         for lease_id in ended:
             old = self.leases[lease_id]
-            events.append(self._lease_event("lease-ended", old, simulated, reason=reasons.get(lease_id, "ended")))
+            events.append(self.lease_event("lease-ended", old, simulated, reason=reasons.get(lease_id, "ended")))
         for lease_id, lease in leases.items():
             if lease_id not in self.leases:
-                events.append(self._lease_event("lease-granted", lease, simulated))
+                events.append(self.lease_event("lease-granted", lease, simulated))
         for request_id, old in self.queue.items():
             if request_id not in queue:
                 events.append(self._request_event("request-left", old))
@@ -58,7 +58,7 @@ class StateWatcher:
         return events
 
     @staticmethod
-    def _lease_event(action: str, lease: Lease, simulated: bool, **extra) -> dict:
+    def lease_event(action: str, lease: Lease, simulated: bool, **extra) -> dict:
         return {
             "action": action,
             "lease_id": lease.id,

@@ -122,7 +122,19 @@ export class QueueNotifier {
 
   private _onEvent(_: DeviceModel, event: Event.Emission): void {
     const path = event.notebook_path as string | null;
-    if (event.action !== 'lease-granted' || !path || !openNotebooks(this._tracker).some(ref => ref.path === path)) {
+    if (!path || !openNotebooks(this._tracker).some(ref => ref.path === path)) {
+      return;
+    }
+    if (event.action === 'idle-warning') {
+      // The server is about to give this idle kernel's devices to a waiting request.
+      Notification.warning(`${path}: the kernel is ${event.reason}`, { autoClose: false });
+      return;
+    }
+    if (event.action === 'lease-ended' && String(event.reason).startsWith('idle')) {
+      Notification.info(`${path}: the kernel was shut down, ${event.reason}`, { autoClose: false });
+      return;
+    }
+    if (event.action !== 'lease-granted') {
       return;
     }
     const id = this._waiting.get(path);
