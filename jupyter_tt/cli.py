@@ -86,9 +86,14 @@ def cmd_devices(args) -> int:
 
 
 def cmd_kernelspec_install(args) -> int:
-    from .kernels.kernelspec import install
+    from .kernels.kernelspec import GENERIC_DISPLAY_NAME, GENERIC_NAME, install
 
     prefix = sys.prefix if args.sys_prefix else args.prefix
+    if args.generic:
+        args.name, args.devices, args.card_type = args.name or GENERIC_NAME, 0, "any"
+        args.display_name = args.display_name or GENERIC_DISPLAY_NAME
+    if not args.name:
+        raise TTError("give the kernelspec a --name (e.g. tt-n300), or install the generic one with --generic")
     path = install(
         args.name, args.devices, args.card_type, wait_timeout=args.wait_timeout,
         display_name=args.display_name, user=args.user, prefix=prefix,
@@ -302,7 +307,9 @@ def parser() -> argparse.ArgumentParser:
     k = sub.add_parser("kernelspec", help="install kernelspecs that ask for devices")
     ksub = k.add_subparsers(dest="kernelspec_command", required=True)
     ki = ksub.add_parser("install", help="write a kernelspec using tt-provisioner")
-    ki.add_argument("--name", required=True, help="kernelspec name, e.g. tt-n300")
+    ki.add_argument("--name", default=None, help="kernelspec name, e.g. tt-n300 (with --generic: tenstorrent)")
+    ki.add_argument("--generic", action="store_true",
+                    help="the 'Tenstorrent' kernelspec: starts on no device, the user picks them in JupyterLab")
     ki.add_argument("--devices", type=int, default=1, help="how many devices (cards); 0 for none")
     ki.add_argument("--card-type", default="any", help="n150, n300 or any")
     ki.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait in the queue")

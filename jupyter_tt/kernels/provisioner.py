@@ -6,7 +6,9 @@ jupyter_client calls, for each kernel:
   needed, and give the kernel ``TT_VISIBLE_DEVICES`` (the leased BDFs) and ``JUPYTER_TT_LEASE``;
 - ``launch_kernel``: the lease now follows the kernel process; a failed launch releases it;
 - ``post_launch``: we hook the restarter's "dead" event, after which jupyter_client cleans up nothing;
-- ``cleanup(restart)``: a restart keeps the devices, anything else releases them (shutdown, culling).
+- ``cleanup(restart)``: a restart keeps the devices, anything else releases them (shutdown, culling);
+- ``choose(devices, card_type)`` (JupyterLab's device picker, then a restart): the restart gives the
+  lease back and asks for the new devices, waiting in the queue if it must.
 
 What no callback covers (the kernel or the server killed with SIGKILL) the scheduler reclaims by
 itself: see ``jupyter_tt.scheduler``. These callbacks run on the Jupyter server's event loop, so
@@ -75,7 +77,18 @@ class TTProvisioner(LocalProvisioner):
     async def scheduler(self) -> SchedulerAPI:
         return await call(open_scheduler, self.settings)
 
+    def choose(self, devices: int, card_type: str) -> None:
+        """Ask for other devices (JupyterLab's device picker): the next restart leases them instead."""
+        self.devices, self.card_type = devices, card_type  # validated by the traits
+
+    def _lease_fits(self) -> bool:
+        lease = self.lease
+        return lease is not None and len(lease.devices) == self.devices and (
+            self.card_type == "any" or set(lease.card_types) == {self.card_type})
+
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        if self.lease and not self._lease_fits():  # other devices were chosen: give these back first
+            await self._release(f"devices changed to {self.devices}× {self.card_type} from JupyterLab")
         if self.devices and not await self._lease_still_held():
             # jupyter_server names the session (the notebook's path) in the kernel's environment.
             self.lease = await self._acquire(kwargs.get("env", {}).get("JPY_SESSION_NAME"))

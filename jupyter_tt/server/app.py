@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections import Counter, deque
@@ -60,6 +61,7 @@ class JupyterTTApp(ExtensionApp):
         self._polling = self._poll_soon = False
         self._resetting: Future | None = None
         self._idle = IdleReclaimer(timeout=0.0, grace=0.0)
+        self._restarts: dict[str, asyncio.Future] = {}  # kernel id -> its restart on chosen devices
         self._loop.add_callback(self._poll)  # reconcile at start: leases of processes that died while no server ran end now
         self._watch = PeriodicCallback(self._poll, self.tt_settings.watch_interval * 1000)
         self._watch.start()
@@ -70,6 +72,27 @@ class JupyterTTApp(ExtensionApp):
         self._sample = PeriodicCallback(self._sample_telemetry, self.tt_settings.telemetry_interval * 1000)
         self._sample.start()
         metrics.register(self)
+
+    def restart_on(self, kernel_id: str, choose) -> None:
+        """Restart a kernel on newly chosen devices (``choose()`` sets them), after any restart of it
+        still under way: choices made in a row apply in order, never two restarts of one kernel at once."""
+        previous = self._restarts.get(kernel_id)
+        km = self.serverapp.kernel_manager
+
+        async def run():
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            choose()
+            try:
+                await km.restart_kernel(kernel_id)
+            except Exception as e:  # a wait that timed out, a kernel gone meanwhile: logged, never raised
+                self.log.error("jupyter-tt: kernel %s did not restart on its new devices: %s", kernel_id, e)
+            finally:
+                if self._restarts.get(kernel_id) is task:
+                    del self._restarts[kernel_id]
+
+        task = asyncio.ensure_future(run())
+        self._restarts[kernel_id] = task
 
     def with_path(self, item: dict) -> dict:
         """Adds ``notebook_path``: the item's notebook as a path of this server (None outside its root)."""

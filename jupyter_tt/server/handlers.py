@@ -16,7 +16,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..errors import TTError
-from ..scheduler import call
+from ..scheduler import call, check_card_type
 
 
 class TTHandler(ExtensionHandlerMixin, APIHandler):
@@ -94,6 +94,41 @@ class UsageHandler(TTHandler):
         usage = await call(self.scheduler.usage, since)
         # ``user``: whom this server's leases are accounted to (the panel shows their share).
         self.finish(json.dumps({"since": since, "user": self.scheduler.user, "usage": usage}))
+
+
+class KernelDevicesHandler(TTHandler):
+    """``POST /jupyter-tt/api/kernels/<id>/devices {"devices": N, "card_type": T}``: the kernel restarts
+    on a lease of those devices (waiting in the queue if it must). Answers 202 at once; the restart,
+    the queue and the new lease then show in the events, the panel and the status bar."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, kernel_id: str):
+        km = self.serverapp.kernel_manager
+        if kernel_id not in km:
+            raise web.HTTPError(404, f"no kernel {kernel_id} on this server")
+        provisioner = getattr(km.get_kernel(kernel_id), "provisioner", None)
+        if not hasattr(provisioner, "choose"):
+            raise TTError("this kernel does not get its devices from jupyter-tt: start the notebook on the "
+                          "'Tenstorrent' kernel (jupyter tt kernelspec install --generic) or another tt- kernelspec")
+        try:
+            body = json.loads(self.request.body or b"{}")
+            devices, card_type = body["devices"], body.get("card_type", "any")
+            if type(devices) is not int or not isinstance(card_type, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise TTError('send {"devices": N, "card_type": "n150" | "n300" | "any"}') from None
+        card_type = check_card_type(card_type)
+        if devices < 0:
+            raise TTError(f"devices must be 0 or more, not {devices}")
+        report = await call(self.scheduler.report)
+        have = [d for d in report["devices"] if card_type == "any" or d["card_type"] == card_type]
+        if devices > len(have):
+            raise TTError(f"this host has {len(have)} {'device' if card_type == 'any' else card_type}"
+                          f"{'s' * (len(have) != 1)}: ask for at most {len(have)}")
+        self.extensionapp.restart_on(kernel_id, lambda: provisioner.choose(devices, card_type))
+        self.set_status(202)
+        self.finish(json.dumps({"kernel_id": kernel_id, "devices": devices, "card_type": card_type, "status": "restarting"}))
 
 
 #: Streams the proxy may hold open to model servers at once: more than any one accepts (its batch plus
@@ -194,5 +229,6 @@ def handlers() -> list[tuple[str, type]]:
         (r"/jupyter-tt/api/leases/([\w-]+)", LeaseHandler),
         (r"/jupyter-tt/api/queue", QueueHandler),
         (r"/jupyter-tt/api/usage", UsageHandler),
+        (r"/jupyter-tt/api/kernels/([\w-]+)/devices", KernelDevicesHandler),
         (r"/jupyter-tt/serve/(\d+)/(.*)", ServeProxyHandler),
     ]
