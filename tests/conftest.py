@@ -47,7 +47,7 @@ def kernelspecs():
     install("tt-loudbox", 4, "n300", user=True)
     install("tt-n300-quick", 1, "n300", wait_timeout=1.0, user=True)
     install("tt-none", 0, "any", user=True)
-    install("tenstorrent", 0, "any", display_name="Tenstorrent (pick devices in the status bar)", user=True)
+    install("tenstorrent", 0, "any", display_name="Tenstorrent (choose devices in the notebook)", user=True)
 
 
 @pytest.fixture

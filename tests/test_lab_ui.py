@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_servers import wait_until
+
 pytestmark = [pytest.mark.usefixtures("kernelspecs"), pytest.mark.slow]
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -147,6 +149,40 @@ def test_the_panel_follows_a_kernels_lease_from_queue_to_grant_to_release(server
     expect(status).to_have_text("TT 1/1 free (simulated)")
     shot(page, "5-free-again")
     assert server.leases() == []
+
+
+GENERIC_KERNEL = "Tenstorrent (choose devices in the notebook)"
+
+
+def test_a_user_picks_two_n300_for_a_running_notebook_and_its_kernel_restarts_on_them(servers, page, tmp_path):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)
+    server = lab(servers, tmp_path, "simulated:n150x1,n300x2")
+    page.goto(f"{server.url}/lab?token={server.token}")
+    page.locator('.jp-SideBar [data-id="jupyter-tt-panel"]').click()
+    status = page.locator(".jp-tt-status")
+    new_notebook(page, GENERIC_KERNEL)
+    expect(status).to_have_text("TT 3/3 free (simulated)")  # the generic kernel starts on no device
+
+    wait_until(lambda: server.json("/api/sessions"), timeout=30, message="the notebook's kernel to start")
+    page.locator(".jp-Toolbar-item[data-jp-item-name='jupyter-tt-devices'] button").click()
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_contain_text("Tenstorrent devices for Untitled.ipynb")
+    kinds = dialog.locator("select.jp-tt-choose-type option")
+    expect(kinds).to_have_text(["any card type", "n150 (1 on this host)", "n300 (2 on this host)"])
+    dialog.locator("select.jp-tt-choose-type").select_option("n300")
+    dialog.locator("input.jp-tt-choose-count").fill("2")
+    shot(page, "6-choose-two-n300")
+    dialog.get_by_role("button", name="Restart on these devices").click()
+
+    expect(status).to_have_text(re.compile(r"TT 1/3 free \(simulated\) · this notebook: n300 #1, n300 #2"))
+    for card in (1, 2):
+        expect(device(page, card)).to_have_attribute("data-state", "leased")
+        expect(device(page, card).locator(".jp-tt-holder")).to_contain_text("Untitled.ipynb")
+    shot(page, "7-restarted-on-two-n300")
+    [lease] = server.leases()
+    assert lease["devices"] == [1, 2] and lease["card_types"] == ["n300"]
 
 
 def test_without_the_event_stream_the_panel_still_follows_the_host_by_polling(servers, page, state_dir, tmp_path):

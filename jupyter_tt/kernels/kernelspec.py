@@ -35,7 +35,7 @@ def kernelspec(devices: int, card_type: str = ANY, wait_timeout: float | None = 
 
 #: The generic kernelspec: it starts on no device, and the user picks devices from JupyterLab.
 GENERIC_NAME = "tenstorrent"
-GENERIC_DISPLAY_NAME = "Tenstorrent (pick devices in the status bar)"
+GENERIC_DISPLAY_NAME = "Tenstorrent (choose devices in the notebook)"
 
 
 def default_display_name(devices: int, card_type: str) -> str:

@@ -4,12 +4,13 @@
  * and its lease events on the server's event stream.
  */
 import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { ICommandPalette } from '@jupyterlab/apputils';
-import { INotebookTracker } from '@jupyterlab/notebook';
+import { CommandToolbarButton, ICommandPalette } from '@jupyterlab/apputils';
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import chipSvg from '../style/chip.svg';
+import { chooseDevices } from './choose';
 import { DeviceModel } from './model';
 import { DevicePanel } from './panel';
 import { QueueNotifier, StatusItem } from './status';
@@ -17,6 +18,7 @@ import { QueueNotifier, StatusItem } from './status';
 export const chipIcon = new LabIcon({ name: 'jupyter-tt:chip', svgstr: chipSvg });
 
 const OPEN = 'jupyter-tt:open-panel';
+const CHOOSE = 'jupyter-tt:choose-devices';
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-tt:plugin',
@@ -42,6 +44,23 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: () => app.shell.activateById(panel.id)
     });
     palette?.addItem({ command: OPEN, category: 'Tenstorrent' });
+
+    app.commands.addCommand(CHOOSE, {
+      label: 'Choose Tenstorrent Devices…',
+      caption: "Choose this notebook's Tenstorrent devices (the kernel restarts on them)",
+      icon: chipIcon,
+      isEnabled: () => !!tracker?.currentWidget,
+      execute: () => (tracker?.currentWidget ? chooseDevices(model, tracker.currentWidget) : undefined)
+    });
+    palette?.addItem({ command: CHOOSE, category: 'Tenstorrent' });
+    // A button on every notebook's toolbar.
+    app.docRegistry.addWidgetExtension('Notebook', {
+      createNew: (panel: NotebookPanel) => {
+        const button = new CommandToolbarButton({ commands: app.commands, id: CHOOSE, label: 'Devices' });
+        panel.toolbar.insertItem(10, 'jupyter-tt-devices', button);
+        return button;
+      }
+    });
 
     if (statusBar) {
       const item = new StatusItem(model, tracker, () => void app.commands.execute(OPEN));

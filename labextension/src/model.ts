@@ -135,6 +135,29 @@ export class DeviceModel {
     return this._poll.refresh();
   }
 
+  /** The kernel of the session at ``path`` (the server's sessions; the frontend's view may lag). */
+  async kernelOf(path: string): Promise<string | null> {
+    const url = URLExt.join(this._settings.baseUrl, 'api/sessions');
+    const response = await ServerConnection.makeRequest(url, {}, this._settings);
+    if (!response.ok) {
+      return null;
+    }
+    const sessions: { path: string; kernel: { id: string } | null }[] = await response.json();
+    return sessions.find(s => s.path === path)?.kernel?.id ?? null;
+  }
+
+  /** Restart a kernel on other devices (the server answers at once; the restart follows). */
+  async choose(kernelId: string, devices: number, cardType: string): Promise<void> {
+    const url = URLExt.join(this._settings.baseUrl, 'jupyter-tt/api/kernels', kernelId, 'devices');
+    const init = { method: 'POST', body: JSON.stringify({ devices, card_type: cardType }) };
+    const response = await ServerConnection.makeRequest(url, init, this._settings);
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new Error(body.message ?? `${response.status} ${response.statusText}`);
+    }
+    void this.refresh();
+  }
+
   dispose(): void {
     this._poll.dispose();
     Signal.clearData(this);
