@@ -108,7 +108,8 @@ class TTSettings(Configurable):
         None, allow_none=True,
         help="Reset a card (tt-umd's WarmReset, or tt-smi -r) before anyone uses it again when its holder died "
         "(killed or crashed) instead of releasing it; until its firmware heartbeat advances again it is "
-        "'resetting' and not leased. Default: on in the scheduler service, off in personal mode.",
+        "'resetting' and not leased. Default: on in the scheduler service where tt-umd or tt-smi is installed "
+        "(a card nothing could reset must not be lost), off in personal mode.",
     ).tag(config=True)
 
     reset_tool = Unicode(

@@ -184,6 +184,20 @@ def test_the_service_resets_by_default_and_personal_mode_does_not(card_host, tmp
     assert not open_scheduler(settings).reset_after_crash
 
 
+def test_by_default_the_service_does_not_reset_where_no_tool_could_so_no_card_is_lost(card_host, tmp_path, monkeypatch):
+    """The default must not turn every crashed card unhealthy on a host without tt-smi or tt-umd."""
+    from jupyter_tt.config import TTSettings
+    from jupyter_tt.scheduler.service import SchedulerService
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    settings = TTSettings(inventory="sysfs", sysfs_root=str(card_host.root), state_dir=str(tmp_path / "p"))
+    service = SchedulerService(settings, str(tmp_path / "s.sock"), str(tmp_path / "service"))
+    assert not service.scheduler.reset_after_crash and "install tt-smi" in service.resets_off
+    _, card = killed_holder(card_host, tmp_path / "service")
+    service.scheduler.reconcile()
+    assert state_of(service.scheduler, card)["state"] == "free"
+
+
 def test_the_scheduler_service_resets_a_killed_holders_card_and_leases_it_again(card_host, service):
     from jupyter_servers import wait_until
 

@@ -42,6 +42,15 @@ def reset_command(device_id: int, tool: str = "auto") -> list[str]:
     return [smi, "-r", str(device_id)]
 
 
+def available(tool: str = "auto") -> str | None:
+    """None when ``tool`` can reset a card here, else why not (what to install)."""
+    try:
+        reset_command(0, tool)
+    except ResetUnavailable as e:
+        return str(e)
+    return None
+
+
 def reset(device_id: int, tool: str = "auto", timeout: float = RESET_TIMEOUT) -> str | None:
     """Reset one card: None when the command succeeded, else why not (for the device's problem)."""
     try:

@@ -37,6 +37,7 @@ from ..errors import ConfigError, LeaseError, RequestError, TTError
 from . import protocol
 from .enforce import NodeGuard, can_change_owners
 from .processes import ProcessRef, uid_of
+from .reset import available as why_no_reset
 from .scheduler import Caller, Scheduler, Waiting
 
 log = logging.getLogger("jupyter_tt.service")
@@ -67,9 +68,14 @@ class SchedulerService:
         self.settings = settings
         self.socket_path = Path(socket_path)
         inventory = open_inventory(settings.inventory, settings.sysfs_root, settings.visible_devices)
+        resets, self.resets_off = settings.reset_after_crash, None
+        if resets is None:  # the default: on where a tool can reset a card; a missing tool must not brick them
+            missing = why_no_reset(settings.reset_tool) if inventory.kind == "sysfs" else "no real cards"
+            resets = missing is None
+            self.resets_off = missing and f"reset after a crash is off: {missing}"
         self.scheduler = Scheduler(inventory, state_dir, user=user_name(os.getuid()), restart_grace=settings.restart_grace,
                                    server=f"{socket.gethostname()}:service", mode="service", max_waiting=MAX_WAITING_PER_USER,
-                                   reset_after_crash=settings.reset_after_crash is not False, reset_tool=settings.reset_tool)
+                                   reset_after_crash=resets, reset_tool=settings.reset_tool)
         #: Resets take seconds: their own thread, so that the scheduler's worker keeps answering.
         self._resetter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-tt-reset")
         self._resetting: asyncio.Future | None = None
@@ -97,10 +103,11 @@ class SchedulerService:
         ended = await self._call(self.scheduler.reconcile)  # leases of processes that died while no service ran
         await self._after_change()
         inventory = self.scheduler.inventory.describe()
-        log.info("jupyter-tt scheduler: serving %s (%s inventory%s, %d devices), state in %s; ended at start: %s; %s",
+        log.info("jupyter-tt scheduler: serving %s (%s inventory%s, %d devices), state in %s; ended at start: %s; %s; %s",
                  self.socket_path, inventory["kind"], " SIMULATED" if inventory["simulated"] else "",
                  len(self.scheduler.devices()), self.scheduler.state_dir, ", ".join(ended) or "none",
-                 self.guard.describe()["enforcement"])
+                 self.guard.describe()["enforcement"],
+                 "cards are reset after a crash" if self.scheduler.reset_after_crash else (self.resets_off or "reset after a crash is off"))
         ticker = asyncio.create_task(self._tick())
         try:
             await self._stopped.wait()
