@@ -53,7 +53,10 @@ def test_a_busy_kernel_keeps_its_card_while_a_request_waits(servers, state_dir):
     client.load_connection_file()
     client.start_channels()
     try:
-        client.execute("import time; time.sleep(12)")
+        client.execute("import time; time.sleep(15)")
+        # The request waits only once the kernel runs the cell (nobody waiting before: nothing to take).
+        wait_until(lambda: server.json(f"/api/kernels/{kernel_id}")["execution_state"] == "busy", timeout=30,
+                   message="the kernel to run the cell")
         bob = Scheduler(SimulatedInventory("n150x1"), state_dir, user="bob")
         waiting = bob.submit(1, "n150")
         time.sleep(6)  # three times the timeout and the grace together
