@@ -4,7 +4,7 @@
  * and its lease events on the server's event stream.
  */
 import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { CommandToolbarButton, ICommandPalette } from '@jupyterlab/apputils';
+import { ICommandPalette, ToolbarButton } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
@@ -53,10 +53,16 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: () => (tracker?.currentWidget ? chooseDevices(model, tracker.currentWidget) : undefined)
     });
     palette?.addItem({ command: CHOOSE, category: 'Tenstorrent' });
-    // A button on every notebook's toolbar.
+    tracker?.currentChanged.connect(() => app.commands.notifyCommandChanged(CHOOSE));
+    // A button on every notebook's toolbar, for that notebook (whether or not it is the current one).
     app.docRegistry.addWidgetExtension('Notebook', {
       createNew: (panel: NotebookPanel) => {
-        const button = new CommandToolbarButton({ commands: app.commands, id: CHOOSE, label: 'Devices' });
+        const button = new ToolbarButton({
+          icon: chipIcon,
+          label: 'Devices',
+          tooltip: "Choose this notebook's Tenstorrent devices (the kernel restarts on them)",
+          onClick: () => void chooseDevices(model, panel)
+        });
         panel.toolbar.insertItem(10, 'jupyter-tt-devices', button);
         return button;
       }
