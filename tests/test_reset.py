@@ -3,6 +3,8 @@
 The card is the sysfs fixture (a driver stand-in), and ``tt-smi`` is a fake on PATH
 (``FAKE_TT_SMI``) that records its arguments and then, as told by ``FAKE_TT_SMI_MODE``, brings the
 card's firmware heartbeat back to life (``revive``), leaves it frozen (``dead``) or fails (``fail``).
+``FAKE_TT_SMI_DELAY`` makes the reset take that many seconds; once a revive is done, the tool writes
+the time since boot (``/proc/uptime``) to ``$FAKE_TT_SMI_LOG.done``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 import pytest
 
 from jupyter_tt.devices import SysfsInventory
-from jupyter_tt.scheduler import Lease, Scheduler, Waiting
+from jupyter_tt.scheduler import Lease, PendingReset, Scheduler, Waiting
 from jupyter_tt.scheduler.reset import reset_command
 from sysfs_tree import N300, make_host
 
@@ -25,12 +27,14 @@ FAKE_TT_SMI = textwrap.dedent("""\
     #!/bin/sh
     # A stand-in for tt-smi: records its arguments, then acts on card $2 as FAKE_TT_SMI_MODE says.
     echo "$@" >> "$FAKE_TT_SMI_LOG"
+    [ -n "$FAKE_TT_SMI_DELAY" ] && sleep "$FAKE_TT_SMI_DELAY"
     beat="$FAKE_TT_SMI_ROOT/sys/class/tenstorrent/tenstorrent!$2/tt_heartbeat"
     case "$FAKE_TT_SMI_MODE" in
       fail) echo "reset failed: PCIe link down" >&2; exit 1 ;;
       dead) exit 0 ;;
       revive) (i=1; while [ $i -lt 100 ]; do echo $i > "$beat.tmp"; mv "$beat.tmp" "$beat"; i=$((i+1)); sleep 0.1; done) \\
                 </dev/null >/dev/null 2>&1 &
+              cut -d' ' -f1 /proc/uptime > "$FAKE_TT_SMI_LOG.done"
               exit 0 ;;
     esac
 """)
@@ -166,6 +170,86 @@ def test_without_a_reset_tool_the_card_says_what_to_install(card_host, state_dir
     assert "install tt-smi (pip install tt-smi) or tt-umd" in state_of(s, card)["problem"]
 
 
+# ---------------------------------------------------------------- the same lease, restarted after a crash
+
+CRASH = "kernel process 4242 was killed by SIGKILL"
+
+
+@pytest.fixture
+def kernel_process():
+    """A live process to attach a lease to, as a kernel's."""
+    proc = subprocess.Popen(["sleep", "600"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def wait_for_reset(s, lease_id, timeout=10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while s.lease_resets(lease_id):
+        assert time.monotonic() < deadline, s.lease_resets(lease_id)
+        s.reconcile()  # the pass that sees the heartbeat advance
+        time.sleep(0.2)
+
+
+def test_a_kernel_that_crashed_keeps_its_lease_and_its_cards_are_reset_before_it_restarts(card_host, state_dir, kernel_process):
+    s = scheduler(card_host, state_dir)
+    lease = s.acquire(1)
+    card = lease.devices[0].id
+    s.attach_kernel(lease.id, kernel_process)
+    assert s.detach_kernel(lease.id, crash=CRASH)
+    assert s.lease_resets(lease.id) == [PendingReset(device_id=card, reason=CRASH, waiting_for=None, done=False, failed=None)]
+    device = state_of(s, card)
+    assert (device["state"], device["lease_id"], device["reset"]["reason"]) == ("resetting", lease.id, CRASH)
+    assert s.run_resets() == [card] and ran(card_host) == [f"-r {card}"]
+    wait_for_reset(s, lease.id)
+    assert s.get_lease(lease.id).devices == lease.devices  # the same lease, ready for the restarted kernel
+    assert state_of(s, card)["state"] == "leased"
+
+
+def test_a_clean_restart_resets_nothing(card_host, state_dir, kernel_process):
+    s = scheduler(card_host, state_dir)
+    lease = s.acquire(1)
+    s.attach_kernel(lease.id, kernel_process)
+    assert s.detach_kernel(lease.id)
+    assert s.lease_resets(lease.id) == [] and s.run_resets() == [] and ran(card_host) == []
+
+
+def test_a_crashed_kernels_card_that_fails_its_reset_says_why_to_the_lease(card_host, state_dir, monkeypatch):
+    monkeypatch.setenv("FAKE_TT_SMI_MODE", "fail")
+    s = scheduler(card_host, state_dir)
+    lease = s.acquire(1)
+    s.detach_kernel(lease.id, crash=CRASH)
+    s.run_resets()
+    [pending] = s.lease_resets(lease.id)
+    assert "reset failed: PCIe link down" in pending.failed and pending.message.startswith(f"device {pending.device_id} failed")
+    s.release(lease.id, reason=pending.message)
+    assert state_of(s, pending.device_id)["state"] == "unhealthy"  # out of the pool after the lease, with the reason
+    assert isinstance(s.submit(2), Waiting)
+
+
+def test_a_lease_released_after_a_crash_has_its_cards_reset_before_anyone_else_gets_them(card_host, state_dir):
+    s = scheduler(card_host, state_dir)
+    lease = s.acquire(2)
+    s.release(lease.id, reason="kernel died and the restart limit was reached", crash=CRASH)
+    assert {d["state"] for d in s.device_states()} == {"resetting"}
+    waiting = s.submit(1)
+    assert isinstance(waiting, Waiting)
+    assert sorted(s.run_resets()) == [0, 1]
+    deadline = time.monotonic() + 10
+    while not isinstance(s.check(waiting.request_id), Lease):
+        assert time.monotonic() < deadline, s.device_states()
+        s.reconcile()
+        time.sleep(0.2)
+
+
+def test_without_reset_after_crash_a_crashed_kernels_lease_goes_on_at_once(card_host, state_dir):
+    s = scheduler(card_host, state_dir, reset_after_crash=False)
+    lease = s.acquire(1)
+    assert s.detach_kernel(lease.id, crash=CRASH)
+    assert s.lease_resets(lease.id) == [] and s.run_resets() == []
+
+
 @pytest.mark.parametrize("target", [None, -1, "0", True, [0]])
 def test_a_reset_command_always_names_exactly_one_device(target):
     with pytest.raises(ValueError, match="an empty target resets every board"):
@@ -221,3 +305,58 @@ def test_the_scheduler_service_resets_a_killed_holders_card_and_leases_it_again(
 
         wait_until(lambda: ran(card_host) == [f"-r {card}"], timeout=30, message="the service to reset the card")
         wait_until(lambda: state() == "free", timeout=30, message="the card back in the pool")
+
+
+def test_through_the_service_a_crashed_kernels_lease_waits_for_its_cards_reset(card_host, service, kernel_process):
+    from jupyter_servers import wait_until
+    from jupyter_tt.scheduler.client import ServiceClient
+
+    with card_host.beating(0.2):
+        svc = service(inventory="sysfs", env={"JUPYTER_TT_SYSFS_ROOT": str(card_host.root)})
+        client = ServiceClient(str(svc.socket))
+        lease = client.acquire(1, timeout=30)
+        card = lease.devices[0].id
+        client.attach_kernel(lease.id, kernel_process)
+        assert client.detach_kernel(lease.id, crash=CRASH)
+        [pending] = client.lease_resets(lease.id)  # over the socket, as the dataclass
+        assert (pending.device_id, pending.reason, pending.failed) == (card, CRASH, None)
+        wait_until(lambda: client.lease_resets(lease.id) == [], timeout=30, message="the service to reset the card")
+        assert ran(card_host) == [f"-r {card}"] and client.get_lease(lease.id).device_ids == [card]
+
+
+def test_a_kernel_killed_with_sigkill_restarts_on_its_lease_only_once_its_card_is_reset(card_host, servers, kernelspecs,
+                                                                                       monkeypatch):
+    from pathlib import Path
+
+    from jupyter_servers import kernel_environ, pid_gone, wait_until
+    from jupyter_tt.scheduler.processes import ProcessRef
+
+    monkeypatch.setenv("FAKE_TT_SMI_DELAY", "2")  # a reset that takes a while: the restart must wait for it
+    with card_host.beating(0.2):
+        server = servers(inventory="sysfs", env={"JUPYTER_TT_SYSFS_ROOT": str(card_host.root)},
+                         args=["--TTSettings.reset_after_crash=True", "--TTSettings.reset_tool=tt-smi"])
+        kernel_id = server.start_kernel("tt-n300")
+        first = server.lease_of(kernel_id)
+        card = first["devices"][0]
+
+        def kernel_on_lease(*old_pids):
+            lease = server.lease_of(kernel_id)
+            if not lease or lease["pid"] in (*old_pids, server.proc.pid) or pid_gone(lease["pid"]):
+                return None
+            return kernel_environ(lease["pid"]).get("JUPYTER_TT_LEASE") == lease["id"] and lease
+
+        assert server.http.post(f"/api/kernels/{kernel_id}/restart").status_code == 200
+        clean = wait_until(lambda: kernel_on_lease(first["pid"]), timeout=40, message="the clean restart")
+        assert ran(card_host) == []  # a kernel that stopped when asked leaves its card as it was
+
+        os.kill(clean["pid"], signal.SIGKILL)
+        wait_until(lambda: ran(card_host) == [f"-r {card}"], timeout=30, message="the killed kernel's card to be reset")
+        device = next(d for d in server.json("/jupyter-tt/api/devices")["devices"] if d["id"] == card)
+        assert (device["state"], device["lease_id"]) == ("resetting", first["id"])
+        assert "was killed by SIGKILL" in device["reset"]["reason"]
+        after = wait_until(lambda: kernel_on_lease(first["pid"], clean["pid"]), timeout=40, message="the restart after the reset")
+        assert after["id"] == first["id"] and after["devices"] == [card]
+        reset_done = float(Path(f"{card_host.log}.done").read_text())  # seconds since boot
+        started = ProcessRef.of(after["pid"]).started / os.sysconf("SC_CLK_TCK")
+        assert started >= reset_done - 0.011, "the kernel started before its card's reset was done"
+        assert "its devices are reset before it restarts" in server.log_text()

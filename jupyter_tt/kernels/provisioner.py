@@ -6,7 +6,9 @@ jupyter_client calls, for each kernel:
   needed, and give the kernel ``TT_VISIBLE_DEVICES`` (the leased BDFs) and ``JUPYTER_TT_LEASE``;
 - ``launch_kernel``: the lease now follows the kernel process; a failed launch releases it;
 - ``post_launch``: we hook the restarter's "dead" event, after which jupyter_client cleans up nothing;
-- ``cleanup(restart)``: a restart keeps the devices, anything else releases them (shutdown, culling);
+- ``cleanup(restart)``: a restart keeps the devices, anything else releases them (shutdown, culling).
+  A kernel that ended abnormally (killed by a signal, a non-zero exit) has its cards reset first
+  where the scheduler resets after a crash: the restart waits for it (``_wait_for_resets``);
 - ``choose(devices, card_type)`` (JupyterLab's device picker, then a restart): the restart gives the
   lease back and asks for the new devices, waiting in the queue if it must.
 
@@ -18,13 +20,14 @@ every scheduler call goes to a worker thread (``call``) and the queue wait to ``
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Float, Int, Unicode, validate
 
 from ..config import TTSettings
-from ..errors import ConfigError, TTError
+from ..errors import ConfigError, TTError, WaitTimeout
 from ..scheduler import Lease, SchedulerAPI, Waiting, call, check_card_type, open_scheduler
 
 
@@ -43,6 +46,11 @@ class TTProvisioner(LocalProvisioner):
     _dead_hooked = False
     #: Why the next shutdown ends the lease, when the server (not the user) shuts the kernel down.
     release_reason: str | None = None
+    #: How the last kernel process ended (see ``_abnormal_end``): its status if it ended by itself,
+    #: whether it is being stopped (and was asked to shut down), the signal it took if it did not.
+    _died: int | None = None
+    _stopping = _asked = False
+    _forced: str | None = None
 
     def __init__(self, **kwargs: Any):
         known = {"devices", "card_type", "wait_timeout"}
@@ -89,7 +97,9 @@ class TTProvisioner(LocalProvisioner):
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         if self.lease and not self._lease_fits():  # other devices were chosen: give these back first
             await self._release(f"devices changed to {self.devices}× {self.card_type} from JupyterLab")
-        if self.devices and not await self._lease_still_held():
+        if self.devices and await self._lease_still_held():
+            await self._wait_for_resets()  # after a crash; a card that failed its reset gives the lease up
+        if self.devices and self.lease is None:
             # jupyter_server names the session (the notebook's path) in the kernel's environment.
             self.lease = await self._acquire(kwargs.get("env", {}).get("JPY_SESSION_NAME"))
         try:
@@ -125,17 +135,70 @@ class TTProvisioner(LocalProvisioner):
             km.add_restart_callback(self._on_dead, "dead")
             self._dead_hooked = True
 
+    async def poll(self) -> int | None:
+        code = await super().poll()
+        if code is not None and self.process is not None and not self._stopping and self._died is None:
+            self._died = code  # it ended by itself (the restarter's look, or a shutdown finding it dead)
+        return code
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        await self.poll()  # dead already, before anyone asked?
+        self._stopping = self._asked = True
+        await super().shutdown_requested(restart=restart)
+
+    async def terminate(self, restart: bool = False) -> None:
+        self._stop_with("SIGTERM")
+        await super().terminate(restart=restart)
+
+    async def kill(self, restart: bool = False) -> None:
+        self._stop_with("SIGKILL")
+        await super().kill(restart=restart)
+
+    def _stop_with(self, name: str) -> None:
+        # A kernel asked to shut down that did not is hung; a kill asked for at once
+        # (shutdown_kernel(now=True)) is a shutdown; a dead kernel's "kill" changes nothing.
+        if self._asked and self._forced is None and self.process is not None and self.process.poll() is None:
+            self._forced = f"kernel process {self.pid} did not stop when asked and was sent {name}"
+        self._stopping = True
+
     async def cleanup(self, restart: bool = False) -> None:
         await super().cleanup(restart=restart)
+        crash = self._abnormal_end()
         if restart and self.lease:
-            if not await call((await self.scheduler()).detach_kernel, self.lease.id):
+            if crash:
+                self.log.warning("Kernel %s: %s; its devices are reset before it restarts", self.kernel_id, crash)
+            if not await call((await self.scheduler()).detach_kernel, self.lease.id, crash=crash):
                 self.lease = None  # reclaimed meanwhile: pre_launch asks again
         else:
-            await self._release(self.release_reason or "kernel shut down")
+            await self._release(self.release_reason or (crash and f"kernel ended: {crash}") or "kernel shut down", crash=crash)
 
     def _on_dead(self) -> None:
         # jupyter_client calls restart callbacks synchronously on the event loop: release in a task.
-        asyncio.ensure_future(self._release("kernel died and the restart limit was reached"))
+        asyncio.ensure_future(self._release("kernel died and the restart limit was reached", crash=self._abnormal_end()))
+
+    def _abnormal_end(self) -> str | None:
+        """How the kernel process that just ended ended abnormally, or None if it ended cleanly.
+
+        Abnormal: it died by itself with a signal (the OOM killer's SIGKILL, a segfault) or a non-zero
+        exit, or it had to be killed because it did not stop when asked (hung, maybe inside a device
+        call). Its cards may be mid-operation, so they are reset before the next use. A kernel that
+        stopped when asked, or was stopped at once on purpose (``now=True``), ended cleanly whatever
+        its status (jupyter_client interrupts it first: one still starting up dies of that SIGINT).
+        Reading it forgets it."""
+        died, forced = self._died, self._forced
+        self._died, self._forced, self._stopping, self._asked = None, None, False, False
+        if self.process is not None and self.process.poll() is None:  # the kill's wait timed out
+            return f"kernel process {self.pid} did not exit when it was stopped"
+        if forced:
+            return forced
+        if not died:
+            return None
+        if died < 0:
+            try:
+                return f"kernel process {self.pid} was killed by {signal.Signals(-died).name}"
+            except ValueError:
+                return f"kernel process {self.pid} was killed by signal {-died}"
+        return f"kernel process {self.pid} exited with code {died}"
 
     def get_provisioner_info(self) -> dict[str, Any]:
         info = super().get_provisioner_info()
@@ -158,8 +221,37 @@ class TTProvisioner(LocalProvisioner):
             return False
         return True
 
+    @property
+    def _timeout(self) -> float:
+        return self.wait_timeout if self.wait_timeout is not None else self.settings.wait_timeout
+
+    async def _wait_for_resets(self) -> None:
+        """Start the kernel again only once the cards its crash left are reset and beat again.
+
+        A card that failed its reset is unhealthy: the lease is given back (the card stays out of the
+        pool, with the reason) and pre_launch asks for other devices, waiting in the queue if it must."""
+        scheduler, lease = await self.scheduler(), self.lease
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        said = None
+        while pending := await call(scheduler.lease_resets, lease.id):
+            if failed := [p.message for p in pending if p.failed]:
+                self.log.warning("Kernel %s: %s; asking for other devices", self.kernel_id, "; ".join(failed))
+                await self._release("; ".join(failed))
+                return
+            message = "; ".join(p.message for p in pending)
+            if message != said:
+                self.log.info("Kernel %s restarts once its devices are reset: %s", self.kernel_id, message)
+                said = message
+            if asyncio.get_running_loop().time() > deadline:
+                await self._release(f"its devices were not reset within {self._timeout:g} s")
+                raise WaitTimeout(
+                    f"the kernel's devices were not reset within {self._timeout:g} s after it crashed ({message}). "
+                    f"Restart the kernel to wait again; if a process holds a device, stop it; "
+                    f"`jupyter tt devices` shows each device's state")
+            await asyncio.sleep(scheduler.poll_interval)
+
     async def _acquire(self, notebook: str | None) -> Lease:
-        timeout = self.wait_timeout if self.wait_timeout is not None else self.settings.wait_timeout
+        timeout = self._timeout
 
         def report(waiting: Waiting) -> None:
             self.log.info("Kernel %s is %s", self.kernel_id, waiting.message)
@@ -174,9 +266,9 @@ class TTProvisioner(LocalProvisioner):
         )
         return lease
 
-    async def _release(self, reason: str) -> None:
+    async def _release(self, reason: str, crash: str | None = None) -> None:
         lease, self.lease = self.lease, None
         if lease is None:
             return
-        if await call((await self.scheduler()).release, lease.id, reason=reason):
+        if await call((await self.scheduler()).release, lease.id, reason=reason, crash=crash):
             self.log.info("Kernel %s released %s (%s)", self.kernel_id, lease.id, reason)

@@ -12,9 +12,9 @@ from ..config import TTSettings
 from ..devices import open_inventory
 from .api import SchedulerAPI, call
 from .placement import ANY, check_card_type, place
-from .scheduler import Caller, Lease, LeasedDevice, Scheduler, Waiting
+from .scheduler import Caller, Lease, LeasedDevice, PendingReset, Scheduler, Waiting
 
-__all__ = ["ANY", "Caller", "Lease", "LeasedDevice", "Scheduler", "SchedulerAPI", "Waiting", "call", "check_card_type",
+__all__ = ["ANY", "Caller", "Lease", "LeasedDevice", "PendingReset", "Scheduler", "SchedulerAPI", "Waiting", "call", "check_card_type",
            "open_scheduler", "place"]
 
 _shared: dict[tuple, SchedulerAPI] = {}

@@ -24,7 +24,7 @@ from .placement import ANY
 
 if TYPE_CHECKING:
     from ..devices import Device
-    from .scheduler import Lease, UsageRecord, Waiting
+    from .scheduler import Lease, PendingReset, UsageRecord, Waiting
 
 #: Short calls (a pass, a report) from event loops; a stuck call keeps one thread, not the loop.
 _CALLS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jupyter-tt-call")
@@ -82,13 +82,17 @@ class SchedulerAPI(abc.ABC):
     def cancel(self, request_id: str) -> Lease | None: ...
 
     @abc.abstractmethod
-    def release(self, lease_id: str, *, reason: str = "released", user: str | None = None) -> bool: ...
+    def release(self, lease_id: str, *, reason: str = "released", user: str | None = None,
+                crash: str | None = None) -> bool: ...
 
     @abc.abstractmethod
     def attach_kernel(self, lease_id: str, pid: int) -> None: ...
 
     @abc.abstractmethod
-    def detach_kernel(self, lease_id: str) -> bool: ...
+    def detach_kernel(self, lease_id: str, *, crash: str | None = None) -> bool: ...
+
+    @abc.abstractmethod
+    def lease_resets(self, lease_id: str) -> list[PendingReset]: ...
 
     @abc.abstractmethod
     def get_lease(self, lease_id: str) -> Lease | None: ...

@@ -18,7 +18,7 @@ from ..errors import SchedulerUnavailable
 from . import protocol
 from .api import SchedulerAPI
 from .placement import ANY
-from .scheduler import Lease, UsageRecord, Waiting
+from .scheduler import Lease, PendingReset, UsageRecord, Waiting
 
 
 class RemoteInventory:
@@ -116,15 +116,19 @@ class ServiceClient(SchedulerAPI):
     def cancel(self, request_id: str) -> Lease | None:
         return self._call("cancel", request_id=request_id)
 
-    def release(self, lease_id: str, *, reason: str = "released", user: str | None = None) -> bool:
+    def release(self, lease_id: str, *, reason: str = "released", user: str | None = None,
+                crash: str | None = None) -> bool:
         # The service lets each user end only their own leases, whatever ``user`` says.
-        return self._call("release", lease_id=lease_id, reason=reason)
+        return self._call("release", lease_id=lease_id, reason=reason, crash=crash)
 
     def attach_kernel(self, lease_id: str, pid: int) -> None:
         self._call("attach_kernel", lease_id=lease_id, pid=pid)
 
-    def detach_kernel(self, lease_id: str) -> bool:
-        return self._call("detach_kernel", lease_id=lease_id)
+    def detach_kernel(self, lease_id: str, *, crash: str | None = None) -> bool:
+        return self._call("detach_kernel", lease_id=lease_id, crash=crash)
+
+    def lease_resets(self, lease_id: str) -> list[PendingReset]:
+        return self._call("lease_resets", lease_id=lease_id)
 
     def get_lease(self, lease_id: str) -> Lease | None:
         return self._call("get_lease", lease_id=lease_id)

@@ -2,8 +2,8 @@
 
 A request is ``{"id": N, "op": "submit", "args": {...}}``; its answer ``{"id": N, "result": ...}``
 or ``{"id": N, "error": {"type": "RequestError", "message": "...", "status": 409}}``. Leases and
-waiting requests and usage records travel tagged (``{"$lease": {...}}``, ``{"$waiting": {...}}``,
-``{"$usage": {...}}``) so that the client
+waiting requests, usage records and pending resets travel tagged (``{"$lease": {...}}``,
+``{"$waiting": {...}}``, ``{"$usage": {...}}``, ``{"$reset": {...}}``) so that the client
 hands its callers the same dataclasses the scheduler returns. Nothing here says who the caller is:
 the service takes that from the socket (``SO_PEERCRED``).
 """
@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .. import errors
-from .scheduler import Lease, LeasedDevice, UsageRecord, Waiting
+from .scheduler import Lease, LeasedDevice, PendingReset, UsageRecord, Waiting
 
 #: The longest line either side accepts (a report of many devices is far below it).
 MAX_LINE = 1 << 20
@@ -33,6 +33,8 @@ def encode(value: Any) -> Any:
         return {"$waiting": asdict(value)}
     if isinstance(value, UsageRecord):
         return {"$usage": asdict(value)}
+    if isinstance(value, PendingReset):
+        return {"$reset": asdict(value)}
     if isinstance(value, (tuple, list)):
         return [encode(v) for v in value]
     if isinstance(value, dict):
@@ -51,6 +53,8 @@ def decode(value: Any) -> Any:
             return Waiting(**value["$waiting"])
         if "$usage" in value:
             return UsageRecord(**{**value["$usage"], "devices": tuple(value["$usage"]["devices"])})
+        if "$reset" in value:
+            return PendingReset(**value["$reset"])
         return {k: decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [decode(v) for v in value]

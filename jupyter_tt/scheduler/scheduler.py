@@ -165,6 +165,26 @@ class UsageRecord:
     chip_hours: float
 
 
+@dataclass(frozen=True, kw_only=True)
+class PendingReset:
+    """A card of a lease that is reset before its kernel starts again (``lease_resets``): the kernel
+    died abnormally and is being restarted on the same lease."""
+
+    device_id: int
+    reason: str  # how the kernel ended
+    waiting_for: str | None  # why the reset has not run yet (a process holds the card's node)
+    done: bool  # reset: the scheduler waits for its firmware heartbeat to advance
+    failed: str | None  # the reset or its check failed: the card is unhealthy and out of the lease's use
+
+    @property
+    def message(self) -> str:
+        if self.failed:
+            return f"device {self.device_id} failed its reset: {self.failed}"
+        if self.waiting_for:
+            return f"device {self.device_id} waits for its reset: {self.waiting_for}"
+        return f"device {self.device_id} is {'checked after' if self.done else 'in'} its reset"
+
+
 def usage_totals(records: list[UsageRecord]) -> list[dict]:
     """Per user: leases, device-hours and chip-hours of ``records``, the heaviest user first."""
     totals: dict[str, dict] = {}
@@ -348,8 +368,10 @@ class Scheduler(SchedulerAPI):
     # ------------------------------------------------------------------ leases
 
     @_serialized
-    def release(self, lease_id: str, *, reason: str = "released", user: str | None = None) -> bool:
+    def release(self, lease_id: str, *, reason: str = "released", user: str | None = None, crash: str | None = None) -> bool:
         """End a lease. With ``user``, only that user's lease may be ended (LeaseError otherwise).
+        ``crash``: how its kernel ended abnormally; with ``reset_after_crash`` its cards are reset
+        before anyone else leases them.
 
         Returns False when the lease had already ended.
         """
@@ -362,6 +384,8 @@ class Scheduler(SchedulerAPI):
             if user is not None and row["user"] != user:
                 raise LeaseError(f"lease {lease_id} belongs to {row['user']}: only they can release it", status=403)
             self._end(db, row, reason, time.time())
+            if crash:
+                self._mark_for_reset(db, row, crash)
             self._pass(db)
             return True
 
@@ -377,8 +401,10 @@ class Scheduler(SchedulerAPI):
             )
 
     @_serialized
-    def detach_kernel(self, lease_id: str, *, caller: Caller | None = None) -> bool:
+    def detach_kernel(self, lease_id: str, *, crash: str | None = None, caller: Caller | None = None) -> bool:
         """The kernel is being restarted: the lease follows the caller's process until the next attach.
+        ``crash``: how the kernel ended abnormally; with ``reset_after_crash`` the lease's cards are
+        reset first, and the caller waits for ``lease_resets`` to be empty before it starts the kernel.
 
         Returns False when the lease has ended meanwhile (reclaimed): the caller must ask again.
         """
@@ -390,7 +416,19 @@ class Scheduler(SchedulerAPI):
                 " owner_pid=?, owner_started=?, owner_boot=? WHERE id=?",
                 (who.process.pid, who.process.started, who.process.boot_id, lease_id),
             )
+            if cursor.rowcount == 1 and crash:
+                self._mark_for_reset(db, db.execute("SELECT * FROM leases WHERE id=?", (lease_id,)).fetchone(), crash)
             return cursor.rowcount == 1
+
+    @_serialized
+    def lease_resets(self, lease_id: str, *, caller: Caller | None = None) -> list[PendingReset]:
+        """The lease's cards still out for a reset (empty: its kernel may start)."""
+        with store.snapshot(self.db) as db:
+            self._own_lease(db, lease_id, caller)
+            rows = db.execute("SELECT resets.* FROM resets JOIN lease_devices USING (device_id) WHERE lease_devices.lease_id=?"
+                              " ORDER BY device_id", (lease_id,)).fetchall()
+        return [PendingReset(device_id=r["device_id"], reason=r["reason"], waiting_for=r["waiting_for"],
+                             done=r["done_at"] is not None, failed=r["failed"]) for r in rows]
 
     @_serialized
     def get_lease(self, lease_id: str, *, viewer: str | None = None) -> Lease | None:
@@ -557,7 +595,7 @@ class Scheduler(SchedulerAPI):
             data = device.to_json()
             if reset and reset["failed"]:
                 data.update(problem=reset["failed"], healthy=False)
-            state = "unhealthy" if not data["healthy"] else "leased" if lease else "resetting" if reset else "free"
+            state = "unhealthy" if not data["healthy"] else "resetting" if reset else "leased" if lease else "free"
             states.append(
                 {
                     **data,
@@ -659,11 +697,7 @@ class Scheduler(SchedulerAPI):
             if reason:
                 self._end(db, row, reason, now)
                 ended.append(row["id"])
-                if self.reset_after_crash:  # its holder died with the card open: reset it before anyone else
-                    db.executemany(
-                        "INSERT OR REPLACE INTO resets (device_id, lease_id, reason, since) VALUES (?,?,?,?)",
-                        [(d["id"], row["id"], reason, now) for d in json.loads(row["devices_json"])],
-                    )
+                self._mark_for_reset(db, row, reason)  # its holder died with the card open
         for row in db.execute("SELECT id, owner_pid, owner_started, owner_boot FROM requests").fetchall():
             try:
                 alive = _ref(row["owner_pid"], row["owner_started"], row["owner_boot"]).alive()
@@ -675,6 +709,14 @@ class Scheduler(SchedulerAPI):
         self._check_resets(db, ticking)
         self._grant(db, now)
         return ended
+
+    def _mark_for_reset(self, db: sqlite3.Connection, row: sqlite3.Row, reason: str) -> None:
+        """With ``reset_after_crash``: the lease's cards are reset (``run_resets``) before anyone uses them again."""
+        if self.reset_after_crash:
+            db.executemany(
+                "INSERT OR REPLACE INTO resets (device_id, lease_id, reason, since) VALUES (?,?,?,?)",
+                [(d["id"], row["id"], reason[:300], time.time()) for d in json.loads(row["devices_json"])],
+            )
 
     def _check_resets(self, db: sqlite3.Connection, now: float) -> None:
         """Cards reset since: back to the pool once their heartbeat changed, unhealthy if it does not in time."""

@@ -268,6 +268,8 @@ class SchedulerService:
             result = await self._call(op, self, caller, uid, **protocol.decode(args))
             if request["op"] in MUTATING:
                 await self._after_change()
+            if request["op"] in RESETTING:
+                self._start_resets()
             return {"id": request_id, "result": protocol.encode(result)}
         except TTError as e:
             return {"id": request_id, "error": protocol.error_body(e)}
@@ -299,10 +301,10 @@ class SchedulerService:
     def op_cancel(self, caller, uid, request_id):
         return self.scheduler.cancel(str(request_id), caller=caller)
 
-    def op_release(self, caller, uid, lease_id, reason="released"):
+    def op_release(self, caller, uid, lease_id, reason="released", crash=None):
         reason = str(reason)[:200]
         return self.scheduler.release(str(lease_id), reason=f"{reason} (by {caller.user})",
-                                      user=None if uid == 0 else caller.user)
+                                      user=None if uid == 0 else caller.user, crash=_crash(crash))
 
     def op_attach_kernel(self, caller, uid, lease_id, pid):
         if not isinstance(pid, int) or pid <= 0:
@@ -312,8 +314,11 @@ class SchedulerService:
             raise LeaseError(f"process {pid} is not {caller.user}'s: a lease follows its holder's own kernel", status=403)
         return self.scheduler.attach_kernel(str(lease_id), pid, caller=caller)
 
-    def op_detach_kernel(self, caller, uid, lease_id):
-        return self.scheduler.detach_kernel(str(lease_id), caller=caller)
+    def op_detach_kernel(self, caller, uid, lease_id, crash=None):
+        return self.scheduler.detach_kernel(str(lease_id), crash=_crash(crash), caller=caller)
+
+    def op_lease_resets(self, caller, uid, lease_id):
+        return self.scheduler.lease_resets(str(lease_id), caller=None if uid == 0 else caller)
 
     def op_get_lease(self, caller, uid, lease_id):
         return self.scheduler.get_lease(str(lease_id), viewer=self._viewer(caller, uid))
@@ -356,9 +361,18 @@ class SchedulerService:
         return self.scheduler.timeout_message(waiting, timeout)
 
 
+def _crash(crash) -> str | None:
+    """A client's account of how its kernel ended (it asks for a reset of its own lease's cards)."""
+    if crash is not None and not isinstance(crash, str):
+        raise RequestError(f"crash says how the kernel ended, as text, not {crash!r}")
+    return crash and crash[:200]
+
+
 OPS = {name[3:]: fn for name, fn in vars(SchedulerService).items() if name.startswith("op_")}
 #: Operations after which the processes to follow may have changed.
 MUTATING = {"submit", "check", "cancel", "release", "attach_kernel", "detach_kernel", "reconcile", "retry_reset"}
+#: Operations that may have put a card out for a reset: run it now, not at the next tick.
+RESETTING = {"release", "detach_kernel", "retry_reset"}
 
 
 def main(socket_path: str, state_dir: str, config_file: str | None) -> int:
