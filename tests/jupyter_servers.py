@@ -147,6 +147,16 @@ class Server:
         self.http.close()
 
 
+def kernel_client(kernel_id: str):
+    """A client on a server's kernel, from its connection file (the server runs with this test's runtime dir)."""
+    from jupyter_client import BlockingKernelClient
+
+    client = BlockingKernelClient(connection_file=os.path.join(os.environ["JUPYTER_RUNTIME_DIR"], f"kernel-{kernel_id}.json"))
+    client.load_connection_file()
+    client.start_channels()
+    return client
+
+
 def kernel_environ(pid: int) -> dict[str, str]:
     """The environment a kernel process was started with."""
     raw = Path(f"/proc/{pid}/environ").read_bytes()

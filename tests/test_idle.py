@@ -8,13 +8,11 @@ server's own view of it (jupyter_server's execution state and last activity).
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
-from jupyter_client import BlockingKernelClient
 
-from jupyter_servers import wait_until
+from jupyter_servers import kernel_client, wait_until
 from jupyter_tt.devices import SimulatedInventory
 from jupyter_tt.scheduler import Lease, Scheduler, Waiting
 
@@ -49,9 +47,7 @@ def test_an_idle_kernel_is_warned_then_shut_down_and_its_card_goes_to_the_waitin
 def test_a_busy_kernel_keeps_its_card_while_a_request_waits(servers, state_dir):
     server = servers(inventory="simulated:n150x1", args=IDLE)
     kernel_id = server.start_kernel("tt-n150")
-    client = BlockingKernelClient(connection_file=os.path.join(os.environ["JUPYTER_RUNTIME_DIR"], f"kernel-{kernel_id}.json"))
-    client.load_connection_file()
-    client.start_channels()
+    client = kernel_client(kernel_id)
     try:
         client.execute("import time; time.sleep(15)")
         # The request waits only once the kernel runs the cell (nobody waiting before: nothing to take).

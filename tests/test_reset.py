@@ -360,3 +360,28 @@ def test_a_kernel_killed_with_sigkill_restarts_on_its_lease_only_once_its_card_i
         started = ProcessRef.of(after["pid"]).started / os.sysconf("SC_CLK_TCK")
         assert started >= reset_done - 0.011, "the kernel started before its card's reset was done"
         assert "its devices are reset before it restarts" in server.log_text()
+
+
+def test_a_kernel_that_does_not_stop_when_asked_is_killed_and_its_card_reset_before_the_restart(card_host, servers,
+                                                                                              kernelspecs):
+    from jupyter_servers import kernel_client, wait_until
+
+    with card_host.beating(0.2):
+        server = servers(inventory="sysfs", env={"JUPYTER_TT_SYSFS_ROOT": str(card_host.root)},
+                         args=["--TTSettings.reset_after_crash=True", "--TTSettings.reset_tool=tt-smi",
+                               "--KernelManager.shutdown_wait_time=2"])
+        kernel_id = server.start_kernel("tt-n300")
+        first = server.lease_of(kernel_id)
+        client = kernel_client(kernel_id)
+        try:  # hung, as in a device call that never returns: deaf to the interrupt and to SIGTERM
+            client.execute("import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                           "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)")
+            wait_until(lambda: server.json(f"/api/kernels/{kernel_id}")["execution_state"] == "busy", timeout=30,
+                       message="the kernel to run the cell")
+            assert server.http.post(f"/api/kernels/{kernel_id}/restart").status_code == 200
+        finally:
+            client.stop_channels()
+        assert ran(card_host) == [f"-r {first['devices'][0]}"]  # the restart answered only after the reset
+        after = server.lease_of(kernel_id)
+        assert after["id"] == first["id"] and after["pid"] != first["pid"]
+        assert "did not stop when asked and was sent SIGTERM" in server.log_text()
