@@ -135,6 +135,15 @@ class Server:
     def shutdown_kernel(self, kernel_id: str) -> None:
         assert self.http.delete(f"/api/kernels/{kernel_id}").status_code == 204
 
+    def watched(self, kernel_id: str, client) -> None:
+        """Until this server sees the kernel's messages: its IOPub subscription may still be joining
+        (ZMQ's slow joiner), and a status it misses leaves the kernel "starting" in its view."""
+        def seen():
+            client.execute("pass", reply=True, timeout=10)  # the shell reply: no subscription to join
+            return self.json(f"/api/kernels/{kernel_id}")["execution_state"] == "idle"
+
+        wait_until(seen, timeout=30, interval=0.5, message="the server to see the kernel's messages")
+
     def leases(self) -> list[dict]:
         return self.json("/jupyter-tt/api/leases")["leases"]
 

@@ -44,15 +44,36 @@ def test_an_idle_kernel_is_warned_then_shut_down_and_its_card_goes_to_the_waitin
     bob.release(granted.id)
 
 
-def test_a_busy_kernel_keeps_its_card_while_a_request_waits(servers, state_dir):
+SLOW_COMM = """
+import time
+from comm import get_comm_manager
+get_comm_manager().register_target("slow", lambda comm, _: comm.on_msg(lambda _: time.sleep(15)))
+"""
+
+
+def run_a_long_cell(client) -> None:
+    client.execute("import time; time.sleep(15)")
+
+
+def handle_a_long_comm_message(client) -> None:
+    """A widget's callback that takes a while (a model's generation): the comm message is in flight."""
+    client.execute(SLOW_COMM, reply=True, timeout=30)
+    for msg_type, content in [("comm_open", {"comm_id": "c1", "target_name": "slow", "data": {}}),
+                              ("comm_msg", {"comm_id": "c1", "data": {"go": True}})]:
+        client.shell_channel.send(client.session.msg(msg_type, content))
+
+
+@pytest.mark.parametrize("keep_busy", [run_a_long_cell, handle_a_long_comm_message], ids=["execution", "comm message"])
+def test_a_busy_kernel_keeps_its_card_while_a_request_waits(servers, state_dir, keep_busy):
     server = servers(inventory="simulated:n150x1", args=IDLE)
     kernel_id = server.start_kernel("tt-n150")
     client = kernel_client(kernel_id)
     try:
-        client.execute("import time; time.sleep(15)")
-        # The request waits only once the kernel runs the cell (nobody waiting before: nothing to take).
+        server.watched(kernel_id, client)
+        keep_busy(client)
+        # The request waits only once the kernel is at work (nobody waiting before: nothing to take).
         wait_until(lambda: server.json(f"/api/kernels/{kernel_id}")["execution_state"] == "busy", timeout=30,
-                   message="the kernel to run the cell")
+                   message="the kernel to get to work")
         bob = Scheduler(SimulatedInventory("n150x1"), state_dir, user="bob")
         waiting = bob.submit(1, "n150")
         time.sleep(6)  # three times the timeout and the grace together

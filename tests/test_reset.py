@@ -374,6 +374,7 @@ def test_a_kernel_that_does_not_stop_when_asked_is_killed_and_its_card_reset_bef
         first = server.lease_of(kernel_id)
         client = kernel_client(kernel_id)
         try:  # hung, as in a device call that never returns: deaf to the interrupt and to SIGTERM
+            server.watched(kernel_id, client)
             client.execute("import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
                            "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)")
             wait_until(lambda: server.json(f"/api/kernels/{kernel_id}")["execution_state"] == "busy", timeout=30,
