@@ -53,6 +53,7 @@ demo: env
 	$(BIN)/jupyter tt kernelspec install --sys-prefix --name tt-n150 --devices 1 --card-type n150
 	$(BIN)/jupyter tt kernelspec install --sys-prefix --name tt-n300 --devices 1 --card-type n300
 	$(BIN)/jupyter tt kernelspec install --sys-prefix --name tt-loudbox --devices 4 --card-type n300
+	$(BIN)/jupyter tt kernelspec install --sys-prefix --generic
 	JUPYTER_TT_INVENTORY=$${JUPYTER_TT_INVENTORY:-$(DEMO_INVENTORY)} $(BIN)/jupyter lab $(DEMO_ARGS)
 
 lint: env

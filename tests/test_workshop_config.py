@@ -14,6 +14,11 @@ def installed_kernelspecs(text: str) -> set[str]:
     return set(re.findall(r"jupyter tt kernelspec install .*?--name (\S+)", text))
 
 
+def test_binder_and_make_demo_install_the_generic_kernelspec_whose_devices_are_picked_in_jupyterlab():
+    for where in (ROOT / "binder" / "postBuild", ROOT / "Makefile"):
+        assert re.search(r"jupyter tt kernelspec install --sys-prefix --generic", where.read_text()), where
+
+
 def test_there_are_four_workshop_notebooks():
     assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04"]
 
