@@ -226,3 +226,22 @@ def test_usage_csv_through_the_service_lists_every_users_leases_for_reports(serv
         assert [(r[0], r[1], r[6]) for r in rows] == [(lease_id, "tt-alice", "")]  # held: no end yet
     finally:
         proc.kill()
+
+
+def test_the_shared_host_example_config_sets_fair_quotas_and_the_idle_policy(service):
+    from pathlib import Path
+
+    import pytest
+
+    from jupyter_tt.errors import RequestError
+    from jupyter_tt.scheduler.client import ServiceClient
+
+    example = Path(__file__).parent.parent / "examples" / "shared-host" / "scheduler_config.py"
+    svc = service(inventory="simulated:n300x4", config=example.read_text())
+    client = ServiceClient(str(svc.socket))
+    assert client.idle_policy == (1800.0, 300.0)  # what every Jupyter server on the host follows
+    with pytest.raises(RequestError, match="over .*quota of 2"):
+        client.submit(3, "n300")
+    lease = client.acquire(2, "n300", timeout=10)
+    assert len(lease.devices) == 2
+    client.release(lease.id)
