@@ -9,6 +9,7 @@ frees it. Screenshots of each step go to ``test-artifacts/ui/``.
 from __future__ import annotations
 
 import os
+import signal
 import re
 import shutil
 from pathlib import Path
@@ -55,12 +56,12 @@ def page(request):
             browser.close()
 
 
-def lab(servers, tmp_path, inventory: str, args=()):
+def lab(servers, tmp_path, inventory: str, args=(), env=None):
     """A JupyterLab server whose user settings say no to Jupyter's news prompt (it would cover the panel)."""
     settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
-    return servers(inventory=inventory, args=args, env={"JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings")})
+    return servers(inventory=inventory, args=args, env={"JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"), **(env or {})})
 
 
 def shot(page, name: str) -> None:
@@ -72,7 +73,8 @@ def new_notebook(page, kernel: str) -> None:
     """File > New Launcher, then the kernel's notebook card: a user's way to start such a kernel."""
     page.get_by_role("menuitem", name="File", exact=True).click()
     page.get_by_role("menuitem", name=re.compile("^New Launcher")).click()
-    page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{kernel}"]').locator("visible=true").click()
+    # .first: the test kernelspecs tt-n300 and tt-n300-quick (a shorter wait) share a display name
+    page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{kernel}"]').locator("visible=true").first.click()
 
 
 def shut_down_kernel(page) -> None:
@@ -183,6 +185,36 @@ def test_a_user_picks_two_n300_for_a_running_notebook_and_its_kernel_restarts_on
     shot(page, "7-restarted-on-two-n300")
     [lease] = server.leases()
     assert lease["devices"] == [1, 2] and lease["card_types"] == ["n300"]
+
+
+def test_a_killed_kernels_card_shows_resetting_under_its_notebook_then_its_lease_again(servers, page, tmp_path, card_host,
+                                                                                       monkeypatch):
+    """STAND-IN: the sysfs fixture's two n300 cards and a fake tt-smi whose reset takes 4 s."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)
+    monkeypatch.setenv("FAKE_TT_SMI_DELAY", "4")
+    with card_host.beating(0.2):
+        server = lab(servers, tmp_path, "sysfs", env={"JUPYTER_TT_SYSFS_ROOT": str(card_host.root)},
+                     args=["--TTSettings.reset_after_crash=True", "--TTSettings.reset_tool=tt-smi"])
+        page.goto(f"{server.url}/lab?token={server.token}")
+        page.locator('.jp-SideBar [data-id="jupyter-tt-panel"]').click()
+        new_notebook(page, "Python 3 (1× n300, 2 chips)")
+        [lease] = wait_until(server.leases, timeout=60, message="the notebook's kernel to get a card")
+        card = device(page, lease["devices"][0])
+        expect(card).to_have_attribute("data-state", "leased")
+        # Started (JupyterLab has its kernel info): the restarter watches it from then on.
+        wait_until(lambda: server.json(f"/api/kernels/{lease['kernel_id']}")["execution_state"] == "idle", timeout=60,
+                   message="the notebook's kernel to be ready")
+        [lease] = server.leases()  # its pid now the kernel's (until the kernel is attached, the server's)
+
+        os.kill(lease["pid"], signal.SIGKILL)  # as the OOM killer would
+        expect(card).to_have_attribute("data-state", "resetting")
+        expect(card.locator(".jp-tt-holder")).to_contain_text("Untitled.ipynb")  # still this notebook's
+        expect(card.locator(".jp-tt-problem")).to_contain_text(f"reset after kernel process {lease['pid']} was killed by SIGKILL")
+        shot(page, "8-resetting-after-a-crash")
+        expect(card).to_have_attribute("data-state", "leased")  # reset, and the kernel restarted on it
+        assert [held["id"] for held in server.leases()] == [lease["id"]]
 
 
 def test_without_the_event_stream_the_panel_still_follows_the_host_by_polling(servers, page, state_dir, tmp_path):

@@ -1,10 +1,7 @@
 """Reset after a crash: a card whose holder died is reset before anyone uses it again.
 
-The card is the sysfs fixture (a driver stand-in), and ``tt-smi`` is a fake on PATH
-(``FAKE_TT_SMI``) that records its arguments and then, as told by ``FAKE_TT_SMI_MODE``, brings the
-card's firmware heartbeat back to life (``revive``), leaves it frozen (``dead``) or fails (``fail``).
-``FAKE_TT_SMI_DELAY`` makes the reset take that many seconds; once a revive is done, the tool writes
-the time since boot (``/proc/uptime``) to ``$FAKE_TT_SMI_LOG.done``.
+The card is the sysfs fixture (a driver stand-in), and ``tt-smi`` is a fake on PATH (the
+``card_host`` fixture, ``tests/fake_tt_smi.py``).
 """
 
 from __future__ import annotations
@@ -21,40 +18,7 @@ import pytest
 from jupyter_tt.devices import SysfsInventory
 from jupyter_tt.scheduler import Lease, PendingReset, Scheduler, Waiting
 from jupyter_tt.scheduler.reset import reset_command
-from sysfs_tree import N300, make_host
-
-FAKE_TT_SMI = textwrap.dedent("""\
-    #!/bin/sh
-    # A stand-in for tt-smi: records its arguments, then acts on card $2 as FAKE_TT_SMI_MODE says.
-    echo "$@" >> "$FAKE_TT_SMI_LOG"
-    [ -n "$FAKE_TT_SMI_DELAY" ] && sleep "$FAKE_TT_SMI_DELAY"
-    beat="$FAKE_TT_SMI_ROOT/sys/class/tenstorrent/tenstorrent!$2/tt_heartbeat"
-    case "$FAKE_TT_SMI_MODE" in
-      fail) echo "reset failed: PCIe link down" >&2; exit 1 ;;
-      dead) exit 0 ;;
-      revive) (i=1; while [ $i -lt 100 ]; do echo $i > "$beat.tmp"; mv "$beat.tmp" "$beat"; i=$((i+1)); sleep 0.1; done) \\
-                </dev/null >/dev/null 2>&1 &
-              cut -d' ' -f1 /proc/uptime > "$FAKE_TT_SMI_LOG.done"
-              exit 0 ;;
-    esac
-""")
-
-
-@pytest.fixture
-def card_host(tmp_path, monkeypatch):
-    """Two n300 cards, a fake tt-smi first on PATH, and what it did."""
-    tree = make_host(tmp_path / "root", [N300(), N300()])
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "tt-smi").write_text(FAKE_TT_SMI)
-    (bin_dir / "tt-smi").chmod(0o755)
-    log = tmp_path / "tt-smi.log"
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_TT_SMI_LOG", str(log))
-    monkeypatch.setenv("FAKE_TT_SMI_ROOT", str(tree.root))
-    monkeypatch.setenv("FAKE_TT_SMI_MODE", "revive")
-    tree.log = log
-    return tree
+from fake_tt_smi import ran
 
 
 def scheduler(tree, state_dir, **kw):
@@ -81,10 +45,6 @@ def killed_holder(tree, state_dir) -> tuple[str, int]:
 
 def state_of(s, device_id):
     return next(d for d in s.device_states() if d["id"] == device_id)
-
-
-def ran(tree) -> list[str]:
-    return tree.log.read_text().splitlines() if tree.log.exists() else []
 
 
 def test_a_killed_holders_card_is_reset_alone_and_leased_again_only_once_its_heartbeat_advances(card_host, state_dir):

@@ -22,9 +22,10 @@ class StateWatcher:
         self.scheduler = scheduler
         self.leases: dict[str, Lease] = {}
         self.queue: dict[str, Waiting] = {}
-        #: The devices document /metrics reports: renewed when a look sees a change, and by the
-        #: server's telemetry samples.
+        #: The devices document /metrics reports: renewed by every look and by the server's
+        #: telemetry samples.
         self.report: dict | None = None
+        self.states: dict[int, str] | None = None  # device id -> state at the last look
 
     def look(self) -> list[dict]:
         """Reconcile, then the events that say what changed since the last look."""
@@ -53,8 +54,15 @@ class StateWatcher:
             elif old.position != waiting.position:
                 events.append(self._request_event("request-moved", waiting))
         self.leases, self.queue = leases, queue
-        if events or self.report is None:
-            self.report = self.scheduler.report()
+        # Device states change without a lease event too: a card out for a reset after a crash (its
+        # lease lives on through the kernel's restart), back from it, or unhealthy.
+        self.report = self.scheduler.report()
+        states = {d["id"]: d["state"] for d in self.report["devices"]}
+        changed = sorted(i for i, state in states.items() if self.states is not None and self.states.get(i) != state)
+        if changed:
+            events.append({"action": "device-state", "devices": changed, "states": [states[i] for i in changed],
+                           "simulated": simulated})
+        self.states = states
         return events
 
     @staticmethod

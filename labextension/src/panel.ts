@@ -171,7 +171,7 @@ export class DevicePanel extends Widget {
         h('span', { class: `jp-tt-state jp-tt-state-${device.state}` }, device.state)
       ),
       h('div', { class: 'jp-tt-meta' }, `${device.path} · ${device.bdf}`),
-      device.state === 'leased' && this._holder(device),
+      (device.state === 'leased' || (device.state === 'resetting' && device.lease_id)) && this._holder(device),
       device.problem && h('div', { class: 'jp-tt-problem' }, device.problem),
       device.state === 'resetting' &&
         h(
