@@ -212,6 +212,7 @@ def test_a_killed_kernels_card_shows_resetting_under_its_notebook_then_its_lease
         expect(card).to_have_attribute("data-state", "resetting")
         expect(card.locator(".jp-tt-holder")).to_contain_text("Untitled.ipynb")  # still this notebook's
         expect(card.locator(".jp-tt-problem")).to_contain_text(f"reset after kernel process {lease['pid']} was killed by SIGKILL")
+        expect(page.locator(".jp-tt-status")).to_have_text(re.compile(r"this notebook: n300 #\d \(resetting\)$"))
         shot(page, "8-resetting-after-a-crash")
         expect(card).to_have_attribute("data-state", "leased")  # reset, and the kernel restarted on it
         assert [held["id"] for held in server.leases()] == [lease["id"]]

@@ -32,7 +32,8 @@ function leaseOf(state: IState, ref: INotebookRef): ILease | undefined {
 function describeLease(state: IState, lease: ILease): string {
   const names = lease.devices.map(id => {
     const device = state.devices.find(d => d.id === id);
-    return device ? `${device.card_type} #${id}` : `#${id}`;
+    const resetting = device?.state === 'resetting' ? ' (resetting)' : '';
+    return device ? `${device.card_type} #${id}${resetting}` : `#${id}`;
   });
   return names.join(', ');
 }
