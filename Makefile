@@ -56,8 +56,10 @@ demo: env
 	$(BIN)/jupyter tt kernelspec install --sys-prefix --generic
 	JUPYTER_TT_INVENTORY=$${JUPYTER_TT_INVENTORY:-$(DEMO_INVENTORY)} $(BIN)/jupyter lab $(DEMO_ARGS)
 
+# ruff for Python; eslint (typescript-eslint) and prettier for the JupyterLab extension.
 lint: env
 	$(BIN)/ruff check .
+	cd labextension && npm run --silent lint
 
 test: lint browser
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest

@@ -201,8 +201,9 @@ export class DeviceModel {
       };
       this._error = null;
     } catch (reason) {
-      this._error = `The jupyter-tt server extension did not answer (${reason}). Is it installed and enabled? ` +
-        'Run `jupyter server extension list` in the server\'s environment.';
+      this._error =
+        `The jupyter-tt server extension did not answer (${reason}). Is it installed and enabled? ` +
+        "Run `jupyter server extension list` in the server's environment.";
       this._changed.emit();
       throw reason; // the poll backs off
     }

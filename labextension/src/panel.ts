@@ -121,8 +121,7 @@ export class DevicePanel extends Widget {
         h(
           'div',
           { class: 'jp-tt-summary' },
-          `${free} of ${plural(state.devices.length, 'card')} free · ${plural(chips, 'chip')} · ` +
-            plural(state.leases.length, 'lease')
+          `${free} of ${plural(state.devices.length, 'card')} free · ${plural(chips, 'chip')} · ` + plural(state.leases.length, 'lease')
         ),
         h(
           'div',
@@ -183,9 +182,15 @@ export class DevicePanel extends Widget {
         'div',
         { class: 'jp-tt-telemetry' },
         h('span', { title: 'temperature' }, fmt(t.temperature_c, '°C')),
-        sparkline(history.map(s => s[1]), 'temperature °C'),
+        sparkline(
+          history.map(s => s[1]),
+          'temperature °C'
+        ),
         h('span', { title: 'power' }, fmt(t.power_w, 'W')),
-        sparkline(history.map(s => s[2]), 'power W'),
+        sparkline(
+          history.map(s => s[2]),
+          'power W'
+        ),
         h('span', { title: 'AI clock' }, fmt(t.aiclk_mhz, 'MHz', 0))
       )
     );
