@@ -46,8 +46,8 @@ def logits(out: Path) -> None:
     import torch
 
     torch.set_num_threads(2)
-    from jupyter_tt.serving.checkpoint import load_checkpoint
     from jupyter_tt.serving.backends.torch.runner import TorchModelRunner
+    from jupyter_tt.serving.checkpoint import load_checkpoint
     from jupyter_tt.serving.engine import SequenceStep
 
     checkpoint = load_checkpoint("smollm2-135m-instruct", progress=False)

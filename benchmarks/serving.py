@@ -49,8 +49,8 @@ PEERS = ROOT / ".peers"
 sys.path.insert(0, str(ROOT))
 
 from jupyter_tt.bench import client  # noqa: E402
-from jupyter_tt.serving.checkpoint import DEFAULT_MODEL, load_tokenizer, resolve  # noqa: E402
 from jupyter_tt.serving.backends.openvino.runner import cpu_precision  # noqa: E402
+from jupyter_tt.serving.checkpoint import DEFAULT_MODEL, load_tokenizer, resolve  # noqa: E402
 
 SYSTEMS = ("ours", "ours-torch", "llamacpp", "vllm", "transformers")
 WORKLOADS = [(128, 64, 1), (128, 64, 4), (128, 64, 8), (1024, 32, 1), (128, 256, 1)]

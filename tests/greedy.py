@@ -25,7 +25,6 @@ therefore
 from __future__ import annotations
 
 import os
-
 from typing import Callable, Sequence
 
 import torch

@@ -38,7 +38,7 @@ def test_kernels_without_a_lease_see_no_device(servers):
     server = servers(env={"TT_VISIBLE_DEVICES": "0000:04:00.0"})  # whatever the server inherited
     for name in ("python3", "tt-none"):
         kernel_id = server.start_kernel(name)
-        env = kernel_environ(wait_until(lambda: _kernel_pid(kernel_id)))
+        env = kernel_environ(wait_until(lambda kernel_id=kernel_id: _kernel_pid(kernel_id)))
         assert env["TT_VISIBLE_DEVICES"] == ""
         assert "JUPYTER_TT_LEASE" not in env
     assert server.leases() == []
@@ -108,8 +108,8 @@ def test_final_death_after_the_restart_limit_frees_the_devices(servers):
 
 def _end_reason(server, lease_id):
     from jupyter_tt.config import TTSettings
-    from jupyter_tt.scheduler import Scheduler
     from jupyter_tt.devices import open_inventory
+    from jupyter_tt.scheduler import Scheduler
 
     settings = TTSettings()
     scheduler = Scheduler(open_inventory(server.env["JUPYTER_TT_INVENTORY"]), settings.state_dir, user="test")
@@ -132,7 +132,7 @@ def test_server_killed_with_sigkill_its_leases_are_reconciled_by_the_next_server
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
     for lease in leases:  # ipykernel exits when its parent dies
-        wait_until(lambda: pid_gone(lease["pid"]), timeout=20, message="the orphaned kernel to exit")
+        wait_until(lambda pid=lease["pid"]: pid_gone(pid), timeout=20, message="the orphaned kernel to exit")
     second = servers(name="second")
     assert second.leases() == []
     assert {d["state"] for d in second.json("/jupyter-tt/api/devices")["devices"]} == {"free"}

@@ -9,9 +9,9 @@ frees it. Screenshots of each step go to ``test-artifacts/ui/``.
 from __future__ import annotations
 
 import os
-import signal
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import pytest

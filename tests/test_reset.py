@@ -15,10 +15,10 @@ import time
 
 import pytest
 
+from fake_tt_smi import ran
 from jupyter_tt.devices import SysfsInventory
 from jupyter_tt.scheduler import Lease, PendingReset, Scheduler, Waiting
 from jupyter_tt.scheduler.reset import reset_command
-from fake_tt_smi import ran
 
 
 def scheduler(tree, state_dir, **kw):

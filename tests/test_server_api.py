@@ -87,7 +87,6 @@ def test_the_notebook_that_waits_and_then_holds_devices_is_named_in_queue_lease_
 def test_a_state_file_of_the_previous_schema_is_migrated_in_place(state_dir):
     """A host upgraded while its state file exists: version 1 had no notebook columns."""
     import sqlite3
-
     from pathlib import Path
 
     from jupyter_tt.scheduler import store

@@ -13,6 +13,7 @@ import time
 from jupyter_servers import wait_until
 from os_users import PYTHON, ask, holder, tt
 
+
 def test_the_service_names_each_caller_by_their_uid_whatever_their_environment_says(service, alice):
     svc = service()
     out = alice.python("""

@@ -17,13 +17,12 @@ import threading
 import pytest
 import torch
 
+import greedy
+from greedy import ANSWER, ANSWER_TOKENS, GAP_ERROR, QUESTION, assert_greedy_agrees, greedy_branches, runner_logits
 from jupyter_tt.serving.backends.openvino.runner import OpenVINOModelRunner, cpu_precision
 from jupyter_tt.serving.backends.torch.runner import TorchModelRunner
 from jupyter_tt.serving.checkpoint import CheckpointError, load_checkpoint
 from jupyter_tt.serving.engine import Engine, PromptTooLong, SamplingError, SamplingParams, SequenceStep
-
-import greedy
-from greedy import ANSWER, ANSWER_TOKENS, GAP_ERROR, QUESTION, assert_greedy_agrees, greedy_branches, runner_logits
 
 PROMPTS = [
     QUESTION,

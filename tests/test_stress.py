@@ -118,7 +118,7 @@ def test_random_acquire_release_and_kills_leave_no_double_lease_and_no_leak(tmp_
             by_device[device["id"]].append((row["granted_at"], row["ended_at"], row["lease_id"]))
     for device, spans in by_device.items():
         spans.sort()
-        for (start_a, end_a, a), (start_b, _, b) in zip(spans, spans[1:]):
+        for (_, end_a, a), (start_b, _, b) in zip(spans, spans[1:]):
             assert start_b >= end_a, f"device {device}: {b} granted at {start_b} before {a} ended at {end_a}"
     reclaimed = sum(1 for row in rows if "exited" in row["end_reason"])
     print(f"stress ({mode}): {ops} cycles, {len(rows)} leases, {kills} kills, {reclaimed} leases reclaimed from killed workers")

@@ -30,7 +30,7 @@ def test_real_inventory_reads_every_device_node():
 
 def test_a_lease_opens_as_a_ttnn_mesh_of_the_right_shape(tmp_path, monkeypatch):
     ttnn = pytest.importorskip("ttnn")
-    from jupyter_tt.kernels.current import open_mesh_device, close_mesh_device
+    from jupyter_tt.kernels.current import close_mesh_device, open_mesh_device
 
     scheduler = Scheduler(SysfsInventory("/"), str(tmp_path), user="wormhole-test")
     lease = scheduler.acquire(1)

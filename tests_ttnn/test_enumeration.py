@@ -11,9 +11,9 @@ import os
 import subprocess
 import sys
 
+import mock_cluster
 import pytest
 
-import mock_cluster
 from jupyter_tt.devices import SysfsInventory
 from jupyter_tt.scheduler import Scheduler
 from sysfs_tree import make_host

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from jupyter_tt.serving.checkpoint import load_checkpoint
 from jupyter_tt.serving.backends.torch.runner import TorchModelRunner
-from jupyter_tt.serving.engine import SequenceStep
 from jupyter_tt.serving.backends.ttnn.model import MESH_OPTIONS, TtnnModelRunner
+from jupyter_tt.serving.checkpoint import load_checkpoint
+from jupyter_tt.serving.engine import SequenceStep
 
 pytestmark = [
     pytest.mark.wormhole,

@@ -16,11 +16,11 @@ socket's peer credentials, and the scheduler checks that requests, leases and de
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import secrets
-import functools
 import socket
 import sqlite3
 import threading

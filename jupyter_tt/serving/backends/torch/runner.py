@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...engine.runner import ModelRunner, SequenceStep
 from ...checkpoint import Checkpoint
+from ...engine.runner import ModelRunner, SequenceStep
 from .model import Batch, Transformer, quantize_int8
 
 #: Weight formats of the torch backend: name -> dtype of the KV cache on CUDA. On a CPU the cache

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ....errors import TTError
 from ...checkpoint import Checkpoint
 from ...engine.runner import ModelRunner, SequenceStep
-from ....errors import TTError
 from ..torch.model import ModelArgs, precompute_rope
 from .paging import decode_indices, page_table, wanted_logits
 
@@ -89,7 +89,7 @@ class TtnnLlama:
         d = args.head_dim
         self.layers = []
         for i in range(args.n_layers):
-            w = lambda name: weights[f"model.layers.{i}.{name}.weight"].float()  # noqa: E731
+            w = lambda name, i=i: weights[f"model.layers.{i}.{name}.weight"].float()  # noqa: E731
             q, k, v = w("self_attn.q_proj"), w("self_attn.k_proj"), w("self_attn.v_proj")
             # Each chip's column shard holds its own heads: [q heads | k heads | v heads] of that chip.
             groups = [

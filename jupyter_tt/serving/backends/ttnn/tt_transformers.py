@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from ....errors import TTError
 from ...checkpoint import Checkpoint
 from ...engine.runner import ModelRunner, SequenceStep
-from ....errors import TTError
 from .paging import decode_indices, page_table, wanted_logits
 
 
