@@ -65,6 +65,12 @@ def cmd_devices(args) -> int:
             d["firmware"].get("fw_bundle", "-"),
         ])
     print(_table(rows, ["ID", "CARD", "BDF", "NUMA", "STATE", "HOLDER", "TEMP", "POWER", "AICLK", "FW"]))
+    resetting = [d for d in report["devices"] if d["state"] == "resetting"]
+    if resetting:
+        print("\nResetting (out of the pool until its firmware beats again):")
+        for d in resetting:
+            waits = f"; waits: {d['reset']['waiting_for']}" if d["reset"]["waiting_for"] else ""
+            print(f"  device {d['id']}: after {d['reset']['reason']}{waits}")
     problems = [d for d in report["devices"] if d["problem"]]
     if problems:
         print("\nUnhealthy:")

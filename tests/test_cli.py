@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from jupyter_tt.devices import SimulatedInventory
+from jupyter_tt.devices import SimulatedInventory, SysfsInventory
 from jupyter_tt.scheduler import Scheduler
 from sysfs_tree import Card, make_host
 
@@ -49,6 +49,17 @@ def test_devices_reports_unhealthy_devices_and_unaccounted_processes(tmp_path):
         assert f"device 1: pid {stray} sleep" in done.stdout
     finally:
         os.kill(stray, signal.SIGKILL)
+
+
+def test_devices_says_why_a_card_is_resetting_and_what_it_waits_for(tmp_path, state_dir):
+    tree = make_host(tmp_path, [Card(card_type="n300", holders=[os.getpid()])])
+    scheduler = Scheduler(SysfsInventory(str(tree.root)), state_dir, user="root", reset_after_crash=True)
+    lease = scheduler.acquire(1)
+    scheduler.release(lease.id, reason="kernel died and the restart limit was reached", crash="kernel process 4242 was killed by SIGKILL")
+    scheduler.run_resets()  # this process holds the node: the reset waits
+    done = jupyter_tt("devices", env={"JUPYTER_TT_INVENTORY": "sysfs", "JUPYTER_TT_SYSFS_ROOT": str(tree.root)})
+    assert done.returncode == 0, done.stderr
+    assert f"device 0: after kernel process 4242 was killed by SIGKILL; waits: process {os.getpid()} holds its node" in done.stdout
 
 
 def test_kernelspec_install_writes_a_tt_provisioner_spec(tmp_path):
