@@ -88,6 +88,10 @@ class SchedulerService:
         self._server: asyncio.AbstractServer | None = None
         self._stopped = asyncio.Event()
         self._pass_pending = False
+        #: Set (in the worker thread) by every write to the state: only then do the followed processes
+        #: and the fenced nodes need a look after a request (a waiter's check mostly changes nothing).
+        self._state_changed = False
+        self.scheduler.listeners.append(self._note_change)
 
     # ------------------------------------------------------------------ running
 
@@ -172,6 +176,13 @@ class SchedulerService:
                 self._reconcile_soon()
 
         self._resetting.add_done_callback(finished)
+
+    def _note_change(self) -> None:
+        self._state_changed = True
+
+    def _take_change(self) -> bool:
+        changed, self._state_changed = self._state_changed, False
+        return changed
 
     def _reconcile_soon(self) -> None:
         if not self._pass_pending:
@@ -266,7 +277,7 @@ class SchedulerService:
             if op is None or not isinstance(args, dict):
                 raise RequestError(f"unknown operation {request['op']!r}: one of {', '.join(sorted(OPS))}")
             result = await self._call(op, self, caller, uid, **protocol.decode(args))
-            if request["op"] in MUTATING:
+            if request["op"] in MUTATING and self._take_change():
                 await self._after_change()
             if request["op"] in RESETTING:
                 self._start_resets()
@@ -369,7 +380,7 @@ def _crash(crash) -> str | None:
 
 
 OPS = {name[3:]: fn for name, fn in vars(SchedulerService).items() if name.startswith("op_")}
-#: Operations after which the processes to follow may have changed.
+#: Operations after which the processes to follow and the nodes' owners may have changed (if they wrote).
 MUTATING = {"submit", "check", "cancel", "release", "attach_kernel", "detach_kernel", "reconcile", "retry_reset"}
 #: Operations that may have put a card out for a reset: run it now, not at the next tick.
 RESETTING = {"release", "detach_kernel", "retry_reset"}
