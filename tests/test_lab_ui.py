@@ -73,8 +73,7 @@ def new_notebook(page, kernel: str) -> None:
     """File > New Launcher, then the kernel's notebook card: a user's way to start such a kernel."""
     page.get_by_role("menuitem", name="File", exact=True).click()
     page.get_by_role("menuitem", name=re.compile("^New Launcher")).click()
-    # .first: the test kernelspecs tt-n300 and tt-n300-quick (a shorter wait) share a display name
-    page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{kernel}"]').locator("visible=true").first.click()
+    page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{kernel}"]').locator("visible=true").click()
 
 
 def shut_down_kernel(page) -> None:

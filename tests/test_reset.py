@@ -284,8 +284,9 @@ def test_through_the_service_a_crashed_kernels_lease_waits_for_its_cards_reset(c
         assert ran(card_host) == [f"-r {card}"] and client.get_lease(lease.id).device_ids == [card]
 
 
+@pytest.mark.parametrize("kernel", ["tt-n300", "tt-n300-quick"])  # quick: a 1 s queue wait does not cut the reset short
 def test_a_kernel_killed_with_sigkill_restarts_on_its_lease_only_once_its_card_is_reset(card_host, servers, kernelspecs,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, kernel):
     from pathlib import Path
 
     from jupyter_servers import kernel_environ, pid_gone, wait_until
@@ -295,7 +296,7 @@ def test_a_kernel_killed_with_sigkill_restarts_on_its_lease_only_once_its_card_i
     with card_host.beating(0.2):
         server = servers(inventory="sysfs", env={"JUPYTER_TT_SYSFS_ROOT": str(card_host.root)},
                          args=["--TTSettings.reset_after_crash=True", "--TTSettings.reset_tool=tt-smi"])
-        kernel_id = server.start_kernel("tt-n300")
+        kernel_id = server.start_kernel(kernel)
         first = server.lease_of(kernel_id)
         card = first["devices"][0]
 

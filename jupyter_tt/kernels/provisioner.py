@@ -30,6 +30,10 @@ from ..config import TTSettings
 from ..errors import ConfigError, TTError, WaitTimeout
 from ..scheduler import Lease, SchedulerAPI, Waiting, call, check_card_type, open_scheduler
 
+#: The least a restart waits for its cards' reset: the tool takes seconds, then the firmware's
+#: heartbeat gets up to reset_verify_timeout (30 s). A kernelspec's short queue wait does not cut it.
+RESET_WAIT = 120.0
+
 
 class TTProvisioner(LocalProvisioner):
     """Starts a local kernel on devices leased from the host-wide scheduler.
@@ -231,7 +235,8 @@ class TTProvisioner(LocalProvisioner):
         A card that failed its reset is unhealthy: the lease is given back (the card stays out of the
         pool, with the reason) and pre_launch asks for other devices, waiting in the queue if it must."""
         scheduler, lease = await self.scheduler(), self.lease
-        deadline = asyncio.get_running_loop().time() + self._timeout
+        limit = max(self._timeout, RESET_WAIT)
+        deadline = asyncio.get_running_loop().time() + limit
         said = None
         while pending := await call(scheduler.lease_resets, lease.id):
             if failed := [p.message for p in pending if p.failed]:
@@ -243,9 +248,9 @@ class TTProvisioner(LocalProvisioner):
                 self.log.info("Kernel %s restarts once its devices are reset: %s", self.kernel_id, message)
                 said = message
             if asyncio.get_running_loop().time() > deadline:
-                await self._release(f"its devices were not reset within {self._timeout:g} s")
+                await self._release(f"its devices were not reset within {limit:g} s")
                 raise WaitTimeout(
-                    f"the kernel's devices were not reset within {self._timeout:g} s after it crashed ({message}). "
+                    f"the kernel's devices were not reset within {limit:g} s after it crashed ({message}). "
                     f"Restart the kernel to wait again; if a process holds a device, stop it; "
                     f"`jupyter tt devices` shows each device's state")
             await asyncio.sleep(scheduler.poll_interval)
