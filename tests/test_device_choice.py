@@ -57,6 +57,7 @@ def test_a_choice_that_must_wait_restarts_the_kernel_once_the_devices_free(serve
 
 @pytest.mark.parametrize("body, message", [
     ({"devices": 3, "card_type": "n300"}, "this host has 2 n300s: ask for at most 2"),
+    ({"devices": 3, "card_type": "any"}, "this host has 2 devices of one card type"),  # a lease is of one type
     ({"devices": 1, "card_type": "n400"}, "unknown card type"),
     ({"devices": "two"}, 'send {"devices": N'),
     ({"devices": -1}, "0 or more"),

@@ -52,3 +52,11 @@ def test_any_prefers_the_smaller_card_and_never_mixes_types():
 
 def test_not_enough_free_devices_gives_none():
     assert place(SimulatedInventory("n150x2").devices(), 1, "n300") is None
+
+
+def test_the_most_one_lease_can_have_is_per_card_type_and_for_any_the_commonest_type():
+    from jupyter_tt.scheduler import most_at_once
+
+    devices = SimulatedInventory("n150x1,n300x3").devices()
+    assert [most_at_once(t, devices) for t in ("n150", "n300", "any")] == [1, 3, 3]
+    assert most_at_once("any", []) == 0

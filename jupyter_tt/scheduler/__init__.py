@@ -11,11 +11,11 @@ import threading
 from ..config import TTSettings
 from ..devices import open_inventory
 from .api import SchedulerAPI, call
-from .placement import ANY, check_card_type, place
+from .placement import ANY, check_card_type, most_at_once, place
 from .scheduler import Caller, Lease, LeasedDevice, PendingReset, Scheduler, Waiting
 
 __all__ = ["ANY", "Caller", "Lease", "LeasedDevice", "PendingReset", "Scheduler", "SchedulerAPI", "Waiting", "call", "check_card_type",
-           "open_scheduler", "place"]
+           "most_at_once", "open_scheduler", "place"]
 
 _shared: dict[tuple, SchedulerAPI] = {}
 _lock = threading.Lock()

@@ -32,6 +32,13 @@ def types_for(card_type: str, devices: Iterable[Device] = ()) -> list[str]:
     return sorted(present, key=lambda t: (CHIPS_PER_CARD[t], t))
 
 
+def most_at_once(card_type: str, devices: Iterable[Device]) -> int:
+    """The most devices one lease of ``card_type`` can have among ``devices``: a lease is of one card
+    type, so for 'any' that is the count of the commonest type."""
+    devices = list(devices)
+    return max((sum(1 for d in devices if d.card_type == t) for t in types_for(card_type, devices)), default=0)
+
+
 def place(free: list[Device], count: int, card_type: str) -> list[Device] | None:
     """``count`` healthy devices of one type from ``free``, or None when they are not there.
 

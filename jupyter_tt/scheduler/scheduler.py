@@ -33,7 +33,7 @@ from ..devices import Device, InventoryBackend
 from ..errors import LeaseError, RequestError
 from . import store
 from .api import SchedulerAPI
-from .placement import ANY, check_card_type, place, types_for
+from .placement import ANY, check_card_type, most_at_once, place, types_for
 from .processes import BOOT_ID, ProcessRef, describe, lineage
 from .reset import reset as reset_card
 
@@ -640,7 +640,7 @@ class Scheduler(SchedulerAPI):
             )
         devices = self.devices()
         counts = Counter(d.card_type for d in devices)
-        most = max((counts[t] for t in types_for(card_type, devices)), default=0)
+        most = most_at_once(card_type, devices)
         if count > most:
             have = ", ".join(f"{n} {t}" for t, n in sorted(counts.items())) or "no devices"
             label = " (simulated)" if self.inventory.simulated else ""

@@ -16,7 +16,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..errors import TTError
-from ..scheduler import call, check_card_type
+from ..scheduler import call, check_card_type, most_at_once
 
 
 class TTHandler(ExtensionHandlerMixin, APIHandler):
@@ -121,11 +121,10 @@ class KernelDevicesHandler(TTHandler):
         card_type = check_card_type(card_type)
         if devices < 0:
             raise TTError(f"devices must be 0 or more, not {devices}")
-        report = await call(self.scheduler.report)
-        have = [d for d in report["devices"] if card_type == "any" or d["card_type"] == card_type]
-        if devices > len(have):
-            raise TTError(f"this host has {len(have)} {'device' if card_type == 'any' else card_type}"
-                          f"{'s' * (len(have) != 1)}: ask for at most {len(have)}")
+        most = most_at_once(card_type, await call(self.scheduler.devices))  # the scheduler's own rule
+        if devices > most:
+            what = "devices of one card type" if card_type == "any" else f"{card_type}{'s' * (most != 1)}"
+            raise TTError(f"this host has {most} {what}: ask for at most {most}")
         self.extensionapp.restart_on(kernel_id, lambda: provisioner.choose(devices, card_type))
         self.set_status(202)
         self.finish(json.dumps({"kernel_id": kernel_id, "devices": devices, "card_type": card_type, "status": "restarting"}))

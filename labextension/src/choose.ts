@@ -19,7 +19,9 @@ class ChoiceBody extends Widget implements Dialog.IBodyWidget<IChoice> {
     super();
     this.addClass('jp-tt-choose');
     const types = [...new Set(state.devices.map(d => d.card_type))].sort();
-    this._max = (type: string) => state.devices.filter(d => type === 'any' || d.card_type === type).length;
+    const count = (type: string) => state.devices.filter(d => d.card_type === type).length;
+    // A lease is of one card type (the scheduler's rule): 'any' is bounded by the commonest type.
+    this._max = (type: string) => (type === 'any' ? Math.max(0, ...types.map(count)) : count(type));
     this._count = document.createElement('input');
     this._count.type = 'number';
     this._count.min = '0';
