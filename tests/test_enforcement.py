@@ -155,3 +155,21 @@ def test_a_simulated_inventory_has_nothing_to_fence_and_says_so(service, alice):
     assert hello["enforcing"] is False
     assert hello["enforcement"] == "coordination only: the simulated inventory has no device nodes to fence"
     assert os.path.exists(svc.socket)
+
+
+def test_a_pass_that_runs_after_the_guard_restored_the_nodes_fences_nothing(tmp_path, alice):
+    """The service's stop gives the nodes back; a pass already queued behind it must not take them again."""
+    from jupyter_tt.scheduler.enforce import NodeGuard, can_change_owners
+
+    if can_change_owners():
+        pytest.skip(can_change_owners())
+    node = tmp_path / "0"
+    node.touch(mode=0o666)
+    node.chmod(0o666)
+    guard = NodeGuard(tmp_path, reason_not=None)
+    assert guard.apply({0: node}, {0: alice.name}) == [f"{node} -> uid {alice.uid} mode 600"]
+    guard.restore()
+    assert owner(node) == (0, "0o666")
+    assert guard.apply({0: node}, {}) == []  # the late pass: free would mean root's 0600
+    assert owner(node) == (0, "0o666")
+    assert not (tmp_path / "nodes.json").exists()

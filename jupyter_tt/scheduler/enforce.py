@@ -29,6 +29,7 @@ import logging
 import os
 import pwd
 import stat
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,6 +90,10 @@ class NodeGuard:
         self.record = Path(state_dir) / "nodes.json"
         self.reason_not = reason_not
         self.original: dict[str, NodeOwner] = {}
+        #: Set by ``restore()``: from then on ``apply()`` changes nothing. A pass that was already under
+        #: way when the service began to stop must not fence the nodes again after they were given back.
+        self.restored = False
+        self._lock = threading.Lock()
         if self.enforcing:
             try:
                 self.original = {p: NodeOwner(**o) for p, o in json.loads(self.record.read_text()).items()}
@@ -107,9 +112,13 @@ class NodeGuard:
 
     def apply(self, nodes: dict[int, Path], owners: dict[int, str]) -> list[str]:
         """Make the owner of every node (device id -> path) match ``owners`` (device id -> lessee; missing:
-        free). Returns what changed."""
-        if not self.enforcing:
-            return []
+        free). Returns what changed. After ``restore()`` it changes nothing."""
+        with self._lock:
+            if not self.enforcing or self.restored:
+                return []
+            return self._apply(nodes, owners)
+
+    def _apply(self, nodes: dict[int, Path], owners: dict[int, str]) -> list[str]:
         changed = []
         for device, node in nodes.items():
             try:
@@ -133,7 +142,13 @@ class NodeGuard:
         return changed
 
     def restore(self) -> None:
-        """Give every node back the owner and mode it had before the service first changed it."""
+        """Give every node back the owner and mode it had before the service first changed it; the guard
+        fences nothing after this."""
+        with self._lock:
+            self.restored = True
+            self._restore()
+
+    def _restore(self) -> None:
         for key, owner in self.original.items():
             try:
                 owner.apply(Path(key))
