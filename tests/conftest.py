@@ -7,6 +7,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fake_tt_smi import card_host  # noqa: E402,F401 (a fixture for every test module)
+from hang_stacks import pytest_runtest_protocol  # noqa: E402,F401 (stacks of the test's processes before a timeout)
 from sysfs_tree import make_host  # noqa: E402
 
 
