@@ -191,7 +191,7 @@ def cmd_serve(args) -> int:
 
     engine, name = build_engine(
         args.model, args.backend, weights=args.weights, max_num_seqs=args.max_num_seqs, kv_cache_mb=args.kv_cache_mb,
-        ttnn_impl=args.ttnn_impl,
+        ttnn_impl=args.ttnn_impl, step_timeout=args.step_timeout,
     )
     if args.parent_pid:
         _exit_with_parent(args.parent_pid, engine)
@@ -352,6 +352,9 @@ def parser() -> argparse.ArgumentParser:
                        f"{b.name} {', '.join(b.weight_formats)}" for b in BACKENDS.values()))
     s.add_argument("--max-num-seqs", type=int, default=16, help="most requests in the running batch")
     s.add_argument("--kv-cache-mb", type=int, default=256, help="KV cache memory")
+    s.add_argument("--step-timeout", type=float, default=120.0,
+                   help="seconds one engine step may take before the server counts the engine as stuck: its waiting "
+                        "requests then get 503 and /health says why (default: %(default)s)")
     s.add_argument("--served-model-name", default=None, help="the name clients use (default: the model's)")
     s.add_argument("--api-key", default=None,
                    help="require Authorization: Bearer KEY on /v1 (as vLLM's --api-key); JUPYTER_TT_API_KEY does the same "

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import statistics
+import time
 
 import pytest
 import tornado.web
@@ -44,6 +45,16 @@ class Scripted(tornado.web.RequestHandler):
                 self.write(f"data: {json.dumps({'choices': [{'index': 0, 'text': ' two words'}], 'usage': usage})}\n\n")
                 await self.flush()
             self.write("data: [DONE]\n\n")
+            return
+        if mode in ("stalls", "cut", "error-event"):  # two tokens, then: silence, a closed stream, an error event
+            self.set_header("Content-Type", "text/event-stream")
+            for _ in range(2):
+                self.write(f"data: {json.dumps({'choices': [{'index': 0, 'text': ' word'}]})}\n\n")
+                await self.flush()
+            if mode == "stalls":
+                await asyncio.sleep(60)
+            elif mode == "error-event":
+                self.write(f"data: {json.dumps({'error': {'message': 'the engine has been in one step for 130 s'}})}\n\n")
             return
         if mode == "broken":
             self.set_status(400)
@@ -104,6 +115,19 @@ def test_failed_requests_are_counted_with_their_error_not_dropped(scripted):
     assert s["completed"] == 0 and s["failed"] == 3
     assert "HTTP 400" in s["errors"][0] and "bad model" in s["errors"][0]
     assert s["median_ttft_ms"] is None and s["output_throughput"] == 0
+
+
+@pytest.mark.parametrize("mode, error", [
+    ("stalls", "ReadTimeout: the server sent nothing for 1 s"),
+    ("cut", "the server closed the stream before its end ([DONE])"),
+    ("error-event", "the server ended the stream with an error: the engine has been in one step for 130 s"),
+])
+def test_a_stream_that_stops_mid_way_fails_its_request_and_the_run_ends(scripted, mode, error):
+    start = time.monotonic()
+    result = asyncio.run(client.run(scripted, mode, prompts(2), 16, concurrency=2, count_tokens=words, stall_timeout=1))
+    assert time.monotonic() - start < 10
+    s = result.summary()
+    assert s["completed"] == 0 and s["failed"] == 2 and s["errors"] == [error, error]
 
 
 def test_random_prompts_have_exactly_the_requested_number_of_tokens():

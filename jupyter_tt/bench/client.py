@@ -13,6 +13,10 @@ lib/endpoint_request_func.py):
   the run's duration; goodput: requests per second that met every given SLO (TTFT, TPOT, E2EL);
 - statistics: mean, median, population std and linearly interpolated percentiles (numpy's default).
 
+A request that the server stops answering fails instead of hanging the run: ``stall_timeout`` bounds
+every wait for the server (connecting, the answer's head, each chunk), and an error event inside a
+stream (``data: {"error": ...}``, as vLLM and jupyter-tt send) fails its request with that message.
+
 Requests go closed-loop (at most ``concurrency`` in flight, the next one sent as one finishes),
 open-loop (arrivals at ``request_rate`` per second, Poisson, or gamma with ``burstiness`` != 1, as
 vLLM draws them), or both (arrivals at a rate, capped in flight).
@@ -86,7 +90,8 @@ async def send_completion(
     count_tokens: Callable[[str], int],
     extra_body: dict[str, Any] | None = None,
 ) -> RequestResult:
-    """One streaming ``/v1/completions`` request, timed chunk by chunk."""
+    """One streaming ``/v1/completions`` request, timed chunk by chunk. It never raises: a failure is
+    the result's ``error`` (the client's timeouts bound how long the server may stay silent)."""
     result = RequestResult(prompt_tokens=len(prompt.token_ids))
     body = {
         "model": model,
@@ -101,6 +106,7 @@ async def send_completion(
     start = time.perf_counter()
     last = start
     usage_tokens = None
+    ended = False  # the stream's own end ([DONE]), rather than a connection that just closed
     try:
         async with client.stream("POST", url, json=body) as response:
             if response.status_code != 200:
@@ -111,8 +117,14 @@ async def send_completion(
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    ended = True
                     break
                 chunk = json.loads(data)
+                if not isinstance(chunk, dict):
+                    raise json.JSONDecodeError("a chunk is not a JSON object", data, 0)
+                if isinstance(chunk.get("error"), dict):  # the server gave up on this request mid-stream
+                    result.error = f"the server ended the stream with an error: {str(chunk['error'].get('message'))[:200]}"
+                    return result
                 now = time.perf_counter()
                 usage = chunk.get("usage") or {}
                 if chunk.get("choices"):
@@ -130,9 +142,13 @@ async def send_completion(
                     usage_tokens = usage["completion_tokens"]
         result.latency = time.perf_counter() - start
         result.output_tokens = usage_tokens if usage_tokens is not None else count_tokens(result.text)
-        result.success = result.ttft > 0
-        if not result.success:
+        result.success = result.ttft > 0 and ended
+        if not ended:
+            result.error = "the server closed the stream before its end ([DONE])"
+        elif not result.success:
             result.error = "the stream ended without any tokens"
+    except httpx.ReadTimeout:
+        result.error = f"ReadTimeout: the server sent nothing for {client.timeout.read:g} s"
     except (httpx.HTTPError, json.JSONDecodeError) as e:
         result.error = f"{type(e).__name__}: {e}"
     return result
@@ -254,7 +270,7 @@ async def run(
     ramp: tuple[str, float, float] | None = None,
     warmup_prompts: list[Prompt] = (),
     extra_body: dict[str, Any] | None = None,
-    timeout: float = 600.0,
+    stall_timeout: float = 300.0,
     on_result: Callable[[RequestResult], None] | None = None,
     cancel: asyncio.Event | None = None,
     api_key: str | None = None,
@@ -262,7 +278,9 @@ async def run(
     """Send every prompt (at ``request_rate``, at most ``concurrency`` in flight) after the untimed
     ``warmup_prompts``, sent under the same cap (other prompts than the timed ones, so that no
     server's prefix cache serves a timed one). ``on_result`` sees each finished request; setting
-    ``cancel`` stops sending, aborts what is in flight (recorded as failed: "cancelled") and returns."""
+    ``cancel`` stops sending, aborts what is in flight (recorded as failed: "cancelled") and returns.
+    ``stall_timeout``: seconds the server may send nothing on a request (before its first token too)
+    before that request fails; a run therefore always ends."""
     base = base_url.rstrip("/")
     url = (base if base.endswith("/v1") else base + "/v1") + "/completions"
     cap = concurrency or len(prompts) + len(warmup_prompts) or 1
@@ -270,6 +288,7 @@ async def run(
     gaps = arrival_gaps(len(prompts), request_rate, burstiness, seed, ramp)
     cancel = cancel or asyncio.Event()
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    timeout = httpx.Timeout(stall_timeout, connect=min(stall_timeout, 30.0), pool=None)  # pool: our own cap waits
     async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
         gate = asyncio.Semaphore(cap)
 

@@ -70,12 +70,13 @@ class Bench:
     def __init__(self, base_url: str, model: str, tokenizer, *, seed: int | None = None, num_prompts: int | None = None,
                  request_rate: float = float("inf"), burstiness: float = 1.0, slo_ms: dict | None = None,
                  ramp: tuple[str, float, float] | None = None, api_key: str | None = None,
-                 progress: Callable[[str], None] = print):
+                 progress: Callable[[str], None] = print, stall_timeout: float = 300.0):
         self.base_url, self.model, self.tokenizer = base_url, model, tokenizer
         self.api_key = api_key  # sent as Authorization: Bearer (vllm bench serve takes OPENAI_API_KEY)
         self.seed = seed if seed is not None else int(time.time())  # a new seed per run: no prefix-cache hits
         self.num_prompts, self.request_rate, self.burstiness, self.slo_ms = num_prompts, request_rate, burstiness, slo_ms
         self.ramp = ramp
+        self.stall_timeout = stall_timeout  # a request the server leaves silent this long fails (client.run)
         self.progress = progress
         self.on_result: Callable[[client.RequestResult], None] | None = None  # each finished request (any thread)
         self.runs: list[dict[str, Any]] = []
@@ -118,6 +119,7 @@ class Bench:
         result = asyncio.run(self._run(
             self.base_url, self.model, timed, output_len, concurrency, self.count_tokens, warmup_prompts=warmup,
             request_rate=self.request_rate, burstiness=self.burstiness, seed=seed, ramp=self.ramp, api_key=self.api_key,
+            stall_timeout=self.stall_timeout,
         ))
         summary = result.summary(self.slo_ms)
         self.runs.append(summary)

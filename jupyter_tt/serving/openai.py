@@ -11,6 +11,9 @@ route wants ``Authorization: Bearer <key>``, as vLLM's ``--api-key`` does; ``/he
 Every field of a request is checked before it reaches the engine (bad input: 400 naming ``param``),
 bodies are capped at ``MAX_BODY_BYTES``, and prompts are measured before they are tokenized, off the
 event loop. A failure inside an engine step fails only that step's requests (500) and is logged.
+A request never waits on an engine that cannot answer: while it waits, the engine's health is
+checked every ``HEALTH_INTERVAL`` seconds, and an engine whose loop died or whose step is stuck
+ends the request with 503 (``/health`` says 503 too, with the reason).
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ MAX_BODY_BYTES = 4 * 2**20
 MAX_CHARS_PER_TOKEN = 16
 #: Tokenizing runs here, never on the HTTP event loop.
 _TOKENIZE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jupyter-tt-tokenize")
+
+#: How often a request that waits for its next token looks at the engine's health.
+HEALTH_INTERVAL = 1.0
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -137,6 +143,11 @@ class HealthHandler(BaseHandler):
     keyed = False
 
     def get(self):
+        problem = self.app.engine.health()
+        if problem:
+            self.set_status(503)
+            self.finish(json.dumps({"status": "unavailable", "model": self.app.model_name, "message": problem}))
+            return
         self.finish(json.dumps({"status": "ok", "model": self.app.model_name}))
 
 
@@ -260,13 +271,19 @@ class GenerateHandler(BaseHandler):
         if stream:
             self.set_header("Content-Type", "text/event-stream")
             self.set_header("Cache-Control", "no-cache")
-        text, first_token_at, out = [], None, None
+        text, first_token_at, out, failure = [], None, None, None
         while True:
-            out = await queue.get()
+            try:
+                out = await self.next_output(queue)
+            except APIError as e:
+                failure = e
+                break
             if first_token_at is None and (out.token_ids or out.text):
                 first_token_at = time.monotonic()
                 app.metrics.ttft.observe(first_token_at - arrival)
             if out.finish_reason is FinishReason.ERROR:
+                failure = APIError(500, f"the engine failed on this request ({out.error}); it goes on serving others: retry",
+                                   type_="server_error")
                 break
             text.append(out.text)
             if stream and (out.text or out.finished):
@@ -278,12 +295,10 @@ class GenerateHandler(BaseHandler):
             if out.finished:
                 break
         self.request_id = None
-        if out.finish_reason is FinishReason.ERROR:
-            failure = APIError(500, f"the engine failed on this request ({out.error}); it goes on serving others: retry",
-                               type_="server_error")
-            app.metrics.requests.labels(self.endpoint, "500").inc()
+        if failure:
+            app.metrics.requests.labels(self.endpoint, str(failure.status)).inc()
             if stream and self._headers_written:  # a stream already under way: an error event, as vLLM sends
-                body = {"message": failure.message, "type": failure.type, "param": None, "code": None}
+                body = {"message": failure.message, "type": failure.type, "param": None, "code": failure.code}
                 self.write(f"data: {json.dumps({'error': body})}\n\n")
                 self.finish()
                 return
@@ -304,6 +319,19 @@ class GenerateHandler(BaseHandler):
             self.finish()
         else:
             self.finish(json.dumps({**self.envelope(), "choices": [self.choice("".join(text), out.finish_reason)], "usage": usage}))
+
+    async def next_output(self, queue: asyncio.Queue) -> Output:
+        """The engine's next output for this request; APIError 503 (the request cancelled) if the engine
+        cannot give one: its loop died, or a step is stuck."""
+        while True:
+            try:
+                return await asyncio.wait_for(queue.get(), timeout=HEALTH_INTERVAL)
+            except asyncio.TimeoutError:
+                problem = self.app.engine.health()
+                if problem:
+                    self.app.engine.cancel(self.request_id)
+                    raise APIError(503, f"{problem}: this request was ended; retry later", type_="server_error",
+                                   code="engine_unavailable") from None
 
     async def send_chunk(self, data: dict) -> None:
         self.write(f"data: {json.dumps(data)}\n\n")

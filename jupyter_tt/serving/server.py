@@ -24,11 +24,13 @@ def build_engine(
     kv_cache_mb: int = 256,
     progress: bool = True,
     ttnn_impl: str | None = None,
+    step_timeout: float = 120.0,
 ) -> tuple[Engine, str]:
     """Load ``model`` and make an engine on ``backend`` (not started); returns (engine, served model name).
 
     ``weights`` and ``ttnn_impl``: one of the backend's weight formats and implementations in
     ``backends.BACKENDS`` (None: its default). The ttnn backend runs on the kernel's lease.
+    ``step_timeout``: seconds after which a step counts as stuck (``Engine.health()``).
     """
     from .checkpoint import load_checkpoint
 
@@ -40,7 +42,7 @@ def build_engine(
                               max_num_seqs=max_num_seqs, implementation=implementation)
     checkpoint.weights.clear()  # the runner holds its own copy; free the float32 one
     _return_freed_memory()
-    engine = Engine(runner, checkpoint.tokenizer, max_num_seqs=max_num_seqs)
+    engine = Engine(runner, checkpoint.tokenizer, max_num_seqs=max_num_seqs, step_timeout=step_timeout)
     return engine, checkpoint.name
 
 

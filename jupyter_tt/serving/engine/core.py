@@ -7,6 +7,11 @@ finish; their cache blocks go back to the free list at once.
 
 The engine runs in one background thread; ``add_request`` and ``cancel`` may be called from any
 thread, and outputs are delivered through each request's callback from the engine thread.
+
+Nothing one request does stops the loop: a step that fails (in the model, in scheduling, in a
+callback) fails the requests it touched, and the loop goes on. ``health()`` says when it cannot serve
+(its loop died, or one step has run for longer than ``step_timeout``), so that the HTTP layer answers
+the requests that wait on it with an error instead of waiting for ever.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import collections
 import itertools
 import logging
 import threading
+import time
 from typing import Callable
 
 import torch
@@ -52,6 +58,7 @@ class Engine:
         max_prefill_tokens: int = 2048,
         max_waiting: int = 256,
         max_model_len: int | None = None,
+        step_timeout: float = 120.0,
     ):
         if max_step_tokens < max_num_seqs + runner.prefill_chunk_multiple:
             raise ValueError(
@@ -74,6 +81,11 @@ class Engine:
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        #: A step that runs longer than this is stuck (vLLM: VLLM_ENGINE_ITERATION_TIMEOUT_S). A CPU step of
+        #: the embedded model takes well under a second, even on a crowded host.
+        self.step_timeout = step_timeout
+        self._step_started: float | None = None  # while a step runs: when it began (monotonic)
+        self.failure: str | None = None  # why the loop ended, if something killed it
         self.stats = {"steps": 0, "prefill_tokens": 0, "decode_tokens": 0, "failed_steps": 0}
 
     # ------------------------------------------------------------------ API (any thread)
@@ -129,6 +141,15 @@ class Engine:
         if self._thread:
             self._thread.join(10)
 
+    def health(self) -> str | None:
+        """None while the engine can serve; else why not, in words (its loop died, or a step is stuck)."""
+        if self.failure:
+            return f"the engine stopped ({self.failure})"
+        started = self._step_started
+        if started is not None and time.monotonic() - started > self.step_timeout:
+            return f"the engine has been in one step for {time.monotonic() - started:.0f} s (its limit is {self.step_timeout:g} s)"
+        return None
+
     @property
     def num_running(self) -> int:
         return len(self.scheduler.running)
@@ -152,30 +173,50 @@ class Engine:
     # ------------------------------------------------------------------ the loop (engine thread)
 
     def _loop(self) -> None:
-        while True:
+        try:
+            while True:
+                with self._wake:
+                    while not (self._stopping or self.has_work):
+                        self._wake.wait()
+                    if self._stopping:
+                        break
+                self.step()
+        except BaseException as e:  # a bug in the loop itself: say so to every waiting request, then die
+            self.failure = f"{type(e).__name__}: {e}"
+            log.exception("jupyter-tt engine: the engine loop died")
+            raise
+        finally:
             with self._wake:
-                while not (self._stopping or self.has_work):
-                    self._wake.wait()
-                if self._stopping:
-                    break
-            self.step()
-        with self._wake:
-            self.scheduler.waiting.extend(self._incoming)
-            self._incoming.clear()
-        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
-            self._finish(seq, FinishReason.ABORT)
+                self.scheduler.waiting.extend(self._incoming)
+                self._incoming.clear()
+            reason = FinishReason.ERROR if self.failure else FinishReason.ABORT
+            for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+                self._finish(seq, reason, error=self.failure)
 
     def step(self) -> None:
         """One iteration: admit, cancel, schedule, run the model, sample, deliver."""
+        self._step_started = time.monotonic()
+        try:
+            self._step()
+        finally:
+            self._step_started = None
+
+    def _step(self) -> None:
         scheduler = self.scheduler
         with self._wake:
             scheduler.waiting.extend(self._incoming)
             self._incoming.clear()
             cancelled, self._cancelled = self._cancelled, set()
-        for seq in [s for s in [*scheduler.running, *scheduler.waiting] if s.request_id in cancelled]:
-            self._finish(seq, FinishReason.ABORT)
-
-        batch = scheduler.schedule()
+        try:
+            for seq in [s for s in [*scheduler.running, *scheduler.waiting] if s.request_id in cancelled]:
+                self._finish(seq, FinishReason.ABORT)
+            batch = scheduler.schedule()
+        except Exception as e:  # the queues may be half-changed: end what they hold, serve what comes next
+            log.exception("jupyter-tt engine: scheduling failed; the requests it held end with an error")
+            self.stats["failed_steps"] += 1
+            for seq in [*scheduler.running, *scheduler.waiting]:
+                self._finish(seq, FinishReason.ERROR, error=f"{type(e).__name__}: {e}")
+            return
         if not batch:
             return
         self.stats["decode_tokens"] += batch.decode_tokens
@@ -212,8 +253,16 @@ class Engine:
         out = self.output.append(seq, sample(logits, params, seq.generator))
         if out.finished:
             self.scheduler.remove(seq)
-        seq.on_output(out)
+        self._deliver(seq, out)
 
     def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
         self.scheduler.remove(seq)
-        seq.on_output(self.output.finish(seq, reason, error=error))
+        self._deliver(seq, self.output.finish(seq, reason, error=error))
+
+    def _deliver(self, seq: Sequence, out: Output) -> None:
+        """Hand an output to its request's callback; a callback that fails ends that request only."""
+        try:
+            seq.on_output(out)
+        except Exception:
+            log.exception("jupyter-tt engine: the callback of %s failed; the request is dropped", seq.request_id)
+            self.scheduler.remove(seq)
