@@ -2,9 +2,13 @@
 
 It is the reference every other backend is checked against, and the fallback wherever OpenVINO
 or a card is missing. Weights are float32, bfloat16 or int8 (weight-only, ``quantize_int8``).
+On a CPU, ``threads.CpuThreads`` picks torch's thread count between steps (one while the host is
+crowded); ``OMP_NUM_THREADS``, where set, fixes it instead.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
@@ -12,11 +16,20 @@ import torch
 from ...checkpoint import Checkpoint
 from ...engine.runner import ModelRunner, SequenceStep
 from .model import Batch, Transformer, quantize_int8
+from .threads import CpuThreads
 
 #: Weight formats of the torch backend: name -> dtype of the KV cache on CUDA. On a CPU the cache
 #: is float32 in every format: attention runs in float32 there (no bf16 matmul units), and a
 #: bfloat16 cache would cost a conversion of the whole context in every layer of every step.
 WEIGHT_FORMATS = {"int8": torch.bfloat16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def fixed_threads() -> int | None:
+    """The thread count ``OMP_NUM_THREADS`` fixes (a user who pins threads keeps them), else None."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return None
 
 
 class TorchModelRunner(ModelRunner):
@@ -49,8 +62,11 @@ class TorchModelRunner(ModelRunner):
             self.kv_cache = torch.from_numpy(np.zeros(shape, dtype=np.float32))
         else:
             self.kv_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.cpu_threads = CpuThreads(fixed_threads()) if self.device.type == "cpu" else None
 
     def step(self, sequences: list[SequenceStep]) -> torch.Tensor:
+        if self.cpu_threads:
+            self.cpu_threads.adjust()
         tokens, batch = self.build_batch(sequences)
         return self.model(tokens, batch, self.kv_cache).float()
 
