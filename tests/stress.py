@@ -15,6 +15,7 @@ import argparse
 import collections
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,9 +27,13 @@ DEFAULT_TARGETS = ["tests/test_enforcement.py", "tests/test_service.py", "notebo
 NBVAL = ["--nbval", "--nbval-sanitize-with", "notebooks/sanitize.cfg"]
 
 
-def busy() -> None:
+def busy(parent: int) -> None:
+    """Keep a core busy until the stress run ends (or dies: its busy loops must not outlive it)."""
+    n = 0
     while True:
-        pass
+        n += 1
+        if n % 20_000_000 == 0 and os.getppid() != parent:
+            return
 
 
 def cpu_flags() -> str:
@@ -79,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     groups = [g for g in ([t for t in args.targets if not t.endswith(".ipynb")], [t for t in args.targets if t.endswith(".ipynb")]) if g]
     args.keep.mkdir(parents=True, exist_ok=True)
 
-    loaders = [multiprocessing.Process(target=busy, daemon=True) for _ in range(args.load)]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the loaders are stopped on the way out
+    loaders = [multiprocessing.Process(target=busy, args=(os.getpid(),), daemon=True) for _ in range(args.load)]
     for p in loaders:
         p.start()
     print(f"stress: {args.rounds} rounds of {' '.join(args.targets)} beside {args.load} busy loop(s); "
