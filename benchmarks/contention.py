@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from jupyter_core.paths import jupyter_runtime_dir  # noqa: E402
 from serving import cpu_flags, stop, wait_ready  # noqa: E402
 
 from jupyter_tt.bench import client  # noqa: E402
@@ -64,7 +65,9 @@ def main() -> int:
     args = parser.parse_args()
     tokenizer = load_tokenizer()
     ports = {"fixed": 8141, "adaptive": 8142}
-    log_dir = Path(tempfile.mkdtemp(prefix="contention-", dir=os.environ.get("JUPYTER_RUNTIME_DIR")))
+    runtime = Path(jupyter_runtime_dir())
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="contention-", dir=runtime))  # private (0700), never /tmp
     procs = {s: start(s, p, log_dir) for s, p in ports.items()}
     results: dict[tuple, list[dict]] = {}
     try:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TARGETS = ["tests/test_enforcement.py", "tests/test_service.py", "notebooks/03-benchmark.ipynb"]
-NBVAL = ["--nbval", "--nbval-sanitize-with", "notebooks/sanitize.cfg"]
+NBVAL = ["--nbval", "--nbval-sanitize-with", "notebooks/sanitize.cfg", "--nbval-cell-timeout=240"]  # as make test-notebooks
 
 
 def busy(parent: int) -> None:
