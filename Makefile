@@ -20,7 +20,15 @@ OTHER_ROUNDING := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONE
 CHROMIUM ?= /usr/bin/chromium
 LAB_SOURCES := $(wildcard labextension/src/*.ts labextension/style/*) labextension/package.json
 
-.PHONY: env demo lint test test-stress test-notebooks store-notebooks test-ttnn test-wormhole lab-build browser clean
+# The vendor's own tools, each in a venv of its own as a card host installs them (tt-smi pins tt-umd
+# 0.9.12; ttnn 0.81.1 carries UMD 0.9.14): tests/test_vendor_tools.py runs the reset commands we build
+# through their real argument parsing and API. TT_UMD_VERSION is the UMD inside constraints-ttnn.txt's ttnn.
+TT_SMI_VERSION ?= 6.8.0
+TT_UMD_VERSION ?= 0.9.14
+TOOLS_VENV     := .venv-tools
+TOOLS_STAMP    := $(TOOLS_VENV)/.installed-smi$(TT_SMI_VERSION)-umd$(TT_UMD_VERSION)
+
+.PHONY: env demo lint test vendor-tools test-stress test-notebooks store-notebooks test-ttnn test-wormhole lab-build browser clean
 
 $(STAMP): pyproject.toml constraints.txt $(LAB_SOURCES) tests/hub/package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -61,8 +69,18 @@ lint: env
 	$(BIN)/ruff check .
 	cd labextension && npm run --silent lint
 
-test: lint browser
-	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
+$(TOOLS_STAMP):
+	rm -rf $(TOOLS_VENV)
+	$(PYTHON) -m venv $(TOOLS_VENV)/tt-smi
+	$(TOOLS_VENV)/tt-smi/bin/pip install -q 'tt-smi==$(TT_SMI_VERSION)'
+	$(PYTHON) -m venv $(TOOLS_VENV)/tt-umd
+	$(TOOLS_VENV)/tt-umd/bin/pip install -q 'tt-umd==$(TT_UMD_VERSION)'
+	touch $@
+
+vendor-tools: $(TOOLS_STAMP)
+
+test: lint browser vendor-tools
+	JUPYTER_TT_VENDOR_TOOLS=$(CURDIR)/$(TOOLS_VENV) CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 	# The tests that assert model output, again with another CPU's rounding (tests/greedy.py).
 	$(OTHER_ROUNDING) $(BIN)/python -m pytest -p no:cacheprovider tests/test_serving_model.py tests/test_serving_api.py
 	$(MAKE) test-notebooks
@@ -108,4 +126,4 @@ test-wormhole: $(TTNN_STAMP)
 	$(TTNN_VENV)/bin/python -m pytest -p no:cacheprovider tests_ttnn -m wormhole -s
 
 clean:
-	rm -rf $(VENV) $(TTNN_VENV) .pytest_cache test-artifacts labextension/node_modules labextension/lib labextension/tsconfig.tsbuildinfo jupyter_tt/labextension
+	rm -rf $(VENV) $(TTNN_VENV) $(TOOLS_VENV) .pytest_cache test-artifacts labextension/node_modules labextension/lib labextension/tsconfig.tsbuildinfo jupyter_tt/labextension

@@ -1,6 +1,7 @@
 """A stand-in for ``tt-smi`` on PATH, for the tests of resets after a crash, and the host it resets.
 
-It records its arguments and then, as ``FAKE_TT_SMI_MODE`` says, brings the card's firmware heartbeat
+It records its arguments (and, in ``$FAKE_TT_SMI_LOG.env``, whether ``TT_VISIBLE_DEVICES`` was set
+for it), takes the card from its ``-r /dev/tenstorrent/N`` argument, and then, as ``FAKE_TT_SMI_MODE`` says, brings the card's firmware heartbeat
 back to life (``revive``), leaves it frozen (``dead``) or fails (``fail``). ``FAKE_TT_SMI_DELAY``
 makes the reset take that many seconds; once a revive is done, it writes the time since boot
 (``/proc/uptime``) to ``$FAKE_TT_SMI_LOG.done``.
@@ -17,10 +18,12 @@ from sysfs_tree import N300, make_host
 
 FAKE_TT_SMI = textwrap.dedent("""\
     #!/bin/sh
-    # A stand-in for tt-smi: records its arguments, then acts on card $2 as FAKE_TT_SMI_MODE says.
+    # A stand-in for tt-smi: records its arguments, then acts on card /dev/tenstorrent/N ($2) as FAKE_TT_SMI_MODE says.
     echo "$@" >> "$FAKE_TT_SMI_LOG"
+    echo "TT_VISIBLE_DEVICES=${TT_VISIBLE_DEVICES-unset}" >> "$FAKE_TT_SMI_LOG.env"
+    case "$2" in /dev/tenstorrent/[0-9]*) card="${2#/dev/tenstorrent/}" ;; *) echo "not a device node: $2" >&2; exit 2 ;; esac
     [ -n "$FAKE_TT_SMI_DELAY" ] && sleep "$FAKE_TT_SMI_DELAY"
-    beat="$FAKE_TT_SMI_ROOT/sys/class/tenstorrent/tenstorrent!$2/tt_heartbeat"
+    beat="$FAKE_TT_SMI_ROOT/sys/class/tenstorrent/tenstorrent!$card/tt_heartbeat"
     case "$FAKE_TT_SMI_MODE" in
       fail) echo "reset failed: PCIe link down" >&2; exit 1 ;;
       dead) exit 0 ;;
@@ -52,3 +55,14 @@ def card_host(tmp_path, monkeypatch):
 def ran(tree) -> list[str]:
     """The fake tt-smi's command lines so far."""
     return tree.log.read_text().splitlines() if tree.log.exists() else []
+
+
+def reset_of(card: int) -> str:
+    """The command line that resets ``card`` alone: its device node (a bare N is a UMD logical id)."""
+    return f"-r /dev/tenstorrent/{card}"
+
+
+def environments(tree) -> list[str]:
+    """What ``TT_VISIBLE_DEVICES`` each fake tt-smi run saw."""
+    path = tree.log.with_name(tree.log.name + ".env")
+    return path.read_text().splitlines() if path.exists() else []

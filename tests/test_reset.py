@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from fake_tt_smi import ran
+from fake_tt_smi import environments, ran, reset_of
 from jupyter_tt.devices import SysfsInventory
 from jupyter_tt.scheduler import Lease, PendingReset, Scheduler, Waiting
 from jupyter_tt.scheduler.reset import reset_command
@@ -55,7 +55,7 @@ def test_a_killed_holders_card_is_reset_alone_and_leased_again_only_once_its_hea
     waiting = s.submit(2)  # both cards: one is out of the pool until its reset
     assert isinstance(waiting, Waiting)
     assert s.run_resets() == [card]
-    assert ran(card_host) == [f"-r {card}"]  # that card only: tt-smi -r with no device resets every board
+    assert ran(card_host) == [reset_of(card)]  # that card only: tt-smi -r with no device resets every board
     deadline = time.monotonic() + 10
     while not isinstance(granted := s.check(waiting.request_id), Lease):
         assert time.monotonic() < deadline, state_of(s, card)
@@ -82,6 +82,16 @@ def test_a_card_whose_heartbeat_stays_frozen_after_the_reset_is_unhealthy_with_t
     while not isinstance(s.check(waiting.request_id), Lease):
         assert time.monotonic() < deadline, state_of(s, card)
         time.sleep(0.2)
+
+
+def test_the_reset_does_not_inherit_an_empty_tt_visible_devices_that_would_hide_every_card(card_host, state_dir,
+                                                                                           monkeypatch):
+    monkeypatch.setenv("TT_VISIBLE_DEVICES", "")  # as the Jupyter server sets it for itself
+    s = scheduler(card_host, state_dir)
+    _, card = killed_holder(card_host, state_dir)
+    s.reconcile()
+    assert s.run_resets() == [card]
+    assert environments(card_host) == ["TT_VISIBLE_DEVICES=unset"]
 
 
 def test_a_failed_reset_leaves_the_card_unhealthy_with_the_tools_message(card_host, state_dir, monkeypatch):
@@ -127,7 +137,7 @@ def test_without_a_reset_tool_the_card_says_what_to_install(card_host, state_dir
     _, card = killed_holder(card_host, state_dir)
     s.reconcile()
     s.run_resets()
-    assert "install tt-smi (pip install tt-smi) or tt-umd" in state_of(s, card)["problem"]
+    assert "install tt-smi (pipx install tt-smi) or tt-umd" in state_of(s, card)["problem"]
 
 
 # ---------------------------------------------------------------- the same lease, restarted after a crash
@@ -161,7 +171,7 @@ def test_a_kernel_that_crashed_keeps_its_lease_and_its_cards_are_reset_before_it
     assert s.lease_resets(lease.id) == [PendingReset(device_id=card, reason=CRASH, waiting_for=None, done=False, failed=None)]
     device = state_of(s, card)
     assert (device["state"], device["lease_id"], device["reset"]["reason"]) == ("resetting", lease.id, CRASH)
-    assert s.run_resets() == [card] and ran(card_host) == [f"-r {card}"]
+    assert s.run_resets() == [card] and ran(card_host) == [reset_of(card)]
     wait_for_reset(s, lease.id)
     assert s.get_lease(lease.id).devices == lease.devices  # the same lease, ready for the restarted kernel
     assert state_of(s, card)["state"] == "leased"
@@ -263,7 +273,7 @@ def test_the_scheduler_service_resets_a_killed_holders_card_and_leases_it_again(
 
             return next(d["state"] for d in ServiceClient(str(svc.socket)).report()["devices"] if d["id"] == card)
 
-        wait_until(lambda: ran(card_host) == [f"-r {card}"], timeout=30, message="the service to reset the card")
+        wait_until(lambda: ran(card_host) == [reset_of(card)], timeout=30, message="the service to reset the card")
         wait_until(lambda: state() == "free", timeout=30, message="the card back in the pool")
 
 
@@ -281,7 +291,7 @@ def test_through_the_service_a_crashed_kernels_lease_waits_for_its_cards_reset(c
         [pending] = client.lease_resets(lease.id)  # over the socket, as the dataclass
         assert (pending.device_id, pending.reason, pending.failed) == (card, CRASH, None)
         wait_until(lambda: client.lease_resets(lease.id) == [], timeout=30, message="the service to reset the card")
-        assert ran(card_host) == [f"-r {card}"] and client.get_lease(lease.id).device_ids == [card]
+        assert ran(card_host) == [reset_of(card)] and client.get_lease(lease.id).device_ids == [card]
 
 
 @pytest.mark.parametrize("kernel", ["tt-n300", "tt-n300-quick"])  # quick: a 1 s queue wait does not cut the reset short
@@ -311,7 +321,9 @@ def test_a_kernel_killed_with_sigkill_restarts_on_its_lease_only_once_its_card_i
         assert ran(card_host) == []  # a kernel that stopped when asked leaves its card as it was
 
         os.kill(clean["pid"], signal.SIGKILL)
-        wait_until(lambda: ran(card_host) == [f"-r {card}"], timeout=30, message="the killed kernel's card to be reset")
+        wait_until(lambda: ran(card_host) == [reset_of(card)], timeout=30, message="the killed kernel's card to be reset")
+        # The server runs with TT_VISIBLE_DEVICES="" (for its own kernels); the reset must not inherit it.
+        assert environments(card_host) == ["TT_VISIBLE_DEVICES=unset"]
         device = next(d for d in server.json("/jupyter-tt/api/devices")["devices"] if d["id"] == card)
         assert (device["state"], device["lease_id"]) == ("resetting", first["id"])
         assert "was killed by SIGKILL" in device["reset"]["reason"]
@@ -343,7 +355,7 @@ def test_a_kernel_that_does_not_stop_when_asked_is_killed_and_its_card_reset_bef
             assert server.http.post(f"/api/kernels/{kernel_id}/restart").status_code == 200
         finally:
             client.stop_channels()
-        assert ran(card_host) == [f"-r {first['devices'][0]}"]  # the restart answered only after the reset
+        assert ran(card_host) == [reset_of(first["devices"][0])]  # the restart answered only after the reset
         after = server.lease_of(kernel_id)
         assert after["id"] == first["id"] and after["pid"] != first["pid"]
         assert "did not stop when asked and was sent SIGTERM" in server.log_text()
