@@ -58,8 +58,9 @@ class TTSettings(Configurable):
 
     visible_devices = Unicode(
         help="The devices this server may divide between its kernels, as a Kubernetes device plugin or a "
-        "container runtime hands them over: device numbers (N of /dev/tenstorrent/N) or PCI BDFs, comma-"
-        "separated; empty: every device the host shows. Env: JUPYTER_TT_VISIBLE_DEVICES, else an inherited "
+        "container runtime hands them over, read as tt-umd reads TT_VISIBLE_DEVICES: integers are tt-umd "
+        "logical ids (indices into the devices in PCI BDF order, not N of /dev/tenstorrent/N), other tokens "
+        "PCI BDFs or parts of one, comma-separated; empty: every device the host shows. Env: JUPYTER_TT_VISIBLE_DEVICES, else an inherited "
         "TT_VISIBLE_DEVICES (one that no jupyter-tt lease set).",
     ).tag(config=True)
 

@@ -46,14 +46,15 @@ def _write(path: Path, value) -> None:
 class SysfsTree:
     """A fake root holding the files the sysfs backend reads. Edit cards with ``set`` / ``remove``."""
 
-    def __init__(self, root: Path, cards: list[Card]):
+    def __init__(self, root: Path, cards: list[Card], buses: list[int] | None = None):
         self.root = Path(root)
+        self.buses = buses  # PCI bus of card N (default 4 + N): another order than the driver's numbering
         self.cards: list[Card] = []
         for card in cards:
             self.add(card)
 
     def bdf(self, i: int) -> str:
-        return f"0000:{4 + i:02x}:00.0"
+        return f"0000:{self.buses[i] if self.buses else 4 + i:02x}:00.0"
 
     def add(self, card: Card) -> int:
         i = len(self.cards)
@@ -134,6 +135,6 @@ class SysfsTree:
         (self.root / "dev/tenstorrent" / str(i)).unlink(missing_ok=True)
 
 
-def make_host(root: Path, host: str | list[Card]) -> SysfsTree:
+def make_host(root: Path, host: str | list[Card], buses: list[int] | None = None) -> SysfsTree:
     cards = [Card(**vars(c)) for c in HOSTS[host]] if isinstance(host, str) else host
-    return SysfsTree(root, cards)
+    return SysfsTree(root, cards, buses)

@@ -177,6 +177,44 @@ def test_visible_devices_by_number_or_bdf_narrow_the_inventory_and_its_state(hos
     assert open_inventory("sysfs", root, visible).key == inventory.key
 
 
+#: A LoudBox whose driver numbered its cards in another order than their PCI addresses: node N has bus
+#: BUSES[N], so in BDF order (tt-umd's logical ids 0..3) the cards are nodes 2, 0, 3, 1.
+BUSES = [0x21, 0x61, 0x01, 0x41]
+
+
+@pytest.mark.parametrize(("visible", "nodes"), [
+    ("0", [2]), ("1,3", [0, 1]), ("0000:41:00.0", [3]), ("41:00", [3]), ("0,0000:61:00.0", [1, 2]),
+])
+def test_visible_integers_are_tt_umds_logical_ids_in_bdf_order_and_bdfs_select_as_they_are(tmp_path, visible, nodes):
+    tree = make_host(tmp_path / "root", "loudbox", buses=BUSES)
+    inventory = SysfsInventory(str(tree.root), visible=visible)
+    assert [d.id for d in inventory.devices()] == nodes and inventory.visible_problems == []
+
+
+def test_in_a_pod_logical_ids_count_only_the_nodes_it_was_given(tmp_path):
+    tree = make_host(tmp_path / "root", "loudbox", buses=BUSES)
+    for n in (2, 3):  # the pod has nodes 0 and 1 (buses 21 and 61): its logical ids 0 and 1
+        (tree.root / f"dev/tenstorrent/{n}").unlink()
+    assert [d.id for d in SysfsInventory(str(tree.root), visible="1", container=True).devices()] == [1]
+
+
+def test_a_visible_token_that_selects_no_device_selects_none_and_says_why(tmp_path):
+    tree = make_host(tmp_path / "root", "loudbox", buses=BUSES)
+    inventory = SysfsInventory(str(tree.root), visible="4,0000:99:00.0")
+    assert inventory.devices() == []
+    assert [p.split(" selects")[0] for p in inventory.visible_problems] == [
+        "TT_VISIBLE_DEVICES token '0000:99:00.0'", "TT_VISIBLE_DEVICES token '4'"]
+    assert "0 to 3 here (devices in BDF order)" in inventory.visible_problems[1]
+
+
+def test_a_node_that_vanishes_does_not_shift_the_logical_ids_onto_another_card(tmp_path):
+    tree = make_host(tmp_path / "root", "loudbox", buses=BUSES)
+    inventory = SysfsInventory(str(tree.root), visible="1")  # node 0 (bus 21)
+    assert [d.id for d in inventory.devices()] == [0]
+    (tree.root / "dev/tenstorrent/2").unlink()  # bus 01 goes: BDF index 1 would now be node 3
+    assert [(d.id, d.healthy) for d in inventory.devices()] == [(0, True)]
+
+
 def test_an_inherited_tt_visible_devices_limits_the_server_but_a_leases_own_does_not(monkeypatch):
     from jupyter_tt.config import TTSettings
 

@@ -13,7 +13,12 @@ Any attribute may be missing (older driver or firmware); it is then reported as 
 Inside a container (a Kubernetes pod), sysfs still lists every card of the host, but only the nodes
 the pod was given exist in its ``/dev/tenstorrent``: there a card without a node is not this
 server's, and is left out rather than reported unhealthy. ``visible`` (a device plugin's
-``TT_VISIBLE_DEVICES``: device numbers or BDFs) narrows the devices further, anywhere.
+``TT_VISIBLE_DEVICES``) narrows the devices further, anywhere, read as tt-umd reads that variable
+(``PCIDevice::enumerate_devices``): an integer is a *logical id*, an index into the devices whose
+nodes exist sorted by BDF (not N of ``/dev/tenstorrent/N``: the two differ where the driver
+numbered the cards in another order), and a BDF, or any part of one, selects the devices whose BDF
+contains it. A token that selects nothing selects nothing here too (tt-umd refuses to start), and
+``visible_problems`` says which.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class SysfsInventory(InventoryBackend):
         self._clock = clock
         self._heartbeats: dict[int, tuple[int, float]] = {}  # id -> (value, when it last changed)
         self._seen: dict[int, Device] = {}
+        self._selection: frozenset[int] | None = None  # what ``visible`` resolved to
 
     @property
     def class_dir(self) -> Path:
@@ -118,9 +124,10 @@ class SysfsInventory(InventoryBackend):
 
     def devices(self) -> list[Device]:
         found = {}
+        selected, _ = self._selected()
         for entry in self._entries():
             match = _CLASS_ENTRY.match(entry.name)
-            if match and self._ours(int(match[1]), entry):
+            if match and self._ours(int(match[1]), selected):
                 device = self._read_device(int(match[1]), entry)
                 found[device.id] = device
         for i, last in self._seen.items():
@@ -129,12 +136,51 @@ class SysfsInventory(InventoryBackend):
         self._seen.update({i: d for i, d in found.items() if d.problem is None or i not in self._seen})
         return [found[i] for i in sorted(found)]
 
-    def _ours(self, i: int, entry: Path) -> bool:
+    def _ours(self, i: int, selected: frozenset[int] | None) -> bool:
         """Whether device ``i`` is this server's to lease: in ``visible`` (if set), and, in a container,
         one whose node the container was given (or one seen before, whose loss is then reported)."""
-        if self.visible and str(i) not in self.visible and _bdf(entry) not in self.visible:
+        if selected is not None and i not in selected:
             return False
         return not self.container or i in self._seen or self.node(i).exists()
+
+    def _by_bdf(self) -> list[tuple[str, int]]:
+        """(BDF, N) of every device whose node exists, in BDF order: tt-umd's logical ids are its indices."""
+        found = []
+        for entry in self._entries():
+            match = _CLASS_ENTRY.match(entry.name)
+            if match and self.node(int(match[1])).exists():
+                found.append((_bdf(entry), int(match[1])))
+        return sorted(found)
+
+    def _selected(self) -> tuple[frozenset[int] | None, list[str]]:
+        """The device numbers ``visible`` selects (None: no limit), and the tokens that select none.
+
+        Resolved once every token selects a device, and kept: a node that vanishes later must not
+        shift the logical ids onto other cards (the lost one is then reported, not replaced)."""
+        if not self.visible:
+            return None, []
+        if self._selection is not None:
+            return self._selection, []
+        by_bdf = self._by_bdf()
+        selected, unmatched = set(), []
+        for token in sorted(self.visible):
+            if token.isdigit():
+                hits = {by_bdf[int(token)][1]} if int(token) < len(by_bdf) else set()
+            else:
+                hits = {n for bdf, n in by_bdf if token.lower() in bdf.lower()}
+            selected |= hits
+            if not hits:
+                unmatched.append(token)
+        if not unmatched:
+            self._selection = frozenset(selected)
+        return frozenset(selected), unmatched
+
+    @property
+    def visible_problems(self) -> list[str]:
+        """Why a ``visible`` token selects no device here (empty when every token selects one)."""
+        count = len(self._by_bdf())
+        return [f"TT_VISIBLE_DEVICES token {t!r} selects no device: integers are tt-umd logical ids, 0 to {count - 1} "
+                f"here (devices in BDF order), and other tokens must be part of a device's BDF" for t in self._selected()[1]]
 
     def _read_device(self, i: int, entry: Path) -> Device:
         pci = entry / "device"
