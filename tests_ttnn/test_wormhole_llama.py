@@ -3,7 +3,8 @@
 Run on a host with cards:  make test-wormhole
 These have NOT run on a card yet. Set JUPYTER_TT_TEST_MODEL to a Llama checkpoint (a Hugging Face
 folder or .gguf) to measure it instead of the embedded SmolLM2-135M-Instruct; the public figures
-next to ours are tt-metal's for Llama-3.1-8B-Instruct (PRODUCT.md), so compare like with like.
+next to ours are tt-metal's for Llama-3.1-8B, as its PERF.md states them (``published.py``), so
+compare like with like.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from jupyter_tt.serving.backends.torch.runner import TorchModelRunner
 from jupyter_tt.serving.backends.ttnn.model import MESH_OPTIONS, TtnnModelRunner
 from jupyter_tt.serving.checkpoint import load_checkpoint
 from jupyter_tt.serving.engine import SequenceStep
+from published import comparison
 
 pytestmark = [
     pytest.mark.wormhole,
     pytest.mark.skipif(not Path("/dev/tenstorrent").exists(), reason="no /dev/tenstorrent: needs a Wormhole card"),
 ]
 
-#: tt-metal tt_transformers, Llama-3.1-8B-Instruct, batch 1, 128-token prompt: (tok/s/user, TTFT ms)
-PUBLIC = {1: ("n150", 28.3, 104), 2: ("n300", 44.2, 67), 8: ("T3K (LoudBox)", 64.3, 53)}
 MODEL = os.environ.get("JUPYTER_TT_TEST_MODEL", "smollm2-135m-instruct")
 
 
@@ -86,10 +86,6 @@ def test_ttft_decode_and_prefill_speed_next_to_the_public_figures(setup, report)
     t = time.perf_counter()
     runner.step([SequenceStep(tokens=long, start_pos=0, block_table=table)])
     prefill = len(long) / (time.perf_counter() - t)
-    card, public_tps, public_ttft = PUBLIC.get(n, (f"{n} chips", float("nan"), float("nan")))
-    report(f"{'':<28} {'ours (' + MODEL + ')':>34} {'tt-metal, Llama-3.1-8B':>24}")
-    report(f"{'card':<28} {card:>34} {card:>24}")
-    report(f"{'TTFT, 128-token prompt':<28} {ttft * 1000:>31.0f} ms {public_ttft:>21.0f} ms")
-    report(f"{'decode, batch 1':<28} {tps:>26.1f} tok/s/u {public_tps:>17.1f} tok/s/u")
-    report(f"{'prefill, 2048 tokens':<28} {prefill:>28.0f} tok/s {'(8,300-8,400 tok/s at 4-8K, LoudBox)':>24}")
+    for line in comparison(MODEL, n, ttft_s=ttft, decode_tok_s=tps, prefill_tok_s=prefill):
+        report(line)
     assert tps > 0 and ttft > 0
