@@ -1,4 +1,4 @@
-"""``jupyter tt <command>``: devices, kernelspec, usage, release, run, scheduler, serve, bench."""
+"""``jupyter tt <command>``: devices, doctor, kernelspec, usage, release, run, scheduler, serve, bench."""
 
 from __future__ import annotations
 
@@ -144,6 +144,21 @@ def cmd_reset(args) -> int:
         return 0
     print(f"Device {args.device} will be reset again; `jupyter tt devices` shows when it is back.")
     return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import Doctor, Status, render
+
+    settings = TTSettings()
+    if args.root:
+        settings.sysfs_root = args.root
+    checks = Doctor(settings, python=args.python, heartbeat_wait=args.heartbeat_wait).run()
+    if args.json:
+        print(json.dumps({"ok": not any(c.status is Status.FAIL for c in checks), "root": settings.sysfs_root,
+                          "checks": [c.to_json() for c in checks]}, indent=2))
+    else:
+        print(render(checks))
+    return 1 if any(c.status is Status.FAIL for c in checks) else 0
 
 
 def cmd_release(args) -> int:
@@ -338,6 +353,15 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reset", help="reset again a card whose reset after a crash failed (root on a shared host)")
     r.add_argument("device", type=int, help="the device number, N of /dev/tenstorrent/N")
     r.set_defaults(func=cmd_reset)
+
+    doc = sub.add_parser("doctor", help="check this card host: driver, device nodes, hugepages, memlock, ttnn, SFPI, "
+                                        "reset tool, scheduler service, heartbeats (exit 1 if a check fails)")
+    doc.add_argument("--python", default=sys.executable,
+                     help="the kernels' Python, where ttnn must import (default: this one)")
+    doc.add_argument("--root", default=None, help="read the host's files under this root (default: TTSettings.sysfs_root, /)")
+    doc.add_argument("--heartbeat-wait", type=float, default=2.0, help="seconds to watch the firmware heartbeats")
+    doc.add_argument("--json", action="store_true", help="the checks as JSON, for scripts")
+    doc.set_defaults(func=cmd_doctor)
 
     s = sub.add_parser("serve", help="serve a model with an OpenAI-compatible API")
     s.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name, .gguf file or Hugging Face folder")

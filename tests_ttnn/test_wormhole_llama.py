@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from jupyter_tt.devices.sfpi import installed_ttnn_sfpi
 from jupyter_tt.serving.backends.torch.runner import TorchModelRunner
 from jupyter_tt.serving.backends.ttnn.model import MESH_OPTIONS, TtnnModelRunner
 from jupyter_tt.serving.checkpoint import load_checkpoint
@@ -38,6 +39,9 @@ def pcc(a, b) -> float:
 def setup():
     import ttnn
 
+    sfpi = installed_ttnn_sfpi()
+    if sfpi.error:  # else ttnn fails at its first kernel build, deep inside open_mesh_device
+        pytest.fail(sfpi.error)
     n = ttnn.GetNumAvailableDevices()
     shape = (2, n // 2) if n == 8 else (1, n)
     mesh = ttnn.open_mesh_device(ttnn.MeshShape(*shape), **MESH_OPTIONS)

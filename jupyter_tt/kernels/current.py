@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from ..config import TTSettings
+from ..devices.sfpi import installed_ttnn_sfpi
 from ..errors import LeaseError, TTError
 from ..scheduler import Lease, open_scheduler
 
@@ -108,7 +109,7 @@ _open_meshes: list = []
 
 def check_ttnn_backend() -> KernelLease:
     """The lease, if this process may run ttnn on it: LeaseError on no, a simulated or an ended lease,
-    TTError where ttnn is not installed. Cheap (nothing is imported or opened): call it before loading a model."""
+    TTError where ttnn or the SFPI compiler it builds kernels with is not installed. Cheap (nothing is imported or opened): call it before loading a model."""
     current = lease()
     if not current.active:
         raise LeaseError(f"lease {current.id} has ended ({current.end_reason}): restart the kernel to get devices again")
@@ -125,6 +126,9 @@ def check_ttnn_backend() -> KernelLease:
             "ttnn is not installed in this kernel's environment. Install it there: pip install ttnn (wheels exist "
             "for CPython 3.10 and 3.12), or use the torch backend"
         )
+    sfpi = installed_ttnn_sfpi(system_root=TTSettings().sysfs_root)
+    if sfpi is not None and sfpi.error:  # ttnn would fail at its first kernel build, deep inside open_mesh_device
+        raise TTError(sfpi.error)
     return current
 
 

@@ -1,0 +1,159 @@
+"""``jupyter tt doctor`` on a card host's files (the sysfs fixture, a driver stand-in): every check passes on a
+host set up as the README says, and each fails, with its fix, when its part is missing.
+
+ttnn itself is probed for real in the ttnn lane (``tests_ttnn/test_doctor_ttnn.py``); here the probe's
+answer is given, and only the main lane's own Python (which has no ttnn) is probed for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jupyter_tt.config import TTSettings
+from jupyter_tt.devices.sfpi import find_sfpi
+from jupyter_tt.doctor import Doctor, Status, TtnnProbe, probe_ttnn, render
+
+UNLIMITED = "Max locked memory         unlimited            unlimited            bytes\n"
+
+
+def set_up(tree, *, hugepages=4, mount="pagesize=1G", memlock=UNLIMITED, sfpi="7.89.0", driver="2.5.0"):
+    """The parts of a card host beside the cards, under the fixture's root, as the README's steps leave them."""
+    root = tree.root
+
+    def write(path, text):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+
+    if driver:
+        write("sys/module/tenstorrent/version", f"{driver}\n")
+    if hugepages is not None:
+        write("sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages", f"{hugepages}\n")
+        write("sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages", f"{hugepages}\n")
+    write("proc/mounts", "proc /proc proc rw 0 0\n" + (f"hugetlbfs /dev/hugepages-1G hugetlbfs rw,relatime,{mount} 0 0\n"
+                                                       if mount else ""))
+    write("proc/self/limits", "Limit                     Soft Limit           Hard Limit           Units\n" + memlock)
+    if sfpi:
+        write("opt/tenstorrent/sfpi/compiler/bin/riscv-tt-elf-g++", "#!/bin/sh\n")
+        write("opt/tenstorrent/sfpi/sfpi.version", f"{sfpi}\n")
+    return tree
+
+
+@pytest.fixture
+def ttnn_dir(tmp_path):
+    """Where a ttnn wheel is installed: only the file the SFPI check reads from it."""
+    path = tmp_path / "site-packages/ttnn"
+    (path / "tt_metal").mkdir(parents=True)
+    (path / "tt_metal/sfpi-version").write_text("# sfpi release 7.89.0\n\nsfpi_version='7.89.0'\nsfpi_build='1050'\n")
+    return path
+
+
+@pytest.fixture
+def installed(ttnn_dir):
+    return lambda python: TtnnProbe(python=python, version="0.81.1", package_dir=str(ttnn_dir), umd_version="0.9.14")
+
+
+def doctor(tree, probe, scheduler="personal", **kw) -> dict[str, object]:
+    settings = TTSettings(inventory="sysfs", sysfs_root=str(tree.root), scheduler=scheduler, reset_tool="tt-smi")
+    checks = Doctor(settings, probe=probe, heartbeat_wait=kw.pop("heartbeat_wait", 0.6), **kw).run()
+    return {c.name: c for c in checks}
+
+
+def test_every_check_passes_on_a_host_set_up_as_the_readme_says(card_host, installed, service):
+    set_up(card_host)
+    with card_host.beating(0.1):
+        svc = service(inventory="sysfs", env={"JUPYTER_TT_SYSFS_ROOT": str(card_host.root)})
+        checks = doctor(card_host, installed, scheduler=svc.address)
+    assert {name: c.status for name, c in checks.items()} == {name: Status.PASS for name in checks}, render(list(checks.values()))
+    assert list(checks) == ["driver", "device nodes", "hugepages", "hugepages mount", "memlock", "ttnn", "sfpi",
+                            "reset tool", "scheduler service", "heartbeats"]
+    assert "tt-kmd 2.5.0" in checks["driver"].detail and "SFPI 7.89.0" in checks["sfpi"].detail
+    assert "/dev/tenstorrent/0 n300 0000:04:00.0 owner uid 0 gid 0 mode 0600" in checks["device nodes"].detail  # fenced
+    assert "device nodes are owned by their lease's user" in checks["scheduler service"].detail
+    assert "tt-smi -r /dev/tenstorrent/N" in checks["reset tool"].detail
+
+
+@pytest.mark.parametrize(("part", "change", "says", "fix"), [
+    ("driver", {"driver": None}, "tt-kmd is not loaded", "modprobe tenstorrent"),
+    ("hugepages", {"hugepages": 1}, "1 1 GiB hugepages reserved, 2 needed", "hugepagesz=1G hugepages=2"),
+    ("hugepages", {"hugepages": None}, "no 1 GiB hugepage pool", "hugepagesz=1G"),
+    ("hugepages mount", {"mount": None}, "no hugetlbfs mounted at /dev/hugepages-1G", "mount -t hugetlbfs -o pagesize=1G"),
+    ("hugepages mount", {"mount": "pagesize=2M"}, "pagesize=2M, not 1 GiB pages", "pagesize=1G"),
+    ("memlock", {"memlock": "Max locked memory         8388608              8388608              bytes\n"},
+     "memlock limit 8 MiB, below 1 GiB per card (2 GiB)", "LimitMEMLOCK=infinity"),
+    ("sfpi", {"sfpi": None}, "sfpi not found at", "install SFPI 7.89.0 from https://github.com/tenstorrent/sfpi/releases"),
+    ("sfpi", {"sfpi": "7.78.0"}, "SFPI 7.78.0 at", "install SFPI 7.89.0"),
+])
+def test_a_missing_part_fails_its_check_with_the_fix(card_host, installed, part, change, says, fix):
+    checks = doctor(set_up(card_host, **change), installed)
+    check = checks[part]
+    assert check.status is Status.FAIL and says in check.detail and fix in check.fix, check
+
+
+def test_sfpi_is_looked_for_where_ttnn_looks_first_its_own_runtime_folder(card_host, ttnn_dir):
+    set_up(card_host, sfpi=None)
+    (ttnn_dir / "runtime/sfpi/compiler/bin").mkdir(parents=True)
+    (ttnn_dir / "runtime/sfpi/compiler/bin/riscv-tt-elf-g++").write_text("")
+    found = find_sfpi(ttnn_dir, system_root=card_host.root)
+    assert found.found == str(ttnn_dir / "runtime/sfpi") and found.problem is None
+    moved = find_sfpi(ttnn_dir, runtime_root=str(card_host.root / "elsewhere"), system_root=card_host.root)
+    assert moved.roots[0] == str(card_host.root / "elsewhere/runtime/sfpi") and "sfpi not found" in moved.problem
+
+
+def test_a_missing_device_node_and_a_visible_token_that_selects_nothing_fail_the_device_check(card_host, installed):
+    set_up(card_host)
+    (card_host.root / "dev/tenstorrent/1").unlink()
+    check = doctor(card_host, installed)["device nodes"]
+    assert check.status is Status.FAIL and "/dev/tenstorrent/1 missing (n300 0000:05:00.0)" in check.detail
+    settings = TTSettings(inventory="sysfs", sysfs_root=str(card_host.root), scheduler="personal", visible_devices="7")
+    check = Doctor(settings, probe=installed, heartbeat_wait=0).device_nodes(Doctor(settings).inventory.devices())
+    assert check.status is Status.FAIL and "token '7' selects no device" in check.detail
+
+
+def test_frozen_firmware_fails_the_heartbeat_check_and_names_the_card(card_host, installed):
+    set_up(card_host)
+    check = doctor(card_host, installed)["heartbeats"]  # nothing beats
+    assert check.status is Status.FAIL and "/dev/tenstorrent/0, /dev/tenstorrent/1 did not advance" in check.detail
+
+
+def test_without_ttnn_the_ttnn_check_fails_and_sfpi_is_skipped(card_host):
+    set_up(card_host)
+    checks = doctor(card_host, probe_ttnn)  # this Python, for real: it has no ttnn
+    assert checks["ttnn"].status is Status.FAIL and "No module named 'ttnn'" in checks["ttnn"].detail
+    assert f"{sys.executable} -m pip install ttnn" in checks["ttnn"].fix
+    assert checks["sfpi"].status is Status.SKIP
+
+
+def test_no_reset_tool_and_no_enforcing_service_fail_with_what_to_install_and_run(card_host, installed, service,
+                                                                                 monkeypatch):
+    set_up(card_host)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    checks = doctor(card_host, installed)
+    assert checks["reset tool"].status is Status.FAIL and "pipx install tt-smi" in checks["reset tool"].fix
+    assert checks["scheduler service"].status is Status.FAIL and "leases are personal" in checks["scheduler service"].detail
+    monkeypatch.undo()
+    simulated = service()  # a service with nothing to fence
+    check = doctor(card_host, installed, scheduler=simulated.address)["scheduler service"]
+    assert check.status is Status.FAIL and "coordination only" in check.detail
+    gone = doctor(card_host, installed, scheduler=f"unix:{card_host.root / 'no.sock'}")["scheduler service"]
+    assert gone.status is Status.FAIL and "does not answer" in gone.detail
+
+
+def test_the_command_prints_a_line_per_check_and_json_for_scripts_and_exits_1_when_one_fails(card_host):
+    set_up(card_host, hugepages=0)
+    env = {**os.environ, "JUPYTER_TT_SYSFS_ROOT": str(card_host.root), "JUPYTER_TT_INVENTORY": "sysfs",
+           "JUPYTER_TT_SCHEDULER": "personal"}
+    command = [sys.executable, "-m", "jupyter_tt.cli", "doctor", "--heartbeat-wait", "0.3"]
+    text = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert text.returncode == 1, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith("PASS  driver ") and any(ln.startswith("FAIL  hugepages ") for ln in lines)
+    assert "fix: reserve 2 hugepages of 1 GiB" in text.stdout and "checks failed" in lines[-1]
+    out = subprocess.run([*command, "--json"], capture_output=True, text=True, env=env, timeout=120)
+    report = json.loads(out.stdout)
+    assert out.returncode == 1 and report["ok"] is False and report["root"] == str(card_host.root)
+    assert {c["name"]: c["status"] for c in report["checks"]}["hugepages"] == "fail"
