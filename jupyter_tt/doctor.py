@@ -27,6 +27,8 @@ from .scheduler.reset import child_environment, reset_command, strip_control
 
 HUGEPAGES_1G = "sys/kernel/mm/hugepages/hugepages-1048576kB"
 HUGEPAGES_MOUNT = "/dev/hugepages-1G"
+#: tt-system-tools' hugepages-setup.sh: "for every Wormhole we allocate a full 4x1G pages".
+HUGEPAGES_PER_CARD = 4
 GIB = 1 << 30
 #: What a check may take at most (importing ttnn takes seconds; a hung import must not hang doctor).
 PROBE_TIMEOUT = 120.0
@@ -161,14 +163,15 @@ class Doctor:
     def hugepages(self, cards: int) -> Check:
         reserved = _read(self.root / HUGEPAGES_1G / "nr_hugepages")
         free = _read(self.root / HUGEPAGES_1G / "free_hugepages")
-        need = max(cards, 1)
-        fix = (f"reserve {need} hugepages of 1 GiB (one per card) at boot: kernel command line "
-               f"'hugepagesz=1G hugepages={need}' (tt-installer's tt-system-tools set this up)")
+        need = HUGEPAGES_PER_CARD * max(cards, 1)
+        fix = (f"reserve {need} hugepages of 1 GiB ({HUGEPAGES_PER_CARD} per Wormhole card) at boot: tt-system-tools' "
+               f"hugepages-setup.sh (tenstorrent-hugepages.service, installed by tt-installer) does it, or the kernel "
+               f"command line 'hugepagesz=1G hugepages={need}'")
         if reserved is None:
             return Check("hugepages", Status.FAIL, "the kernel has no 1 GiB hugepage pool", fix)
         if not reserved.isdigit() or int(reserved) < need:
-            return Check("hugepages", Status.FAIL, f"{reserved} 1 GiB hugepages reserved, {need} needed", fix)
-        return Check("hugepages", Status.PASS, f"{reserved} 1 GiB hugepages reserved ({free or '?'} free), {need} needed")
+            return Check("hugepages", Status.FAIL, f"{reserved} hugepages of 1 GiB reserved, {need} needed", fix)
+        return Check("hugepages", Status.PASS, f"{reserved} hugepages of 1 GiB reserved ({free or '?'} free), {need} needed")
 
     def hugepages_mount(self) -> Check:
         mounts = _read(self.root / "proc/mounts") or ""
@@ -181,7 +184,7 @@ class Doctor:
                              f"mount -t hugetlbfs -o pagesize=1G none {HUGEPAGES_MOUNT}")
         return Check("hugepages mount", Status.FAIL, f"no hugetlbfs mounted at {HUGEPAGES_MOUNT}",
                      f"mkdir -p {HUGEPAGES_MOUNT} && mount -t hugetlbfs -o pagesize=1G none {HUGEPAGES_MOUNT} "
-                     "(tt-system-tools installs a systemd mount unit for it)")
+                     "(tt-system-tools' dev-hugepages-1G.mount unit does it at boot)")
 
     def memlock(self, cards: int) -> Check:
         limits = _read(self.root / "proc/self/limits") or ""

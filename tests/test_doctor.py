@@ -21,7 +21,7 @@ from jupyter_tt.doctor import Doctor, Status, TtnnProbe, probe_ttnn, render
 UNLIMITED = "Max locked memory         unlimited            unlimited            bytes\n"
 
 
-def set_up(tree, *, hugepages=4, mount="pagesize=1G", memlock=UNLIMITED, sfpi="7.89.0", driver="2.5.0"):
+def set_up(tree, *, hugepages=8, mount="pagesize=1G", memlock=UNLIMITED, sfpi="7.89.0", driver="2.5.0"):
     """The parts of a card host beside the cards, under the fixture's root, as the README's steps leave them."""
     root = tree.root
 
@@ -79,7 +79,7 @@ def test_every_check_passes_on_a_host_set_up_as_the_readme_says(card_host, insta
 
 @pytest.mark.parametrize(("part", "change", "says", "fix"), [
     ("driver", {"driver": None}, "tt-kmd is not loaded", "modprobe tenstorrent"),
-    ("hugepages", {"hugepages": 1}, "1 1 GiB hugepages reserved, 2 needed", "hugepagesz=1G hugepages=2"),
+    ("hugepages", {"hugepages": 7}, "7 hugepages of 1 GiB reserved, 8 needed", "hugepagesz=1G hugepages=8"),
     ("hugepages", {"hugepages": None}, "no 1 GiB hugepage pool", "hugepagesz=1G"),
     ("hugepages mount", {"mount": None}, "no hugetlbfs mounted at /dev/hugepages-1G", "mount -t hugetlbfs -o pagesize=1G"),
     ("hugepages mount", {"mount": "pagesize=2M"}, "pagesize=2M, not 1 GiB pages", "pagesize=1G"),
@@ -152,7 +152,7 @@ def test_the_command_prints_a_line_per_check_and_json_for_scripts_and_exits_1_wh
     assert text.returncode == 1, text.stderr
     lines = text.stdout.splitlines()
     assert lines[0].startswith("PASS  driver ") and any(ln.startswith("FAIL  hugepages ") for ln in lines)
-    assert "fix: reserve 2 hugepages of 1 GiB" in text.stdout and "checks failed" in lines[-1]
+    assert "fix: reserve 8 hugepages of 1 GiB (4 per Wormhole card)" in text.stdout and "checks failed" in lines[-1]
     out = subprocess.run([*command, "--json"], capture_output=True, text=True, env=env, timeout=120)
     report = json.loads(out.stdout)
     assert out.returncode == 1 and report["ok"] is False and report["root"] == str(card_host.root)
