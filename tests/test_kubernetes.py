@@ -1,11 +1,16 @@
-"""The Kubernetes example (examples/kubernetes): every profile renders into a pod with KubeSpawner.
+"""The Kubernetes examples (examples/kubernetes): every profile renders into a pod with KubeSpawner, with DRA
+(Tenstorrent's tt-dra-driver, values-dra.yaml) and with a community device plugin's extended resources
+(values.yaml).
 
 No cluster here: KubeSpawner builds the pod manifest offline (it needs a kubeconfig to exist, not to
-answer), and the manifest is what Kubernetes would be sent. What a pod then sees of the cards is
+answer), and the manifest is what Kubernetes would be sent. The claim templates are read back through
+the Kubernetes client's own models (resource.k8s.io/v1). What a pod then sees of the cards is
 tested in test_inventory.py (a container given some nodes) and test_cli.py (a plugin's TT_VISIBLE_DEVICES).
 """
 
 import asyncio
+import json
+import types
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,9 @@ from jupyter_tt.devices import CARD_TYPES
 EXAMPLE = Path(__file__).parent.parent / "examples/kubernetes"
 VALUES = yaml.safe_load((EXAMPLE / "values.yaml").read_text())["singleuser"]
 PROFILES = VALUES["profileList"]
+DRA_VALUES = yaml.safe_load((EXAMPLE / "values-dra.yaml").read_text())["singleuser"]
+DRA_PROFILES = DRA_VALUES["profileList"]
+TEMPLATES = list(yaml.safe_load_all((EXAMPLE / "dra-claim-templates.yaml").read_text()))
 
 
 @pytest.fixture
@@ -32,31 +40,85 @@ def kubeconfig(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
 
 
-def hub_config():
+def hub_config(values_file="values-dra.yaml", monkeypatch=None):
+    if monkeypatch:
+        monkeypatch.setenv("JUPYTER_TT_K8S_VALUES", values_file)
     return PyFileConfigLoader("jupyterhub_config.py", path=str(EXAMPLE)).load_config()
 
 
-def test_the_plain_kubespawner_config_serves_the_helm_values_profiles():
+def test_the_plain_kubespawner_config_serves_the_helm_values_profiles_dra_first(monkeypatch):
+    monkeypatch.delenv("JUPYTER_TT_K8S_VALUES", raising=False)
     config = hub_config()
     assert config.JupyterHub.spawner_class == "kubespawner.KubeSpawner"
-    assert config.KubeSpawner.profile_list == PROFILES
+    assert config.KubeSpawner.profile_list == DRA_PROFILES
     assert config.KubeSpawner.environment == {"JUPYTER_TT_INVENTORY": "sysfs"}
-    assert [p["slug"] for p in PROFILES] == ["n150", "n300", "loudbox"]
+    assert hub_config("values.yaml", monkeypatch).KubeSpawner.profile_list == PROFILES
+    assert [p["slug"] for p in PROFILES] == [p["slug"] for p in DRA_PROFILES] == ["n150", "n300", "loudbox"]
 
 
-@pytest.mark.parametrize("profile", PROFILES, ids=[p["slug"] for p in PROFILES])
-def test_each_profile_renders_a_pod_with_whole_cards_huge_pages_and_memlock(profile, kubeconfig):
+def render(profile, config) -> dict:
+    """The pod manifest KubeSpawner would send for ``profile``, as JSON."""
     from kubernetes_asyncio.client import ApiClient
     from kubespawner import KubeSpawner
 
     async def manifest():
-        spawner = KubeSpawner(_mock=True, config=hub_config())
+        spawner = KubeSpawner(_mock=True, config=config)
         spawner.user_options = {"profile": profile["slug"]}
         await spawner.load_user_options()
         async with ApiClient() as api:  # the body the API server would be sent
             return api.sanitize_for_serialization(await spawner.get_pod_manifest())
 
-    pod = asyncio.run(manifest())
+    return asyncio.run(manifest())
+
+
+def as_model(document: dict, model: str):
+    """``document`` read by the Kubernetes client as ``model``: unknown or misspelt fields do not survive."""
+    from kubernetes_asyncio.client import ApiClient
+
+    async def read():
+        async with ApiClient() as api:
+            parsed = api.deserialize(types.SimpleNamespace(data=json.dumps(document)), model)
+            return parsed, api.sanitize_for_serialization(parsed)
+
+    return asyncio.run(read())
+
+
+def test_each_dra_claim_template_is_a_resource_claim_template_for_whole_cards_of_one_board(kubeconfig):
+    # kubeconfig: kubernetes_asyncio reads KUBECONFIG once, when first imported
+    assert [t["metadata"]["name"] for t in TEMPLATES] == ["tt-n150-x1", "tt-n300-x1", "tt-n300-x4"]
+    for document in TEMPLATES:
+        template, round_trip = as_model(document, "V1ResourceClaimTemplate")
+        assert round_trip == document  # every field is one the API knows, spelt as it spells it
+        assert (template.api_version, template.kind) == ("resource.k8s.io/v1", "ResourceClaimTemplate")
+        [request] = template.spec.spec.devices.requests
+        exact = request.exactly
+        assert exact.device_class_name == "tenstorrent.com" and exact.allocation_mode == "ExactCount"
+        board, count = document["metadata"]["name"].split("-")[1], int(document["metadata"]["name"].split("-x")[1])
+        assert exact.count == count and board in CARD_TYPES
+        [selector] = exact.selectors
+        assert selector.cel.expression == f'device.attributes["tenstorrent.com"].boardName == "{board}"'
+
+
+@pytest.mark.parametrize("profile", DRA_PROFILES, ids=[p["slug"] for p in DRA_PROFILES])
+def test_each_dra_profile_renders_a_pod_that_claims_its_cards_from_a_template_and_no_extended_resource(
+        profile, kubeconfig, monkeypatch):
+    pod = render(profile, hub_config("values-dra.yaml", monkeypatch))
+    [claim] = pod["spec"]["resourceClaims"]
+    assert claim["resourceClaimTemplateName"] in {t["metadata"]["name"] for t in TEMPLATES}
+    [container] = pod["spec"]["containers"]
+    assert container["resources"]["claims"] == [{"name": claim["name"]}]
+    resources = {**container["resources"].get("limits", {}), **container["resources"].get("requests", {})}
+    assert not any(k.startswith(("tenstorrent.com/", "hugepages-")) for k in resources)  # CDI mounts them
+    assert "/dev/hugepages-1G" not in [m["mountPath"] for m in container.get("volumeMounts", [])]
+    assert "IPC_LOCK" in container["securityContext"]["capabilities"]["add"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["JUPYTER_TT_INVENTORY"] == "sysfs"
+    as_model(pod, "V1Pod")  # a pod the client can read back
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p["slug"] for p in PROFILES])
+def test_each_device_plugin_profile_renders_a_pod_with_whole_cards_huge_pages_and_memlock(profile, kubeconfig,
+                                                                                          monkeypatch):
+    pod = render(profile, hub_config("values.yaml", monkeypatch))
     [container] = pod["spec"]["containers"]
     limits, requests = container["resources"]["limits"], container["resources"]["requests"]
     cards = {k.split("/")[1]: int(v) for k, v in limits.items() if k.startswith("tenstorrent.com/")}
