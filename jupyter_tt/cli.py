@@ -12,6 +12,7 @@ from pathlib import Path
 from .config import TTSettings
 from .errors import TTError
 from .serving.backends import BACKENDS, DEFAULT_BACKEND, all_weight_formats
+from .serving.engines import ENGINES
 
 
 def _scheduler():
@@ -199,6 +200,8 @@ def systemd_unit(config: str | None) -> str:
 
 
 def cmd_serve(args) -> int:
+    if args.engine != "builtin":
+        return _exec_engine(args)
     try:
         from .serving.server import build_engine, serve_forever
     except ImportError as e:
@@ -214,6 +217,22 @@ def cmd_serve(args) -> int:
     serve_forever(engine, args.served_model_name or name, args.host, args.port, args.backend, api_key=api_key,
                   listen_fd=args.listen_fd)
     return 0
+
+
+def _exec_engine(args) -> int:
+    """``jupyter tt serve --engine llama.cpp``: this process becomes llama-server, with the same key handling."""
+    from .serving.checkpoint import EMBEDDED, resolve
+    from .serving.engines import llama_cpp_launch
+
+    gguf = resolve(args.model)
+    api_key = args.api_key or os.environ.get("JUPYTER_TT_API_KEY") or ""
+    launch = llama_cpp_launch(gguf, args.served_model_name or (args.model if args.model in EMBEDDED else gguf.stem),
+                              args.port, api_key)
+    command = [part if part != "127.0.0.1" else args.host for part in launch.command]
+    env = {**os.environ, **({k: v for k, v in launch.env.items() if v})}
+    sys.stdout.flush()
+    os.execve(command[0], command, env)  # the key stays in the environment, off the command line
+    return 1  # not reached
 
 
 def _numbers(text: str, kind=int) -> list:
@@ -365,6 +384,9 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve a model with an OpenAI-compatible API")
     s.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name, .gguf file or Hugging Face folder")
+    s.add_argument("--engine", default="builtin", choices=ENGINES,
+                   help="builtin: jupyter-tt's engine (--backend picks its runner); llama.cpp: llama.cpp's llama-server "
+                        "on the GGUF file (JUPYTER_TT_LLAMA_SERVER or PATH), in place of this process")
     s.add_argument("--backend", default=DEFAULT_BACKEND, choices=list(BACKENDS),
                    help="; ".join(f"{b.name}: {b.summary}" for b in BACKENDS.values()))
     s.add_argument("--ttnn-impl", default=None, choices=BACKENDS["ttnn"].implementations,

@@ -21,6 +21,7 @@ import html
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 
 from ..errors import TTError
 from .backends import DEFAULT_BACKEND, get_backend
+from .engines import EngineName, engine_name, llama_cpp_launch
 
 
 def registry_path(port: int, runtime_dir: str | None = None) -> str:
@@ -75,11 +77,21 @@ def _register(port: int, entry: dict) -> None:
 class LLM:
     """A model served from this kernel: ``.base_url`` for OpenAI clients, ``.close()`` to stop it."""
 
-    def __init__(self, process: subprocess.Popen, port: int, model: str, backend: str, log_path: str, api_key: str):
+    def __init__(self, process: subprocess.Popen, port: int, model: str, backend: str, log_path: str, api_key: str,
+                 own_group: bool = False):
         self.process, self.port, self.model, self.backend, self.log_path = process, port, model, backend, log_path
+        #: An external engine leads a process group of its own: stopping it stops all it started.
+        self.own_group = own_group
         self.base_url = f"http://127.0.0.1:{port}/v1"
         #: The server's key: OpenAI clients send it as their api_key (``Authorization: Bearer``).
         self.api_key = api_key
+
+    def _signal(self, sig: int) -> None:
+        with contextlib.suppress(OSError):
+            if self.own_group:
+                os.killpg(self.process.pid, sig)
+            else:
+                self.process.send_signal(sig)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -113,12 +125,15 @@ class LLM:
         with contextlib.suppress(OSError):
             os.remove(registry_path(self.port))
         if self.running:
-            self.process.terminate()
+            self._signal(signal.SIGTERM)
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._signal(signal.SIGKILL)
                 self.process.wait()
+        elif self.own_group:
+            with contextlib.suppress(OSError):  # what the engine started and left behind
+                os.killpg(self.process.pid, signal.SIGKILL)
         if self in _servers:
             _servers.remove(self)
 
@@ -141,6 +156,7 @@ def serve(
     model: str = "smollm2-135m-instruct",
     backend: str = DEFAULT_BACKEND,
     *,
+    engine: str = "builtin",
     port: int | None = None,
     weights: str | None = None,
     timeout: float = 300.0,
@@ -148,54 +164,121 @@ def serve(
 ) -> LLM:
     """Serve ``model`` from this kernel on 127.0.0.1; returns when it answers (or raises TTError with its log).
 
-    ``backend``, ``weights`` and ``ttnn_impl`` are those of ``jupyter tt serve`` (``backends.BACKENDS``):
-    "torch" on the CPU (the reference; int8, bfloat16 or float32), "openvino" on the CPU through
-    OpenVINO's compiled graph (faster; int8 or float32), "ttnn" on this kernel's leased Wormhole devices
-    ("accuracy" or "performance"; ``ttnn_impl`` "jupyter-tt" or "tt-transformers").
+    ``engine``: "builtin" (jupyter-tt's own, the default) or "llama.cpp" (llama.cpp's ``llama-server`` on
+    the GGUF file, from ``JUPYTER_TT_LLAMA_SERVER`` or PATH). ``backend``, ``weights`` and ``ttnn_impl``
+    are the builtin engine's, those of ``jupyter tt serve`` (``backends.BACKENDS``): "torch" on the CPU
+    (the reference; int8, bfloat16 or float32), "openvino" on the CPU through OpenVINO's compiled graph
+    (faster; int8 or float32), "ttnn" on this kernel's leased Wormhole devices ("accuracy" or
+    "performance"; ``ttnn_impl`` "jupyter-tt" or "tt-transformers").
     """
-    spec = get_backend(backend)
-    weights, ttnn_impl = spec.check(weights, ttnn_impl)
-    spec.preflight(ttnn_impl)  # say at once what is missing, rather than after the server fails to start
-    sock = _listen(port)
-    port = sock.getsockname()[1]
+    name = engine_name(engine)
     api_key = secrets.token_urlsafe(32)
-    log_path = os.path.join(os.environ.get("JUPYTER_RUNTIME_DIR", "/tmp"), f"jupyter-tt-serve-{port}.log")
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    cmd = [
-        sys.executable, "-m", "jupyter_tt.cli", "serve", "--model", model, "--backend", backend,
-        "--host", "127.0.0.1", "--port", str(port), "--parent-pid", str(os.getpid()), "--ttnn-impl", ttnn_impl,
-        "--listen-fd", str(sock.fileno()), "--weights", weights,
-    ]
-    try:
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       pass_fds=[sock.fileno()], env={**os.environ, "JUPYTER_TT_API_KEY": api_key})
-    finally:
-        sock.close()  # the server holds its own copy
-    llm = LLM(process, port, model, backend, log_path, api_key)
+    if name is EngineName.BUILTIN:
+        spec = get_backend(backend)
+        weights, ttnn_impl = spec.check(weights, ttnn_impl)
+        spec.preflight(ttnn_impl)  # say at once what is missing, rather than after the server fails to start
+        sock = _listen(port)
+        port = sock.getsockname()[1]
+        cmd = [
+            sys.executable, "-m", "jupyter_tt.cli", "serve", "--model", model, "--backend", backend,
+            "--host", "127.0.0.1", "--port", str(port), "--parent-pid", str(os.getpid()), "--ttnn-impl", ttnn_impl,
+            "--listen-fd", str(sock.fileno()), "--weights", weights,
+        ]
+        try:
+            process, log_path = _spawn(cmd, port, {"JUPYTER_TT_API_KEY": api_key}, pass_fds=[sock.fileno()])
+        finally:
+            sock.close()  # the server holds its own copy
+        label, owned = backend, True  # the socket was bound here before the server started: whoever answers is it
+    else:
+        from .checkpoint import EMBEDDED, resolve
+
+        gguf = resolve(model)
+        if port is None:
+            with _listen(None) as probe:
+                port = probe.getsockname()[1]
+        launch = llama_cpp_launch(gguf, model if model in EMBEDDED else gguf.stem, port, api_key)
+        process, log_path = _spawn(launch.command, port, launch.env, own_group=True)
+        label, owned, timeout = name.value, False, max(timeout, launch.startup_timeout)
+    llm = LLM(process, port, model, label, log_path, api_key, own_group=not owned)
     _servers.append(llm)
-    deadline = time.monotonic() + timeout
+    return _wait_until_ready(llm, timeout, owned)
+
+
+def _spawn(command: list[str], port: int, env: dict[str, str], *, pass_fds=(), own_group: bool = False):
+    """Start a model server, its output in a private log: (the process, the log's path).
+
+    ``own_group``: an external engine, in a process group of its own (stopping it stops all it started),
+    sent SIGTERM by the kernel's death (it does not watch its parent as ``jupyter tt serve`` does)."""
+    runtime = jupyter_runtime_dir()
+    os.makedirs(runtime, mode=0o700, exist_ok=True)
+    log_path = os.path.join(runtime, f"jupyter-tt-serve-{port}.log")
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   pass_fds=list(pass_fds), env={**os.environ, **env}, start_new_session=own_group,
+                                   preexec_fn=_die_with_parent if own_group else None)
+    return process, log_path
+
+
+def _die_with_parent() -> None:  # in the child, before exec
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` (or one it started) listens on 127.0.0.1:``port``."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in proc.net_connections(kind="tcp")):
+                return True
+    except psutil.Error:
+        return False
+    return False
+
+
+def _wait_until_ready(llm: LLM, timeout: float, owned: bool) -> LLM:
+    """Until the server answers with our key (``owned``: the port is known to be its; else an external
+    engine, which must be seen listening there first, so that the key goes to no one else, and whose
+    slow start is shown every 15 s)."""
+    process, started = llm.process, time.monotonic()
+    deadline, shown = started + timeout, started
     while True:
         if process.poll() is not None:
             _servers.remove(llm)
-            tail = open(log_path, errors="replace").read()[-1500:]
+            tail = open(llm.log_path, errors="replace").read()[-1500:]
             message = next((line for line in reversed(tail.splitlines()) if line.startswith("jupyter tt serve:")), tail)
             raise TTError(f"the model server exited while starting: {message}")
         try:
-            # The socket is this server's since before it started: whoever answers with our key is it.
-            if httpx.get(f"{llm.base_url}/models", headers=llm.headers, timeout=1).status_code == 200:
+            if (owned or _listens(process.pid, llm.port)) and \
+                    httpx.get(f"{llm.base_url}/models", headers=llm.headers, timeout=1).status_code == 200:
                 from ..scheduler.processes import ProcessRef
 
                 ref = ProcessRef.of(process.pid)
-                _register(port, {"port": port, "pid": ref.pid, "started": ref.started, "boot_id": ref.boot_id,
-                                 "api_key": api_key, "model": model, "backend": backend, "kernel_pid": os.getpid()})
+                _register(llm.port, {"port": llm.port, "pid": ref.pid, "started": ref.started, "boot_id": ref.boot_id,
+                                     "api_key": llm.api_key, "model": llm.model, "backend": llm.backend,
+                                     "kernel_pid": os.getpid()})
                 return llm
         except httpx.HTTPError:
             pass
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             llm.close()
-            raise TTError(f"the model server did not answer within {timeout:g} s; its log is {log_path}")
+            raise TTError(f"the model server did not answer within {timeout:g} s; its log is {llm.log_path}")
+        if not owned and now - shown >= 15:  # an external engine: vLLM takes minutes, say what it is doing
+            shown = now
+            last = (open(llm.log_path, errors="replace").read()[-300:].strip().splitlines() or ["(no output yet)"])[-1]
+            print(f"{llm.backend}: starting ({now - started:.0f} s): {_printable(last)[:160]}", flush=True)
         time.sleep(0.25)
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 @atexit.register
