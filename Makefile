@@ -28,7 +28,7 @@ TT_UMD_VERSION ?= 0.9.14
 TOOLS_VENV     := .venv-tools
 TOOLS_STAMP    := $(TOOLS_VENV)/.installed-smi$(TT_SMI_VERSION)-umd$(TT_UMD_VERSION)
 
-.PHONY: env demo lint test vendor-tools test-stress test-notebooks store-notebooks test-ttnn test-wormhole lab-build browser clean
+.PHONY: env demo lint test vendor-tools llama-server test-stress test-notebooks store-notebooks test-ttnn test-wormhole lab-build browser clean
 
 $(STAMP): pyproject.toml constraints.txt $(LAB_SOURCES) tests/hub/package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -79,8 +79,15 @@ $(TOOLS_STAMP):
 
 vendor-tools: $(TOOLS_STAMP)
 
-test: lint browser vendor-tools
-	JUPYTER_TT_VENDOR_TOOLS=$(CURDIR)/$(TOOLS_VENV) CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
+# llama.cpp's own llama-server for engine="llama.cpp" (tests/test_engines.py) and the benchmark's peer: built
+# from source once per llama.cpp version and CPU kind (10-30 minutes on 2 cores), cached outside the clone.
+llama-server: env
+	$(BIN)/python benchmarks/llama_server.py build
+
+test: lint browser vendor-tools llama-server
+	JUPYTER_TT_VENDOR_TOOLS=$(CURDIR)/$(TOOLS_VENV) JUPYTER_TT_REQUIRE_LLAMA_SERVER=1 \
+	JUPYTER_TT_LLAMA_SERVER=$$($(BIN)/python benchmarks/llama_server.py path) \
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 	# The tests that assert model output, again with another CPU's rounding (tests/greedy.py).
 	$(OTHER_ROUNDING) $(BIN)/python -m pytest -p no:cacheprovider tests/test_serving_model.py tests/test_serving_api.py
 	$(MAKE) test-notebooks

