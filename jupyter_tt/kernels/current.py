@@ -107,9 +107,9 @@ def lease() -> KernelLease:
 _open_meshes: list = []
 
 
-def check_ttnn_backend() -> KernelLease:
-    """The lease, if this process may run ttnn on it: LeaseError on no, a simulated or an ended lease,
-    TTError where ttnn or the SFPI compiler it builds kernels with is not installed. Cheap (nothing is imported or opened): call it before loading a model."""
+def check_device_lease() -> KernelLease:
+    """The lease, if it holds Wormhole devices to run on: LeaseError on no, an ended, a simulated or a
+    mixed lease (ttnn opens one mesh of like chips). Cheap: nothing is imported or opened."""
     current = lease()
     if not current.active:
         raise LeaseError(f"lease {current.id} has ended ({current.end_reason}): restart the kernel to get devices again")
@@ -121,6 +121,14 @@ def check_ttnn_backend() -> KernelLease:
         )
     if len(current.card_types) != 1:
         raise LeaseError(f"lease {current.id} mixes card types {current.card_types}: ttnn opens one mesh of like chips")
+    return current
+
+
+def check_ttnn_backend() -> KernelLease:
+    """The lease, if this process may run ttnn on it: ``check_device_lease``, then TTError where ttnn or
+    the SFPI compiler it builds kernels with is not installed. Cheap (nothing is imported or opened):
+    call it before loading a model."""
+    current = check_device_lease()
     if importlib.util.find_spec("ttnn") is None:
         raise TTError(
             "ttnn is not installed in this kernel's environment. Install it there: pip install ttnn (wheels exist "

@@ -26,13 +26,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 import httpx
 from jupyter_core.paths import jupyter_runtime_dir
 
 from ..errors import TTError
 from .backends import DEFAULT_BACKEND, get_backend
-from .engines import EngineName, engine_name, llama_cpp_launch
+from .engines import EngineName, engine_name, external_launch
 
 
 def registry_path(port: int, runtime_dir: str | None = None) -> str:
@@ -161,11 +162,15 @@ def serve(
     weights: str | None = None,
     timeout: float = 300.0,
     ttnn_impl: str | None = None,
+    engine_args: Sequence[str] = (),
 ) -> LLM:
     """Serve ``model`` from this kernel on 127.0.0.1; returns when it answers (or raises TTError with its log).
 
-    ``engine``: "builtin" (jupyter-tt's own, the default) or "llama.cpp" (llama.cpp's ``llama-server`` on
-    the GGUF file, from ``JUPYTER_TT_LLAMA_SERVER`` or PATH). ``backend``, ``weights`` and ``ttnn_impl``
+    ``engine``: "builtin" (jupyter-tt's own, the default), "llama.cpp" (llama.cpp's ``llama-server`` on
+    the GGUF file, from ``JUPYTER_TT_LLAMA_SERVER`` or PATH) or "vllm" (vLLM, run with
+    ``JUPYTER_TT_VLLM_PYTHON``: on the CPU, or with ``backend="ttnn"`` on this kernel's Wormhole devices
+    through Tenstorrent's vLLM and its TT plugin). ``engine_args`` go to an external engine's command
+    line as they are (e.g. ``["--max-model-len", "4096"]``). ``backend``, ``weights`` and ``ttnn_impl``
     are the builtin engine's, those of ``jupyter tt serve`` (``backends.BACKENDS``): "torch" on the CPU
     (the reference; int8, bfloat16 or float32), "openvino" on the CPU through OpenVINO's compiled graph
     (faster; int8 or float32), "ttnn" on this kernel's leased Wormhole devices ("accuracy" or
@@ -174,6 +179,9 @@ def serve(
     name = engine_name(engine)
     api_key = secrets.token_urlsafe(32)
     if name is EngineName.BUILTIN:
+        if engine_args:
+            raise TTError("engine_args are for engine='llama.cpp' or 'vllm'; the builtin engine takes backend=, "
+                          "weights= and ttnn_impl=")
         spec = get_backend(backend)
         weights, ttnn_impl = spec.check(weights, ttnn_impl)
         spec.preflight(ttnn_impl)  # say at once what is missing, rather than after the server fails to start
@@ -190,15 +198,14 @@ def serve(
             sock.close()  # the server holds its own copy
         label, owned = backend, True  # the socket was bound here before the server started: whoever answers is it
     else:
-        from .checkpoint import EMBEDDED, resolve
-
-        gguf = resolve(model)
         if port is None:
             with _listen(None) as probe:
                 port = probe.getsockname()[1]
-        launch = llama_cpp_launch(gguf, model if model in EMBEDDED else gguf.stem, port, api_key)
+        launch = external_launch(name, model, backend, port, api_key, engine_args)
         process, log_path = _spawn(launch.command, port, launch.env, own_group=True)
         label, owned, timeout = name.value, False, max(timeout, launch.startup_timeout)
+        if launch.env.get("MESH_DEVICE"):
+            label += f" on {launch.env['MESH_DEVICE']}"
     llm = LLM(process, port, model, label, log_path, api_key, own_group=not owned)
     _servers.append(llm)
     return _wait_until_ready(llm, timeout, owned)
