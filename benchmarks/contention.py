@@ -25,10 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from jupyter_core.paths import jupyter_runtime_dir  # noqa: E402
-from serving import cpu_flags, stop, wait_ready  # noqa: E402
+from serving import stop, wait_ready  # noqa: E402
 
 from jupyter_tt.bench import client  # noqa: E402
 from jupyter_tt.serving.checkpoint import load_tokenizer  # noqa: E402
+from llama_server import cpu_flags  # noqa: E402
 
 WORKLOADS = [(64, 16, 1), (64, 16, 4)]  # ISL, OSL, concurrency: the workshop notebook's chat case, scaled 1/16
 NAME = "smollm2-135m-instruct"

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serving import cpu_flags  # noqa: E402
+from llama_server import cpu_flags  # noqa: E402
 
 SETTINGS = {
     "this CPU": {},

@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 import llama_server  # noqa: E402 (benchmarks/llama_server.py)
 import vllm_cpu  # noqa: E402 (benchmarks/vllm_cpu.py)
 from jupyter_tt.bench import client  # noqa: E402
-from jupyter_tt.serving.backends.openvino.runner import cpu_precision  # noqa: E402
+from jupyter_tt.serving.backends.openvino.runner import default_precision  # noqa: E402
 from jupyter_tt.serving.checkpoint import DEFAULT_MODEL, load_tokenizer, resolve  # noqa: E402
 from jupyter_tt.serving.engines import hf_folder, llama_cpp_launch, vllm_launch  # noqa: E402
 
@@ -422,7 +422,7 @@ def run(args) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {
         "machine": {"cpu": platform.processor() or "", "cores": os.cpu_count(), "avx512": "avx512f" in llama_server.cpu_flags(),
-                    "amx": "amx_tile" in llama_server.cpu_flags(), "openvino_precision": cpu_precision(),
+                    "amx": "amx_tile" in llama_server.cpu_flags(), "openvino_precision": default_precision(),
                     "flags": sorted(llama_server.cpu_flags() & {"avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16",
                                                    "amx_tile", "amx_int8", "amx_bf16"})},
         "model": str(gguf),

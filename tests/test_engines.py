@@ -149,6 +149,12 @@ def test_the_llama_cpp_engine_answers_through_the_proxy_with_its_key_refuses_key
     assert (served_name, label) == ("smollm2-135m-instruct", "llama.cpp")
     assert Path(psutil.Process(pid).exe()).name == "llama-server" and key not in " ".join(psutil.Process(pid).cmdline())
     answers_with_its_key_only(server, base_url, key, proxy_path, served_name)
+    # The benchmark widget measures it as it measures the builtin engine (llama-server honours ignore_eos).
+    out, _, error = run(client, "w = jupyter_tt.BenchmarkWidget(scenario='custom sweep', concurrency='2', input_len=32, "
+                                "output_len=8, num_prompts=4); w.run().join(120); print(json.dumps([w.endpoint.value, "
+                                "w.model.value, w.bench.runs[-1]['completed'], w.bench.runs[-1]['total_output_tokens']]))",
+                        timeout=180)
+    assert error is None and json.loads(out) == [base_url, served_name, 4, 4 * 8], (out, error)
 
     out, _, error = run(client, "llm.close(); print(llm.running)", timeout=60)
     assert error is None and out.strip() == "False", error

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import ipywidgets as widgets
 
 from . import report
@@ -25,11 +26,15 @@ CUSTOM = "custom sweep"
 
 def _served() -> tuple[str, str, str | None]:
     """The endpoint, model and key of the newest model this kernel serves, else the default local server."""
-    from ..serving.notebook import _servers
+    from ..serving.notebook import newest_server
 
-    if _servers:
-        llm = _servers[-1]
-        return llm.base_url, llm.model, llm.api_key
+    llm = newest_server()
+    if llm is not None:
+        try:
+            name = llm.served_name  # what the engine calls it (llama.cpp and vLLM answer to that name only)
+        except (httpx.HTTPError, KeyError, IndexError, ValueError):
+            name = llm.model
+        return llm.base_url, name, llm.api_key
     return "http://127.0.0.1:8000/v1", "smollm2-135m-instruct", None
 
 

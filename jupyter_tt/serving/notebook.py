@@ -153,6 +153,11 @@ class LLM:
 _servers: list[LLM] = []
 
 
+def newest_server() -> LLM | None:
+    """The model server this kernel started last and has not closed, if any (the benchmark's default)."""
+    return _servers[-1] if _servers else None
+
+
 def serve(
     model: str = "smollm2-135m-instruct",
     backend: str = DEFAULT_BACKEND,
