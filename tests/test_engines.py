@@ -106,6 +106,10 @@ def answers_with_its_key_only(server, base_url: str, key: str, proxy_path: str, 
                                               max_tokens=16, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
     assert httpx.get(f"{server.url}/{proxy_path}/models").status_code in (302, 401, 403)
+    root = base_url.removesuffix("/v1")  # the contract's /health and Prometheus /metrics, as every model server has
+    assert httpx.get(f"{root}/health", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
+    metrics = httpx.get(f"{root}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert metrics.status_code == 200 and "# TYPE" in metrics.text
 
 
 def gone(pid: int) -> bool:

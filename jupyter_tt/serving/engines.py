@@ -54,7 +54,7 @@ class Launch:
 
 #: Options an external engine may not be given through ``engine_args``: serve() sets them, and the
 #: key and the port are what keep the server the kernel's own.
-RESERVED_ARGS = ("--host", "--port", "--api-key", "--alias", "--served-model-name", "--model", "-m")
+RESERVED_ARGS = ("--host", "--port", "--api-key", "--api-key-file", "--alias", "--served-model-name", "--model", "-m")
 
 
 def engine_name(engine: str) -> EngineName:
@@ -105,6 +105,7 @@ def llama_cpp_launch(gguf: str | Path, served_name: str, port: int, api_key: str
         "--host", "127.0.0.1", "--port", str(port),
         "--threads", str(threads), "--threads-batch", str(threads),
         "--parallel", str(slots), "--ctx-size", str(slots * context_per_slot), "--cont-batching",
+        "--metrics",  # /metrics in Prometheus' format, as every jupyter-tt model server has
         *check_engine_args(engine_args),
     ]
     return Launch(engine=EngineName.LLAMA_CPP, command=command, env={"LLAMA_API_KEY": api_key}, startup_timeout=120.0)
