@@ -117,6 +117,21 @@ class TTSettings(Configurable):
         "auto", help="What resets a card: 'auto' (tt-umd if importable, else tt-smi on PATH), 'tt-umd' or 'tt-smi'."
     ).tag(config=True)
 
+    lease_burst = Int(
+        20, help="Leases one user may take in quick succession from the scheduler service (a token bucket, as "
+        "Slurm's rl_bucket_size): past it, a request is refused with 429 and when to retry. Root is exempt."
+    ).tag(config=True)
+    lease_rate = Float(
+        2.0, help="Leases a second one user's bucket refills by (see lease_burst; 0: no limit)."
+    ).tag(config=True)
+    history_days = Float(
+        90.0, help="Days an ended lease stays in the history (and in `jupyter tt usage`); older ones are pruned "
+        "in the reconcile passes. 0: kept for ever."
+    ).tag(config=True)
+    history_rows = Int(
+        100_000, help="Most ended leases the history keeps (the oldest go first); bounds the state's size."
+    ).tag(config=True)
+
     watch_interval = Float(
         1.0, help="Seconds between the server's reconcile passes (reclaiming dead leases, emitting events)."
     ).tag(config=True)

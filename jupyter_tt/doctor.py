@@ -23,7 +23,8 @@ from .config import TTSettings
 from .devices import SysfsInventory
 from .devices.sfpi import find_sfpi
 from .scheduler.reset import available as why_no_reset
-from .scheduler.reset import child_environment, reset_command, strip_control
+from .scheduler.reset import child_environment, reset_command
+from .text import strip_control
 
 HUGEPAGES_1G = "sys/kernel/mm/hugepages/hugepages-1048576kB"
 HUGEPAGES_MOUNT = "/dev/hugepages-1G"

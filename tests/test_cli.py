@@ -52,9 +52,10 @@ def test_devices_reports_unhealthy_devices_and_unaccounted_processes(tmp_path):
 
 
 def test_devices_says_why_a_card_is_resetting_and_what_it_waits_for(tmp_path, state_dir):
-    tree = make_host(tmp_path, [Card(card_type="n300", holders=[os.getpid()])])
+    tree = make_host(tmp_path, [Card(card_type="n300")])
     scheduler = Scheduler(SysfsInventory(str(tree.root)), state_dir, user="root", reset_after_crash=True)
     lease = scheduler.acquire(1)
+    tree.set(0, holders=[os.getpid()])  # the lease's process opens the node
     scheduler.release(lease.id, reason="kernel died and the restart limit was reached", crash="kernel process 4242 was killed by SIGKILL")
     scheduler.run_resets()  # this process holds the node: the reset waits
     done = jupyter_tt("devices", env={"JUPYTER_TT_INVENTORY": "sysfs", "JUPYTER_TT_SYSFS_ROOT": str(tree.root)})

@@ -17,6 +17,7 @@ import pytest
 
 from fake_tt_smi import environments, ran, reset_of
 from jupyter_tt.devices import SysfsInventory
+from jupyter_tt.errors import RequestError
 from jupyter_tt.scheduler import Lease, PendingReset, Scheduler, Waiting
 from jupyter_tt.scheduler.reset import reset_command
 
@@ -74,14 +75,16 @@ def test_a_card_whose_heartbeat_stays_frozen_after_the_reset_is_unhealthy_with_t
     device = state_of(s, card)
     assert device["state"] == "unhealthy" and "heartbeat did not advance within 1 s" in device["problem"]
     assert f"jupyter tt reset {card}" in device["problem"]
-    waiting = s.submit(2)
-    assert isinstance(waiting, Waiting)  # still out of the pool
+    with pytest.raises(RequestError, match="1 more unhealthy"):
+        s.submit(2)  # out of the pool: two at once can never be met as things stand
     monkeypatch.setenv("FAKE_TT_SMI_MODE", "revive")  # fixed by hand: reset it again
     assert s.retry_reset(card) and s.run_resets() == [card]
     deadline = time.monotonic() + 10
-    while not isinstance(s.check(waiting.request_id), Lease):
+    while state_of(s, card)["state"] != "free":  # back once its heartbeat advances
         assert time.monotonic() < deadline, state_of(s, card)
         time.sleep(0.2)
+        s.reconcile()
+    assert isinstance(s.submit(2), Lease)
 
 
 def test_the_reset_does_not_inherit_an_empty_tt_visible_devices_that_would_hide_every_card(card_host, state_dir,
@@ -195,7 +198,8 @@ def test_a_crashed_kernels_card_that_fails_its_reset_says_why_to_the_lease(card_
     assert "reset failed: PCIe link down" in pending.failed and pending.message.startswith(f"device {pending.device_id} failed")
     s.release(lease.id, reason=pending.message)
     assert state_of(s, pending.device_id)["state"] == "unhealthy"  # out of the pool after the lease, with the reason
-    assert isinstance(s.submit(2), Waiting)
+    with pytest.raises(RequestError, match="1 more unhealthy"):
+        s.submit(2)
 
 
 def test_a_lease_released_after_a_crash_has_its_cards_reset_before_anyone_else_gets_them(card_host, state_dir):

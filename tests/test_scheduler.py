@@ -221,21 +221,27 @@ def test_unhealthy_devices_are_skipped_and_reported(tmp_path, state_dir):
     assert states == {0: "unhealthy", 1: "leased", 2: "leased"}
 
 
-def test_processes_holding_a_device_without_a_lease_are_reported(tmp_path, state_dir):
+def test_a_device_held_open_outside_any_lease_is_reported_and_not_granted_until_closed(tmp_path, state_dir):
     # Not our child (its parent exits at once): a child of a lease holder counts as covered.
     stray_pid = int(subprocess.run(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True).stdout)
     try:
         tree = make_host(tmp_path, [Card(holders=[stray_pid]), Card()])
         s = Scheduler(SysfsInventory(str(tree.root)), state_dir, user="alice")
         lease = s.acquire(1)
-        assert lease.device_ids == [0]  # the scheduler coordinates; it cannot fence the stray process
-        tree.set(1, holders=[os.getpid()])  # our own process, covered by... no lease on device 1
+        assert lease.device_ids == [1]  # device 0 would come first, but a process outside any lease holds it
         report = s.report()
-        assert [(p["device"], p["pid"]) for p in report["unaccounted_processes"]] == [(0, stray_pid), (1, os.getpid())]
+        assert [(p["device"], p["pid"]) for p in report["unaccounted_processes"]] == [(0, stray_pid)]
         assert report["unaccounted_processes"][0]["name"] == "sleep"
-        s.release(lease.id)
-        lease = s.acquire(2)  # now this process holds both: only the stray one is unaccounted
+        assert {d["id"]: (d["state"], d["held_outside"]) for d in report["devices"]} == {0: ("free", True), 1: ("leased", False)}
+        tree.set(1, holders=[os.getpid()])  # the lessee's own process holds its node: accounted for
         assert [p["pid"] for p in s.report()["unaccounted_processes"]] == [stray_pid]
+        s.release(lease.id)
+        with pytest.raises(WaitTimeout):
+            s.acquire(2, timeout=0.5)  # device 0 is still held
+        tree.set(0, holders=[])
+        tree.set(1, holders=[])
+        s.devices(fresh=True)
+        assert s.acquire(2, timeout=5).device_ids == [0, 1]  # closed: both go
     finally:
         os.kill(stray_pid, signal.SIGKILL)
 

@@ -149,7 +149,7 @@ def test_killing_the_service_keeps_every_lease_and_its_restart_recovers_them(ser
     svc.start()
     leases = {lease["$lease"]["id"] for lease in ask(alice, svc, "leases")["result"]}
     assert leases == {kept_id}  # alice's recovered; bob's holder died meanwhile, so his ended at the restart
-    history = ask(bob, svc, "history")["result"]
+    history = ask(bob, svc, "history")["result"]["$page"]["items"]
     assert any(h["lease_id"] == died_id and "exited" in h["end_reason"] for h in history)
     kept.kill()
 

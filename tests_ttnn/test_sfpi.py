@@ -23,7 +23,7 @@ from jupyter_tt.devices.sfpi import find_sfpi, installed_ttnn_sfpi
 from jupyter_tt.doctor import probe_ttnn
 from jupyter_tt.errors import TTError
 from jupyter_tt.scheduler import Scheduler
-from jupyter_tt.scheduler.reset import strip_control
+from jupyter_tt.text import strip_control
 from sysfs_tree import make_host
 
 TTNN_DIR = Path(ttnn.__file__).resolve().parent

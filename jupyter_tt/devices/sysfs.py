@@ -6,7 +6,8 @@ Layout (all under ``root``, ``/`` on a real host; tests point it at a generated 
     sys/class/tenstorrent/tenstorrent!N/device -> the PCI device (its name is the BDF): numa_node,
         hwmon/hwmonK/{temp1_input, temp1_max, in0_input, curr1_input, power1_input}
     dev/tenstorrent/N                      the device node
-    proc/driver/tenstorrent/N/pids         processes holding the node open (driver >= 2.5)
+    proc/driver/tenstorrent/N/pids         processes holding the node open (driver >= 2.5); without it, the
+                                           holders are found in /proc/*/fd (all of them only as root)
 
 Any attribute may be missing (older driver or firmware); it is then reported as unknown.
 
@@ -91,6 +92,7 @@ class SysfsInventory(InventoryBackend):
         self._heartbeats: dict[int, tuple[int, float]] = {}  # id -> (value, when it last changed)
         self._seen: dict[int, Device] = {}
         self._selection: frozenset[int] | None = None  # what ``visible`` resolved to
+        self._open_nodes: dict[str, set[int]] | None = None
 
     @property
     def class_dir(self) -> Path:
@@ -125,6 +127,7 @@ class SysfsInventory(InventoryBackend):
     def devices(self) -> list[Device]:
         found = {}
         selected, _ = self._selected()
+        self._open_nodes: dict[str, set[int]] | None = None  # /proc/*/fd, read once per call where needed
         for entry in self._entries():
             match = _CLASS_ENTRY.match(entry.name)
             if match and self._ours(int(match[1]), selected):
@@ -244,6 +247,34 @@ class SysfsInventory(InventoryBackend):
         return now - last[1] > self.heartbeat_timeout
 
     def _holders(self, i: int) -> tuple[int, ...]:
-        text = _read(self.root / "proc/driver/tenstorrent" / str(i) / "pids") or ""
-        return tuple(sorted({int(tok) for tok in text.split() if tok.isdigit()}))
+        """Processes that hold device ``i``'s node open: tt-kmd's pids file, else every process's fds."""
+        text = _read(self.root / "proc/driver/tenstorrent" / str(i) / "pids")
+        if text is not None:
+            return tuple(sorted({int(tok) for tok in text.split() if tok.isdigit()}))
+        if self._open_nodes is None:
+            self._open_nodes = open_files(str(self.node(0).parent.resolve()) + "/")
+        return tuple(sorted(self._open_nodes.get(str(self.node(i).resolve()), ())))
+
+
+def open_files(prefix: str) -> dict[str, set[int]]:
+    """Which processes hold files under ``prefix`` open, by path (from /proc/PID/fd; a process whose fds
+    this user may not read, or that exits meanwhile, is skipped)."""
+    held: dict[str, set[int]] = {}
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return held
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(prefix):
+                held.setdefault(target, set()).add(int(pid))
+    return held
 

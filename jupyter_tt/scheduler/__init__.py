@@ -48,6 +48,8 @@ def open_scheduler(settings: TTSettings | None = None, *, server: str | None = N
                     server=server,
                     reset_after_crash=bool(settings.reset_after_crash),  # None: off in personal mode
                     reset_tool=settings.reset_tool,
+                    history_days=settings.history_days,
+                    history_rows=settings.history_rows,
                 )
             _shared[key] = scheduler
         return scheduler

@@ -24,7 +24,7 @@ from .placement import ANY
 
 if TYPE_CHECKING:
     from ..devices import Device
-    from .scheduler import Lease, PendingReset, UsageRecord, Waiting
+    from .scheduler import Lease, Page, PendingReset, UsageRecord, Waiting
 
 #: Short calls (a pass, a report) from event loops; a stuck call keeps one thread, not the loop.
 _CALLS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jupyter-tt-call")
@@ -110,13 +110,29 @@ class SchedulerAPI(abc.ABC):
     def queue(self) -> list[Waiting]: ...
 
     @abc.abstractmethod
-    def history(self, limit: int = 100) -> list[dict]: ...
+    def history_page(self, limit: int = 100, *, before: str | None = None) -> Page: ...
+
+    def history(self, limit: int = 100, *, before: str | None = None) -> list[dict]:
+        """Ended leases, the latest first: ``limit`` (1 to 1000) of them, ended before the cursor ``before``."""
+        return self.history_page(limit, before=before).items
 
     @abc.abstractmethod
     def usage(self, since: float = 0.0) -> list[dict]: ...
 
     @abc.abstractmethod
-    def usage_records(self, since: float = 0.0) -> list[UsageRecord]: ...
+    def usage_records_page(self, since: float = 0.0, *, after: str | None = None, limit: int = 1000) -> Page: ...
+
+    def usage_records(self, since: float = 0.0) -> list[UsageRecord]:
+        """Every lease that held devices after ``since`` (epoch seconds), held ones included, oldest first:
+        page after page, each one bounded (however long the history)."""
+        records: list[UsageRecord] = []
+        cursor = None
+        while True:
+            page = self.usage_records_page(since, after=cursor)
+            records.extend(page.items)
+            if page.next is None:
+                return records
+            cursor = page.next
 
     @abc.abstractmethod
     def retry_reset(self, device_id: int) -> bool: ...

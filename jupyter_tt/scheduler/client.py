@@ -18,7 +18,7 @@ from ..errors import SchedulerUnavailable
 from . import protocol
 from .api import SchedulerAPI
 from .placement import ANY
-from .scheduler import Lease, PendingReset, UsageRecord, Waiting
+from .scheduler import Lease, Page, PendingReset, Waiting
 
 
 class RemoteInventory:
@@ -75,16 +75,17 @@ class ServiceClient(SchedulerAPI):
         self._sock = self._file = None
 
     def _call(self, op: str, **args: Any) -> Any:
-        message = protocol.line({"id": next(self._ids), "op": op, "args": protocol.encode(args)})
+        request_id = next(self._ids)
+        message = protocol.line({"id": request_id, "op": op, "args": protocol.encode(args)})
         with self._lock:
             for attempt in (1, 2):  # once more on a fresh connection: the service may have restarted
                 if self._sock is None:
                     self._connect()
                 try:
                     self._sock.sendall(message)
-                    raw = self._file.readline(protocol.MAX_LINE + 1)
+                    raw = self._file.readline(protocol.MAX_ANSWER + 1)
                 except socket.timeout:
-                    self._close()
+                    self._close()  # its answer may still come: a new connection, so it is never taken for the next one's
                     raise SchedulerUnavailable(
                         f"the scheduler service at {self.socket_path} did not answer {op} within {self.timeout:g} s: "
                         f"check it (systemctl status jupyter-tt-scheduler)"
@@ -96,7 +97,16 @@ class ServiceClient(SchedulerAPI):
                 self._close()
                 if attempt == 2:
                     raise SchedulerUnavailable(f"the scheduler service at {self.socket_path} closed the connection during {op}")
-        answer = json.loads(raw)
+            try:
+                if not raw.endswith(b"\n"):
+                    raise ValueError(f"an answer longer than {protocol.MAX_ANSWER} bytes")
+                answer = json.loads(raw)
+                if answer.get("id") not in (request_id, None):
+                    raise ValueError(f"the answer to request {answer.get('id')!r}, not to {request_id}")
+            except ValueError as e:
+                self._close()  # out of step with the service: start afresh, never pair the wrong answers
+                raise SchedulerUnavailable(f"the scheduler service's answer to {op} was unreadable ({e}): "
+                                           f"try again; the next call uses a new connection") from None
         if "error" in answer:
             protocol.raise_error(answer["error"])
         return protocol.decode(answer.get("result"))
@@ -146,14 +156,14 @@ class ServiceClient(SchedulerAPI):
     def queue(self) -> list[Waiting]:
         return self._call("queue")
 
-    def history(self, limit: int = 100) -> list[dict]:
-        return self._call("history", limit=limit)
+    def history_page(self, limit: int = 100, *, before: str | None = None) -> Page:
+        return self._call("history", limit=limit, before=before)
 
     def usage(self, since: float = 0.0) -> list[dict]:
         return self._call("usage", since=since)
 
-    def usage_records(self, since: float = 0.0) -> list[UsageRecord]:
-        return self._call("usage_records", since=since)
+    def usage_records_page(self, since: float = 0.0, *, after: str | None = None, limit: int = 1000) -> Page:
+        return self._call("usage_records", since=since, after=after, limit=limit)
 
     def retry_reset(self, device_id: int) -> bool:
         return self._call("retry_reset", device_id=device_id)

@@ -3,7 +3,7 @@
 A request is ``{"id": N, "op": "submit", "args": {...}}``; its answer ``{"id": N, "result": ...}``
 or ``{"id": N, "error": {"type": "RequestError", "message": "...", "status": 409}}``. Leases and
 waiting requests, usage records and pending resets travel tagged (``{"$lease": {...}}``,
-``{"$waiting": {...}}``, ``{"$usage": {...}}``, ``{"$reset": {...}}``) so that the client
+``{"$waiting": {...}}``, ``{"$usage": {...}}``, ``{"$reset": {...}}``, ``{"$page": {...}}``) so that the client
 hands its callers the same dataclasses the scheduler returns. Nothing here says who the caller is:
 the service takes that from the socket (``SO_PEERCRED``).
 """
@@ -15,10 +15,13 @@ from dataclasses import asdict
 from typing import Any
 
 from .. import errors
-from .scheduler import Lease, LeasedDevice, PendingReset, UsageRecord, Waiting
+from .scheduler import Lease, LeasedDevice, Page, PendingReset, UsageRecord, Waiting
 
-#: The longest line either side accepts (a report of many devices is far below it).
+#: The longest request line the service reads.
 MAX_LINE = 1 << 20
+#: The longest answer line the service sends and the client reads. Lists come in pages of at most
+#: 1,000 entries of bounded strings, far below it; a larger answer is replaced by an error.
+MAX_ANSWER = 16 << 20
 
 #: Errors that cross the socket as themselves; anything else arrives as a TTError.
 ERRORS = {cls.__name__: cls for cls in (errors.TTError, errors.ConfigError, errors.RequestError, errors.WaitTimeout,
@@ -35,6 +38,8 @@ def encode(value: Any) -> Any:
         return {"$usage": asdict(value)}
     if isinstance(value, PendingReset):
         return {"$reset": asdict(value)}
+    if isinstance(value, Page):
+        return {"$page": {"items": encode(value.items), "next": value.next}}
     if isinstance(value, (tuple, list)):
         return [encode(v) for v in value]
     if isinstance(value, dict):
@@ -55,6 +60,8 @@ def decode(value: Any) -> Any:
             return UsageRecord(**{**value["$usage"], "devices": tuple(value["$usage"]["devices"])})
         if "$reset" in value:
             return PendingReset(**value["$reset"])
+        if "$page" in value:
+            return Page(items=decode(value["$page"]["items"]), next=value["$page"]["next"])
         return {k: decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [decode(v) for v in value]
@@ -63,6 +70,15 @@ def decode(value: Any) -> Any:
 
 def line(message: dict) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def answer_line(request_id: Any, result: Any) -> bytes:
+    """The answer to request ``request_id``: its result, or an error if it would be over MAX_ANSWER."""
+    data = line({"id": request_id, "result": encode(result)})
+    if len(data) > MAX_ANSWER:
+        return line({"id": request_id, "error": error_body(errors.RequestError(
+            f"the answer would be {len(data) >> 20} MiB, over the {MAX_ANSWER >> 20} MiB limit: ask for a smaller page"))})
+    return data
 
 
 def error_body(error: BaseException) -> dict:

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import subprocess
 import sys
+
+from ..text import strip_control
 
 #: Seconds a reset command may take (tt-smi re-detects the devices after a reset).
 RESET_TIMEOUT = 120.0
@@ -102,8 +103,3 @@ def reset(device_id: int, tool: str = "auto", timeout: float = RESET_TIMEOUT, py
         tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
         return f"{tool_name} exited with {done.returncode}: {strip_control(tail[0])[:200]}"
     return None
-
-
-def strip_control(text: str) -> str:
-    """``text`` without terminal control sequences (tt-smi colours its messages)."""
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]", "", text).strip()

@@ -16,10 +16,12 @@ socket's peer credentials, and the scheduler checks that requests, leases and de
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import sqlite3
@@ -31,6 +33,7 @@ from dataclasses import dataclass, replace
 
 from ..devices import Device, InventoryBackend
 from ..errors import LeaseError, RequestError
+from ..text import clean_label
 from . import store
 from .api import SchedulerAPI
 from .placement import ANY, check_card_type, most_at_once, place, types_for
@@ -40,7 +43,11 @@ from .reset import reset as reset_card
 log = logging.getLogger("jupyter_tt.scheduler")
 
 #: The longest kernel id or notebook path a request may carry (they are labels, shown in reports).
-MAX_LABEL = 1024
+MAX_LABEL = 256
+#: Seconds between prunings of the history (``Scheduler.prune``).
+PRUNE_INTERVAL = 60.0
+#: The longest end reason stored (a release's reason, a crash's account).
+MAX_REASON = 300
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,9 @@ class Waiting:
     queued: int  # requests waiting in all
     since: float
     notebook: str | None = None
+    #: its user holds so much that granting it now would exceed their quota: it waits for their own
+    #: leases to end, and taking anyone else's devices (idle reclaim) would not help it
+    over_quota: bool = False
 
     def public(self) -> "Waiting":
         """What any user of the host may see of this request."""
@@ -196,6 +206,50 @@ def usage_totals(records: list[UsageRecord]) -> list[dict]:
     return sorted(totals.values(), key=lambda e: -e["device_hours"])
 
 
+@dataclass(frozen=True, kw_only=True)
+class Page:
+    """One page of a long list, and the cursor that asks for the next (None: this was the last)."""
+
+    items: list
+    next: str | None
+
+
+#: The most entries one page of a list holds (history, usage records).
+MAX_PAGE = 1000
+
+
+def check_limit(limit: object) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+        raise RequestError(f"limit must be a whole number from 1 to {MAX_PAGE}, not {limit!r}: page through longer lists")
+    return limit
+
+
+def _cursor(when: float, lease_id: str) -> str:
+    return f"{when!r}/{lease_id}"
+
+
+def _parse_cursor(cursor: object) -> tuple[float, str]:
+    try:
+        when, lease_id = str(cursor).split("/", 1)
+        return float(when), lease_id
+    except ValueError:
+        raise RequestError(f"{str(cursor)[:80]!r} is not a cursor: pass the one the previous page gave") from None
+
+
+def _public_reason(reason: str | None) -> str | None:
+    """An end reason as other users see it: without process ids or what a process ran."""
+    if reason is None:
+        return None
+    reason = re.sub(r"\([^()]*\bpid\b[^()]*\)", "", reason)
+    return re.sub(r"\b(pid|process(?:es)?)\s+\d[\d, ]*", r"\1 ", reason).replace("  ", " ").strip()
+
+
+def _raised(outcome: Lease | Waiting | RequestError) -> Lease | Waiting:
+    if isinstance(outcome, RequestError):
+        raise outcome
+    return outcome
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(6)}"
 
@@ -231,12 +285,19 @@ def _serialized(method):
     return locked
 
 
-def _label(value: str | None, what: str) -> str | None:
+def _label(value: str | None, what: str, *, truncate: bool = False) -> str | None:
+    """A label as stored: without control characters; over MAX_LABEL characters, refused (an id) or
+    shortened to its end (``truncate``: a notebook path keeps its file name)."""
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > MAX_LABEL:
+    if not isinstance(value, str) or (len(value) > MAX_LABEL and not truncate):
         raise RequestError(f"{what} must be a string of at most {MAX_LABEL} characters")
-    return value
+    return clean_label(value, MAX_LABEL)
+
+
+def clean_reason(reason: str) -> str:
+    """An end reason as stored (callers give some of it): one line, at most MAX_REASON characters."""
+    return clean_label(str(reason), MAX_REASON)
 
 
 class Scheduler(SchedulerAPI):
@@ -263,6 +324,8 @@ class Scheduler(SchedulerAPI):
         reset_after_crash: bool = False,
         reset_tool: str = "auto",
         reset_verify_timeout: float = 30.0,
+        history_days: float = 90.0,
+        history_rows: int = 100_000,
     ):
         self.inventory = inventory
         self.state_dir = str(state_dir)
@@ -278,7 +341,11 @@ class Scheduler(SchedulerAPI):
         self.reset_after_crash = reset_after_crash and not inventory.simulated
         self.reset_tool = reset_tool
         self.reset_verify_timeout = reset_verify_timeout
+        #: How long, and how many, ended leases the history keeps (``prune``; 0 days: for ever).
+        self.history_days, self.history_rows = history_days, history_rows
+        self._pruned = float("-inf")
         self._lock = threading.RLock()
+        self._inventory_lock = threading.Lock()  # shared with ``reader()``: the inventory keeps health memory
         self.db = store.connect(state_dir, inventory.key)
         self._me: ProcessRef | None = None
         #: Called after a transaction of this process changed the state (the server emits events then).
@@ -300,9 +367,21 @@ class Scheduler(SchedulerAPI):
         when, devices = self._devices
         now = time.monotonic()
         if fresh or now - when > self.inventory_ttl:
-            devices = self.inventory.devices()
+            with self._inventory_lock:
+                devices = self.inventory.devices()
             self._devices = (now, devices)
         return devices
+
+    def reader(self) -> Scheduler:
+        """Another handle on the same state for reports: its own SQLite connection (query-only) and
+        lock, so that a long read runs beside lease operations (WAL lets it) and never holds one up.
+        Only the scheduler service uses it; writing through it fails."""
+        view = copy.copy(self)
+        view._lock = threading.RLock()
+        view.db = store.connect(self.state_dir, self.inventory.key, query_only=True)
+        view.listeners = []
+        view._devices = (float("-inf"), [])
+        return view
 
     # ------------------------------------------------------------------ requests
 
@@ -317,7 +396,7 @@ class Scheduler(SchedulerAPI):
         """
         who = self._caller(caller)
         card_type = self._check_request(count, card_type, who)
-        kernel_id, notebook = _label(kernel_id, "kernel_id"), _label(notebook, "notebook")
+        kernel_id, notebook = _label(kernel_id, "kernel_id"), _label(notebook, "notebook", truncate=True)
         request_id = _new_id("req")
         now = time.time()
         with self._write() as db:
@@ -329,7 +408,8 @@ class Scheduler(SchedulerAPI):
                     f"or ask for at most {max(who.quota - held, 0)}"
                 )
             if self.max_waiting:
-                waiting = db.execute("SELECT COUNT(*) FROM requests WHERE user=? AND lease_id IS NULL", (who.user,)).fetchone()[0]
+                waiting = db.execute("SELECT COUNT(*) FROM requests WHERE user=? AND lease_id IS NULL AND refused IS NULL",
+                                     (who.user,)).fetchone()[0]
                 if waiting >= self.max_waiting:
                     raise RequestError(f"{who.user} has {waiting} requests waiting already: wait for them, or cancel some")
             db.execute(
@@ -339,7 +419,8 @@ class Scheduler(SchedulerAPI):
                  who.process.started, who.process.boot_id, now),
             )
             self._pass(db)
-            return self._outcome(db, request_id)
+            outcome = self._outcome(db, request_id)
+        return _raised(outcome)
 
     @_serialized
     def check(self, request_id: str, *, caller: Caller | None = None) -> Lease | Waiting:
@@ -347,7 +428,8 @@ class Scheduler(SchedulerAPI):
         with self._write() as db:
             self._own_request(db, request_id, caller)
             self._pass(db)
-            return self._outcome(db, request_id)
+            outcome = self._outcome(db, request_id)
+        return _raised(outcome)
 
     @_serialized
     def cancel(self, request_id: str, *, caller: Caller | None = None) -> Lease | None:
@@ -464,9 +546,30 @@ class Scheduler(SchedulerAPI):
 
     @_serialized
     def reconcile(self) -> list[str]:
-        """Run a pass: end leases of dead processes, grant what can be. Returns the ended lease ids."""
+        """Run a pass: end leases of dead processes, grant what can be. Returns the ended lease ids.
+        Once a minute it also prunes the history (``prune``)."""
         with self._write() as db:
-            return self._pass(db)
+            ended = self._pass(db)
+        if time.monotonic() - self._pruned > PRUNE_INTERVAL:
+            self.prune()
+        return ended
+
+    @_serialized
+    def prune(self) -> int:
+        """Drop ended leases older than ``history_days`` and beyond the newest ``history_rows``, and give
+        their pages back to the file system. Returns how many went."""
+        self._pruned = time.monotonic()
+        with self._write() as db:
+            gone = 0
+            if self.history_days > 0:
+                gone += db.execute("DELETE FROM history WHERE ended_at < ?", (time.time() - self.history_days * 86400,)).rowcount
+            if self.history_rows > 0:
+                gone += db.execute("DELETE FROM history WHERE lease_id IN (SELECT lease_id FROM history"
+                                   " ORDER BY ended_at DESC, lease_id DESC LIMIT -1 OFFSET ?)", (self.history_rows,)).rowcount
+        if gone:
+            self.db.execute("PRAGMA incremental_vacuum")
+            log.info("jupyter-tt: pruned %d ended leases from the history", gone)
+        return gone
 
     def run_resets(self) -> list[int]:
         """Reset the cards waiting for it whose nodes nobody holds; returns the ones reset.
@@ -535,31 +638,36 @@ class Scheduler(SchedulerAPI):
             return [w if viewer is None or w.user == viewer else w.public() for w in self._queue(db)]
 
     @_serialized
-    def history(self, limit: int = 100, *, viewer: str | None = None) -> list[dict]:
-        rows = self.db.execute("SELECT * FROM history ORDER BY ended_at DESC LIMIT ?", (limit,)).fetchall()
+    def history_page(self, limit: int = 100, *, before: str | None = None, viewer: str | None = None) -> Page:
+        """``history`` with the cursor of the next page."""
+        limit = check_limit(limit)
+        ended_at, lease_id = _parse_cursor(before) if before else (float("inf"), "")
+        rows = self.db.execute("SELECT * FROM history WHERE ended_at < ? OR (ended_at = ? AND lease_id < ?)"
+                               " ORDER BY ended_at DESC, lease_id DESC LIMIT ?",
+                               (ended_at, ended_at, lease_id, limit)).fetchall()
         entries = []
         for r in rows:
             entry = {**dict(r), "devices": [d["id"] for d in json.loads(r["devices_json"])]}
-            if viewer is not None and r["user"] != viewer:
-                entry.update(server="", kernel_id=None, notebook=None, pid=None)
+            if viewer is not None and r["user"] != viewer:  # nor who ended it: a reason may name processes
+                entry.update(server="", kernel_id=None, notebook=None, pid=None, end_reason=_public_reason(r["end_reason"]))
             entries.append(entry)
-        return entries
+        last = rows[-1] if len(rows) == limit else None
+        return Page(items=entries, next=last and _cursor(last["ended_at"], last["lease_id"]))
 
     @_serialized
-    def usage_records(self, since: float = 0.0) -> list[UsageRecord]:
-        """Every lease that held devices after ``since`` (epoch seconds), held ones included, oldest first."""
+    def usage_records_page(self, since: float = 0.0, *, after: str | None = None, limit: int = 1000) -> Page:
+        """``limit`` of ``usage_records`` (oldest first) granted after the cursor ``after``, and the next cursor."""
+        limit = check_limit(limit)
+        since = float(since)
+        granted_at, lease_id = _parse_cursor(after) if after else (float("-inf"), "")
         now = time.time()
-        with store.snapshot(self.db) as db:
-            ended = db.execute(
-                "SELECT lease_id, user, card_type, devices_json, granted_at, ended_at, end_reason FROM history"
-                " WHERE ended_at > ?", (since,)
-            ).fetchall()
-            active = db.execute(
-                "SELECT id AS lease_id, user, card_type, devices_json, granted_at, NULL AS ended_at,"
-                " NULL AS end_reason FROM leases WHERE ? < ?", (since, now)
-            ).fetchall()
+        rows = self.db.execute(
+            "SELECT * FROM (SELECT lease_id, user, card_type, devices_json, granted_at, ended_at, end_reason FROM history"
+            " WHERE ended_at > ? UNION ALL SELECT id, user, card_type, devices_json, granted_at, NULL, NULL FROM leases"
+            " WHERE ? < ?) WHERE granted_at > ? OR (granted_at = ? AND lease_id > ?) ORDER BY granted_at, lease_id LIMIT ?",
+            (since, since, now, granted_at, granted_at, lease_id, limit)).fetchall()
         records = []
-        for row in [*ended, *active]:
+        for row in rows:
             devices = json.loads(row["devices_json"])
             hours = max((row["ended_at"] or now) - max(row["granted_at"], since), 0.0) / 3600.0
             chips = sum(d["chips"] for d in devices)
@@ -569,7 +677,8 @@ class Scheduler(SchedulerAPI):
                 ended_at=row["ended_at"], end_reason=row["end_reason"],
                 device_hours=len(devices) * hours, chip_hours=chips * hours,
             ))
-        return sorted(records, key=lambda r: r.granted_at)
+        last = rows[-1] if len(rows) == limit else None
+        return Page(items=records, next=last and _cursor(last["granted_at"], last["lease_id"]))
 
     def usage(self, since: float = 0.0) -> list[dict]:
         """Device-hours and chip-hours per user since ``since`` (epoch seconds), active leases included."""
@@ -592,7 +701,7 @@ class Scheduler(SchedulerAPI):
                 unaccounted = [{**p, "cmdline": None} if p["user"] != viewer else p for p in unaccounted]
             shown = lease and self._shown(lease, viewer)
             reset = resets.get(device.id)
-            data = device.to_json()
+            data = {**device.to_json(), "held_outside": not lease and bool(device.holders)}
             if reset and reset["failed"]:
                 data.update(problem=reset["failed"], healthy=False)
             state = "unhealthy" if not data["healthy"] else "resetting" if reset else "leased" if lease else "free"
@@ -638,19 +747,30 @@ class Scheduler(SchedulerAPI):
             raise RequestError(
                 f"{count} devices is over {who.user}'s quota of {who.quota}: ask for at most {who.quota}"
             )
-        devices = self.devices()
-        counts = Counter(d.card_type for d in devices)
-        most = most_at_once(card_type, devices)
-        if count > most:
-            have = ", ".join(f"{n} {t}" for t, n in sorted(counts.items())) or "no devices"
-            label = " (simulated)" if self.inventory.simulated else ""
-            what = "of one card type" if card_type == ANY else card_type
-            raise RequestError(
-                f"this host has {have}{label}: {count} {what} can never be leased at once. "
-                f"Ask for at most {most}{'' if card_type == ANY else ' ' + card_type}"
-                + ("" if card_type == ANY else ", or for card type 'any'")
-            )
+        problem = self._never_met(count, card_type, self._usable(self.db))
+        if problem:
+            raise RequestError(problem)
         return card_type
+
+    def _usable(self, db: sqlite3.Connection) -> list[Device]:
+        """The devices a lease may ever get as things stand: healthy, and not failed in a reset."""
+        failed = {r[0] for r in db.execute("SELECT device_id FROM resets WHERE failed IS NOT NULL")}
+        return [d for d in self.devices() if d.healthy and d.id not in failed]
+
+    def _never_met(self, count: int, card_type: str, usable: list[Device]) -> str | None:
+        """Why ``count`` devices of ``card_type`` cannot be leased at once among ``usable``, or None."""
+        most = most_at_once(card_type, usable)
+        if count <= most:
+            return None
+        counts = Counter(d.card_type for d in usable)
+        unhealthy = len(self.devices()) - len(usable)
+        have = ", ".join(f"{n} {t}" for t, n in sorted(counts.items())) or "no devices"
+        label = " (simulated)" if self.inventory.simulated else ""
+        what = "of one card type" if card_type == ANY else card_type
+        return (f"this host has {have}{label}"
+                + (f" that can be leased ({unhealthy} more unhealthy: see `jupyter tt devices`)" if unhealthy else "")
+                + f": {count} {what} can never be leased at once. Ask for at most {most}"
+                + ("" if card_type == ANY else f" {card_type}, or for card type 'any'"))
 
     @contextlib.contextmanager
     def _write(self):
@@ -715,7 +835,7 @@ class Scheduler(SchedulerAPI):
         if self.reset_after_crash:
             db.executemany(
                 "INSERT OR REPLACE INTO resets (device_id, lease_id, reason, since) VALUES (?,?,?,?)",
-                [(d["id"], row["id"], reason[:300], time.time()) for d in json.loads(row["devices_json"])],
+                [(d["id"], row["id"], clean_reason(reason), time.time()) for d in json.loads(row["devices_json"])],
             )
 
     def _check_resets(self, db: sqlite3.Connection, now: float) -> None:
@@ -758,14 +878,22 @@ class Scheduler(SchedulerAPI):
         if not pending:
             return
         taken = {r[0] for r in db.execute("SELECT device_id FROM lease_devices UNION SELECT device_id FROM resets")}
-        free = [d for d in self.devices() if d.id not in taken]
+        # A node some process holds open outside any lease (opened before the service fenced it, or by
+        # root) is not granted until they close it: its new holder would share the card.
+        free = [d for d in self.devices() if d.id not in taken and not d.holders]
         held = Counter(dict(db.execute(
             "SELECT user, COUNT(*) FROM lease_devices JOIN leases ON leases.id = lease_devices.lease_id GROUP BY user"
         ).fetchall()))
+        usable = self._usable(db)
         blocked: set[str] = set()  # card types a request ahead is waiting for: nobody behind may take them
         for waiting in pending:
             row = db.execute("SELECT * FROM requests WHERE id=?", (waiting.request_id,)).fetchone()
             try:
+                problem = self._never_met(row["devices"], check_card_type(row["card_type"]), usable)
+                if problem:  # a card turned unhealthy: it would wait for ever, and hold up those behind it
+                    db.execute("UPDATE requests SET refused=? WHERE id=?", (problem, row["id"]))
+                    log.info("jupyter-tt: request %s of %s can no longer be met: %s", row["id"], row["user"], problem)
+                    continue
                 types = set(types_for(check_card_type(row["card_type"]), self.devices()))
                 if types & blocked:
                     continue
@@ -800,18 +928,21 @@ class Scheduler(SchedulerAPI):
         held = Counter(dict(db.execute(
             "SELECT user, COUNT(*) FROM lease_devices JOIN leases ON leases.id = lease_devices.lease_id GROUP BY user"
         ).fetchall()))
-        rows = db.execute("SELECT * FROM requests WHERE lease_id IS NULL").fetchall()
+        rows = db.execute("SELECT * FROM requests WHERE lease_id IS NULL AND refused IS NULL").fetchall()
         rows.sort(key=lambda r: (held[r["user"]], r["requested_at"], r["id"]))
         return [
             Waiting(r["id"], r["user"], r["kernel_id"], r["devices"], r["card_type"], i + 1, len(rows), r["requested_at"],
-                    r["notebook"])
+                    r["notebook"], over_quota=bool(r["quota"]) and held[r["user"]] + r["devices"] > r["quota"])
             for i, r in enumerate(rows)
         ]
 
-    def _outcome(self, db: sqlite3.Connection, request_id: str) -> Lease | Waiting:
-        row = db.execute("SELECT lease_id FROM requests WHERE id=?", (request_id,)).fetchone()
+    def _outcome(self, db: sqlite3.Connection, request_id: str) -> Lease | Waiting | RequestError:
+        row = db.execute("SELECT lease_id, refused FROM requests WHERE id=?", (request_id,)).fetchone()
         if row is None:
             raise LeaseError(f"request {request_id} is no longer queued (its process exited or it was cancelled)")
+        if row["refused"]:  # returned, not raised: the transaction that removes it must commit
+            db.execute("DELETE FROM requests WHERE id=?", (request_id,))
+            return RequestError(row["refused"])
         if row["lease_id"]:
             db.execute("DELETE FROM requests WHERE id=?", (request_id,))
             lease = self._lease(db, row["lease_id"])
@@ -827,7 +958,7 @@ class Scheduler(SchedulerAPI):
             "INSERT OR REPLACE INTO history (lease_id, user, server, kernel_id, notebook, card_type, devices_json, pid,"
             " requested_at, granted_at, ended_at, end_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (row["id"], row["user"], row["server"], row["kernel_id"], row["notebook"], row["card_type"], row["devices_json"],
-             row["kernel_pid"] or row["owner_pid"], row["requested_at"], row["granted_at"], now, reason),
+             row["kernel_pid"] or row["owner_pid"], row["requested_at"], row["granted_at"], now, clean_reason(reason)),
         )
 
     def _lease(self, db: sqlite3.Connection, lease_id: str) -> Lease | None:

@@ -6,9 +6,12 @@ connect to (``/run/jupyter-tt/scheduler.sock``). Who calls is taken from the soc
 credentials (``SO_PEERCRED``: uid and pid), never from what the caller says; quotas come from the
 service's own configuration only. So a user can ask, release and see only as themselves.
 
-One worker thread runs every call on the scheduler in turn; the event loop only moves bytes, so a
-slow or hostile client holds nothing but its own connection. A malformed request gets an error and
-the connection goes on. Each lease's processes are followed with pidfds: when one exits, a pass
+Calls run in two fair lanes (``fairness.py``), each a worker thread that takes its users' calls round
+robin: lease operations, and reports on their own read connection, so that one user's reads can
+neither starve another's nor hold a lease operation. A user with too many calls in progress, or who
+takes leases faster than ``lease_rate``, is refused at once (429, "retry in N s"). The event loop only
+moves bytes, so a slow or hostile client holds nothing but its own connection. A malformed request
+gets an error and the connection goes on. Each lease's processes are followed with pidfds: when one exits, a pass
 runs at once (and every ``watch_interval`` seconds anyway, for restart windows).
 
 After every change (and every pass) the device nodes are fenced to match the leases (``enforce.py``):
@@ -28,6 +31,7 @@ import pwd
 import signal
 import socket
 import struct
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,9 +40,10 @@ from ..devices import open_inventory
 from ..errors import ConfigError, LeaseError, RequestError, TTError
 from . import protocol
 from .enforce import NodeGuard, can_change_owners
+from .fairness import FairLane, TokenBucket
 from .processes import ProcessRef, uid_of
 from .reset import available as why_no_reset
-from .scheduler import Caller, Scheduler, Waiting
+from .scheduler import Caller, Scheduler, Waiting, clean_reason
 
 log = logging.getLogger("jupyter_tt.service")
 
@@ -46,6 +51,13 @@ log = logging.getLogger("jupyter_tt.service")
 MAX_CONNECTIONS_PER_USER = 64
 #: Requests one user may have waiting in the queue at once.
 MAX_WAITING_PER_USER = 16
+#: Calls one user may have in progress at once in each lane (beyond: 429 at once).
+LEASE_CALLS_PER_USER = 16
+REPORT_CALLS_PER_USER = 4
+#: Whose turn the service's own passes take in the lease lane.
+SERVICE = "service"
+#: Operations that read only: served from the reports lane and its own SQLite connection.
+REPORTS = frozenset({"devices", "ended_lease", "leases", "queue", "history", "usage", "usage_records", "report"})
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -75,13 +87,16 @@ class SchedulerService:
             self.resets_off = missing and f"reset after a crash is off: {missing}"
         self.scheduler = Scheduler(inventory, state_dir, user=user_name(os.getuid()), restart_grace=settings.restart_grace,
                                    server=f"{socket.gethostname()}:service", mode="service", max_waiting=MAX_WAITING_PER_USER,
-                                   reset_after_crash=resets, reset_tool=settings.reset_tool)
+                                   reset_after_crash=resets, reset_tool=settings.reset_tool,
+                                   history_days=settings.history_days, history_rows=settings.history_rows)
         #: Resets take seconds: their own thread, so that the scheduler's worker keeps answering.
         self._resetter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-tt-reset")
         self._resetting: asyncio.Future | None = None
         self.guard = NodeGuard(state_dir, reason_not=(
             can_change_owners() if inventory.kind == "sysfs" else f"the {inventory.kind} inventory has no device nodes to fence"))
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-tt-service")
+        self.reader = self.scheduler.reader()
+        self._lanes = {"leases": FairLane("service", LEASE_CALLS_PER_USER), "reports": FairLane("reports", REPORT_CALLS_PER_USER)}
+        self._lease_requests = TokenBucket(settings.lease_burst, settings.lease_rate, what="lease requests")
         self._connections: dict[int, int] = {}
         self._pidfds: dict[int, int] = {}
         self._exited: set[int] = set()  # followed processes seen to exit (their leases end in the next passes)
@@ -127,7 +142,8 @@ class SchedulerService:
                     os.close(fd)
             if self.guard.enforcing:
                 await self._call(self.guard.restore)
-            self._worker.shutdown(wait=True)
+            for lane in self._lanes.values():
+                lane.shutdown()
             self._resetter.shutdown(wait=False, cancel_futures=True)
 
     def stop(self) -> None:
@@ -230,12 +246,17 @@ class SchedulerService:
         os.close(fd)
 
     async def _call(self, fn, *args, **kwargs):
-        return await asyncio.get_running_loop().run_in_executor(self._worker, functools.partial(fn, *args, **kwargs))
+        """``fn`` in the lease lane, as the service's own turn (passes, fencing: never refused)."""
+        return await self._lanes["leases"].run(SERVICE, functools.partial(fn, *args, **kwargs), bounded=False)
 
     # ------------------------------------------------------------------ connections
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        pid, uid, _ = peer_credentials(writer.get_extra_info("socket"))
+        try:
+            pid, uid, _ = peer_credentials(writer.get_extra_info("socket"))
+        except OSError:  # gone before it could be asked who it is
+            writer.close()
+            return
         if self._connections.get(uid, 0) >= MAX_CONNECTIONS_PER_USER:
             writer.write(protocol.line({"id": None, "error": protocol.error_body(TTError(
                 f"{user_name(uid)} has {MAX_CONNECTIONS_PER_USER} connections to the scheduler open: close some", status=429))}))
@@ -254,41 +275,51 @@ class SchedulerService:
                     break
                 if not raw:
                     break
-                writer.write(protocol.line(await self._answer(raw, caller, uid)))
+                writer.write(await self._answer(raw, caller, uid))
                 await writer.drain()
-        except (ConnectionError, OSError):
-            pass
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass  # the client went away mid-way: nothing to tell anyone
         except Exception:
             log.exception("jupyter-tt scheduler: connection of uid %d failed", uid)
         finally:
             self._connections[uid] -= 1
+            if not self._connections[uid]:
+                del self._connections[uid]
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _answer(self, raw: bytes, caller: Caller, uid: int) -> dict:
+    async def _answer(self, raw: bytes, caller: Caller, uid: int) -> bytes:
+        """The answer line to one request line. The call and the encoding of its result run in the
+        operation's lane, as ``uid``'s turn: a large answer is built off the event loop."""
         request_id = None
         try:
             request = json.loads(raw)
             if not isinstance(request, dict) or not isinstance(request.get("op"), str):
                 raise RequestError('a request is a JSON object {"id": N, "op": NAME, "args": {...}}')
             request_id = request.get("id")
-            args = request.get("args") or {}
-            op = OPS.get(request["op"])
+            if not isinstance(request_id, (int, str, type(None))) or (isinstance(request_id, str) and len(request_id) > 64):
+                request_id = None
+            name, args = request["op"], request.get("args") or {}
+            op = OPS.get(name)
             if op is None or not isinstance(args, dict):
-                raise RequestError(f"unknown operation {request['op']!r}: one of {', '.join(sorted(OPS))}")
-            result = await self._call(op, self, caller, uid, **protocol.decode(args))
-            if request["op"] in MUTATING and self._take_change():
+                raise RequestError(f"unknown operation {name[:64]!r}: one of {', '.join(sorted(OPS))}")
+            if name == "submit" and uid != 0:
+                self._lease_requests.take(uid, time.monotonic())
+            lane = self._lanes["reports" if name in REPORTS else "leases"]
+            decoded = protocol.decode(args)
+            answer = await lane.run(uid, lambda: protocol.answer_line(request_id, op(self, caller, uid, **decoded)))
+            if name in MUTATING and self._take_change():
                 await self._after_change()
-            if request["op"] in RESETTING:
+            if name in RESETTING:
                 self._start_resets()
-            return {"id": request_id, "result": protocol.encode(result)}
+            return answer
         except TTError as e:
-            return {"id": request_id, "error": protocol.error_body(e)}
+            return protocol.line({"id": request_id, "error": protocol.error_body(e)})
         except (TypeError, ValueError, KeyError, AttributeError) as e:
-            return {"id": request_id, "error": protocol.error_body(RequestError(f"malformed request: {e}"))}
+            return protocol.line({"id": request_id, "error": protocol.error_body(RequestError(f"malformed request: {e}"))})
         except Exception as e:
             log.exception("jupyter-tt scheduler: a request of %s failed", caller.user)
-            return {"id": request_id, "error": protocol.error_body(e)}
+            return protocol.line({"id": request_id, "error": protocol.error_body(e)})
 
     # ------------------------------------------------------------------ operations (run in the worker thread)
 
@@ -301,7 +332,7 @@ class SchedulerService:
                 "idle": {"timeout": self.settings.idle_timeout, "grace": self.settings.idle_grace}}
 
     def op_devices(self, caller, uid, fresh=False):
-        return [d.to_json() for d in self.scheduler.devices(fresh=bool(fresh))]
+        return [d.to_json() for d in self.reader.devices(fresh=bool(fresh))]
 
     def op_submit(self, caller, uid, count, card_type="any", kernel_id=None, notebook=None):
         return self.scheduler.submit(count, card_type, kernel_id=kernel_id, notebook=notebook, caller=caller)
@@ -313,7 +344,7 @@ class SchedulerService:
         return self.scheduler.cancel(str(request_id), caller=caller)
 
     def op_release(self, caller, uid, lease_id, reason="released", crash=None):
-        reason = str(reason)[:200]
+        reason = clean_reason(str(reason)[:1000])[:200]
         return self.scheduler.release(str(lease_id), reason=f"{reason} (by {caller.user})",
                                       user=None if uid == 0 else caller.user, crash=_crash(crash))
 
@@ -335,30 +366,31 @@ class SchedulerService:
         return self.scheduler.get_lease(str(lease_id), viewer=self._viewer(caller, uid))
 
     def op_ended_lease(self, caller, uid, lease_id):
-        ended = self.scheduler.ended_lease(str(lease_id), viewer=self._viewer(caller, uid))
+        ended = self.reader.ended_lease(str(lease_id), viewer=self._viewer(caller, uid))
         return list(ended) if ended else None
 
     def op_reconcile(self, caller, uid):
         return self.scheduler.reconcile()
 
     def op_leases(self, caller, uid):
-        return self.scheduler.leases(viewer=self._viewer(caller, uid))
+        return self.reader.leases(viewer=self._viewer(caller, uid))
 
     def op_queue(self, caller, uid):
-        return self.scheduler.queue(viewer=self._viewer(caller, uid))
+        return self.reader.queue(viewer=self._viewer(caller, uid))
 
-    def op_history(self, caller, uid, limit=100):
-        return self.scheduler.history(min(int(limit), 1000), viewer=self._viewer(caller, uid))
+    def op_history(self, caller, uid, limit=100, before=None):
+        return self.reader.history_page(limit, before=before, viewer=self._viewer(caller, uid))
 
     def op_usage(self, caller, uid, since=0.0):
-        return self.scheduler.usage(float(since))
+        return self.reader.usage(float(since))
 
-    def op_usage_records(self, caller, uid, since=0.0):
-        return self.scheduler.usage_records(float(since))
+    def op_usage_records(self, caller, uid, since=0.0, after=None, limit=1000):
+        return self.reader.usage_records_page(float(since), after=after, limit=limit)
 
     def op_report(self, caller, uid):
-        report = self.scheduler.report(viewer=self._viewer(caller, uid))
-        report["scheduler"] = {"mode": "service", "state_dir": str(self.socket_path), **self.guard.describe()}
+        report = self.reader.report(viewer=self._viewer(caller, uid))
+        report["scheduler"] = {"mode": "service", "state_dir": self.scheduler.state_dir, "socket": str(self.socket_path),
+                               **self.guard.describe()}
         return report
 
     def op_retry_reset(self, caller, uid, device_id):
@@ -376,7 +408,7 @@ def _crash(crash) -> str | None:
     """A client's account of how its kernel ended (it asks for a reset of its own lease's cards)."""
     if crash is not None and not isinstance(crash, str):
         raise RequestError(f"crash says how the kernel ended, as text, not {crash!r}")
-    return crash and crash[:200]
+    return crash and clean_reason(crash[:1000])[:200]
 
 
 OPS = {name[3:]: fn for name, fn in vars(SchedulerService).items() if name.startswith("op_")}

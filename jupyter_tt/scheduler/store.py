@@ -24,7 +24,9 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+#: Bytes the write-ahead log is cut back to after each checkpoint.
+WAL_LIMIT = 4 << 20
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -62,7 +64,8 @@ CREATE TABLE IF NOT EXISTS requests (
     owner_started REAL NOT NULL,
     owner_boot TEXT,
     requested_at REAL NOT NULL,
-    lease_id TEXT                     -- set when granted, then the asker picks it up and deletes the row
+    lease_id TEXT,                    -- set when granted, then the asker picks it up and deletes the row
+    refused TEXT                      -- why it can no longer be met (a card turned unhealthy): the asker is told
 );
 CREATE TABLE IF NOT EXISTS history (
     lease_id TEXT PRIMARY KEY,
@@ -96,6 +99,7 @@ CREATE TABLE IF NOT EXISTS resets (   -- cards out of the pool until a reset aft
 ADDED_COLUMNS = [
     ("leases", "notebook TEXT"), ("requests", "notebook TEXT"), ("history", "notebook TEXT"),  # 2
     ("leases", "owner_boot TEXT"), ("leases", "kernel_boot TEXT"), ("requests", "owner_boot TEXT"),  # 3
+    ("requests", "refused TEXT"),  # 5
 ]
 
 
@@ -142,8 +146,9 @@ def private_dir(path: str | os.PathLike, what: str) -> Path:
     return directory
 
 
-def connect(state_dir: str | os.PathLike, name: str) -> Connection:
-    """Open (creating if needed) ``<state_dir>/<name>.sqlite3``, private to this OS user (0600)."""
+def connect(state_dir: str | os.PathLike, name: str, *, query_only: bool = False) -> Connection:
+    """Open (creating if needed) ``<state_dir>/<name>.sqlite3``, private to this OS user (0600).
+    ``query_only``: a connection for reports, which SQLite refuses to write through."""
     directory = private_dir(state_dir, "the scheduler state folder")
     path = directory / f"{name}.sqlite3"
     # Created 0600 before SQLite opens it: SQLite gives the WAL and shared-memory files the database's mode.
@@ -151,11 +156,15 @@ def connect(state_dir: str | os.PathLike, name: str) -> Connection:
     try:
         db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False, factory=Connection)
         db.row_factory = sqlite3.Row
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect in a new file: pruned rows give their pages back
         db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")  # the WAL shrinks back to this after a checkpoint
         db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL keeps it consistent
         if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             _migrate(db)
         db.lock_fd = os.open(directory / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if query_only:
+            db.execute("PRAGMA query_only=ON")
     except sqlite3.Error as e:
         raise ConfigError(f"cannot open the scheduler state {path}: {e}. Set JUPYTER_TT_STATE_DIR to a folder of yours") from e
     for suffix in (".sqlite3", ".sqlite3-wal", ".sqlite3-shm", ".lock"):  # files of an older release were 0666

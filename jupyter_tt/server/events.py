@@ -34,13 +34,11 @@ class StateWatcher:
         queue = {w.request_id: w for w in self.scheduler.queue()}
         simulated = self.scheduler.inventory.simulated
         ended = [i for i in self.leases if i not in leases]
-        reasons = {}
-        if ended:
-            reasons = {h["lease_id"]: h["end_reason"] for h in self.scheduler.history(limit=len(ended) * 4)}
         events = []
-        for lease_id in ended:
+        for lease_id in ended:  # each one's own reason, however many others ended meanwhile
             old = self.leases[lease_id]
-            events.append(self.lease_event("lease-ended", old, simulated, reason=reasons.get(lease_id, "ended")))
+            found = self.scheduler.ended_lease(lease_id)
+            events.append(self.lease_event("lease-ended", old, simulated, reason=found[1] if found else "ended"))
         for lease_id, lease in leases.items():
             if lease_id not in self.leases:
                 events.append(self.lease_event("lease-granted", lease, simulated))

@@ -73,8 +73,11 @@ class IdleReclaimer:
 
 
 def _needed(lease: Lease, queue: list[Waiting], free: dict[str, int]) -> bool:
-    """Whether some waiting request could be placed if this lease's devices were free."""
+    """Whether some waiting request could be placed if this lease's devices were free (one over its
+    user's quota could not: it waits for their own leases to end)."""
     for waiting in queue:
+        if waiting.over_quota:
+            continue
         types = set(lease.card_types) if waiting.card_type == ANY else {waiting.card_type} & set(lease.card_types)
         for card_type in types:
             mine = sum(1 for d in lease.devices if d.card_type == card_type)

@@ -1,0 +1,184 @@
+"""A shared host's scheduler under load: fair turns, bounded state, paged answers, no request that
+waits for ever. The pure parts (fair queue, token bucket) alone; the rest on a real scheduler state.
+The same attacks with real OS users against the service are in test_service.py."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from jupyter_tt.devices import SimulatedInventory, SysfsInventory
+from jupyter_tt.errors import LeaseError, RequestError
+from jupyter_tt.scheduler import Lease, Scheduler, Waiting
+from jupyter_tt.scheduler.fairness import Busy, FairQueue, TokenBucket
+from jupyter_tt.server.idle import IdleKernel, IdleReclaimer
+from jupyter_tt.text import clean_label, csv_cell, printable
+from sysfs_tree import Card, make_host
+
+
+def scheduler_for(state_dir, spec="n300x4", user="alice", **kw):
+    return Scheduler(SimulatedInventory(spec), state_dir, user=user, **kw)
+
+
+def test_the_fair_queue_serves_users_in_turn_however_many_calls_one_of_them_queued():
+    q = FairQueue(per_user=100)
+    for i in range(50):
+        q.push("bob", f"bob-{i}")
+    q.push("alice", "alice-0")
+    q.push("carol", "carol-0")
+    order = [q.pop()[1] for _ in range(5)]
+    assert order == ["bob-0", "alice-0", "carol-0", "bob-1", "bob-2"]  # alice waits for one of bob's, not 50
+
+
+def test_the_fair_queue_refuses_a_users_call_past_their_bound_and_takes_it_again_once_one_is_done():
+    q = FairQueue(per_user=2)
+    assert q.push("bob", 1) and q.push("bob", 2)
+    assert not q.push("bob", 3)  # refused at once, nothing queued
+    assert q.push("alice", 1)  # others are not affected
+    assert q.push("service", 9, bounded=False)
+    q.pop()
+    q.done("bob")
+    assert q.push("bob", 3)
+
+
+def test_a_token_bucket_allows_a_burst_then_its_rate_and_says_when_to_retry():
+    bucket = TokenBucket(burst=3, rate=2.0, what="lease requests")
+    for _ in range(3):
+        bucket.take("bob", now=100.0)
+    with pytest.raises(Busy, match=r"may make 2 a second on this host: retry in 1 s") as refused:
+        bucket.take("bob", now=100.0)
+    assert refused.value.status_code == 429
+    bucket.take("alice", now=100.0)  # a bucket per user
+    bucket.take("bob", now=100.5)  # half a second refills one token
+    with pytest.raises(Busy):
+        bucket.take("bob", now=100.5)
+
+
+@pytest.mark.parametrize("limit", [-1, 0, 1001, "10", 2.5, True])
+def test_a_history_limit_outside_1_to_1000_is_refused_with_the_range(state_dir, limit):
+    with pytest.raises(RequestError, match="limit must be a whole number from 1 to 1000"):
+        scheduler_for(state_dir).history(limit)
+
+
+def test_history_and_usage_records_come_in_pages_that_together_hold_every_lease_once(state_dir):
+    s = scheduler_for(state_dir)
+    ids = []
+    for _ in range(7):
+        lease = s.acquire(1)
+        ids.append(lease.id)
+        s.release(lease.id)
+    held = s.acquire(1)
+    pages, cursor = [], None
+    while True:
+        page = s.history_page(3, before=cursor)
+        pages.append([h["lease_id"] for h in page.items])
+        if page.next is None:
+            break
+        cursor = page.next
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert sorted(sum(pages, [])) == sorted(ids)
+    records, cursor = [], None
+    while True:
+        page = s.usage_records_page(0.0, after=cursor, limit=2)
+        records += [r.lease_id for r in page.items]
+        if page.next is None:
+            break
+        cursor = page.next
+    assert sorted(records) == sorted([*ids, held.id])
+    assert sorted(r.lease_id for r in s.usage_records(0.0)) == sorted(records)  # the API pages for its callers
+    with pytest.raises(RequestError, match="is not a cursor"):
+        s.history_page(3, before="garbage")
+
+
+def test_labels_are_bounded_and_lose_their_control_characters_on_the_way_in(state_dir):
+    s = scheduler_for(state_dir)
+    notebook = "/home/bob/" + "deep/" * 100 + "\x1b[2J\x1b[31mpwned.ipynb"
+    lease = s.acquire(1, kernel_id="k-\x07\x1b]0;title\x07", notebook=notebook)
+    stored = s.get_lease(lease.id)
+    assert len(stored.notebook) <= 256 and stored.notebook.endswith("pwned.ipynb") and "\x1b" not in stored.notebook
+    assert "\x07" not in stored.kernel_id and "\x1b" not in stored.kernel_id
+    with pytest.raises(RequestError, match="at most 256 characters"):
+        s.submit(1, kernel_id="k" * 257)
+    s.release(lease.id, reason="bye\x1b[2J" + "x" * 5000)
+    [entry] = s.history(1)
+    assert len(entry["end_reason"]) <= 300 and "\x1b" not in entry["end_reason"]
+
+
+def test_the_history_keeps_at_most_its_rows_and_days_and_gives_the_space_back(state_dir):
+    s = scheduler_for(state_dir, history_rows=5, history_days=1)
+    for _ in range(12):
+        s.release(s.acquire(1).id)
+    s.db.execute("UPDATE history SET ended_at = ended_at - 3 * 86400 WHERE lease_id = (SELECT MIN(lease_id) FROM history)")
+    assert s.prune() == 7  # one too old, then all but the newest 5
+    assert len(s.history(1000)) == 5
+    assert s.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental: the pages go back to the file system
+
+
+def test_a_request_for_more_healthy_cards_than_the_host_has_is_refused_with_the_numbers(tmp_path, state_dir):
+    tree = make_host(tmp_path, [Card(), Card(), Card(), Card(temperature_c=99.0)])
+    s = Scheduler(SysfsInventory(str(tree.root)), state_dir, user="alice")
+    with pytest.raises(RequestError, match=r"3 n300 that can be leased \(1 more unhealthy.*at most 3 n300"):
+        s.submit(4, "n300")
+    assert isinstance(s.submit(3, "n300"), Lease)
+
+
+def test_a_waiting_request_that_a_card_turning_unhealthy_makes_impossible_ends_with_why_and_frees_the_queue(tmp_path, state_dir):
+    tree = make_host(tmp_path, [Card(), Card(), Card(), Card()])
+    alice, bob, carol = (Scheduler(SysfsInventory(str(tree.root)), state_dir, user=u) for u in ("alice", "bob", "carol"))
+    held = alice.acquire(1)
+    big = bob.submit(4)  # bob holds nothing: his request goes first
+    assert isinstance(big, Waiting)
+    small = carol.submit(1)
+    assert isinstance(small, Waiting)  # behind bob's, though three cards are free
+    tree.set(3, temperature_c=99.0)
+    for s in (bob, carol):
+        s.devices(fresh=True)
+    with pytest.raises(RequestError, match=r"1 more unhealthy.*4 of one card type can never be leased at once"):
+        bob.check(big.request_id)
+    with pytest.raises(LeaseError, match="no longer queued"):
+        bob.check(big.request_id)  # told once, and gone from the state
+    assert isinstance(carol.check(small.request_id), Lease)  # the head is gone: carol goes
+    alice.release(held.id)
+
+
+def test_a_waiter_over_its_quota_does_not_make_an_idle_kernel_give_up_its_cards(state_dir):
+    inventory = SimulatedInventory("n300x2")
+    alice = Scheduler(inventory, state_dir, user="alice")
+    bob = Scheduler(inventory, state_dir, user="bob", quota=2)
+    mine, other = alice.acquire(1), alice.acquire(1)
+    first, second = bob.submit(1), bob.submit(2)  # alone each is within 2: both wait
+    assert isinstance(first, Waiting) and isinstance(second, Waiting)
+    alice.release(other.id)
+    first = bob.check(first.request_id)
+    assert isinstance(first, Lease)  # with it, bob's second request is over his quota
+    [waiting] = alice.queue()
+    assert waiting.over_quota
+    reclaimer = IdleReclaimer(timeout=1, grace=1)
+    kernels = {mine.kernel_id or "": IdleKernel(kernel_id=mine.kernel_id or "", busy=False, idle_for=3600)}
+    assert reclaimer.decide([mine], kernels, [waiting], free={"n300": 1}) == []  # taking alice's card would not help bob
+    bob.release(first.id)
+    [waiting] = alice.queue()
+    assert not waiting.over_quota
+    assert [a.kind for a in reclaimer.decide([mine], kernels, [waiting], free={"n300": 1})] == ["warn"]
+
+
+def test_stored_text_is_escaped_for_terminals_and_spreadsheets():
+    assert printable("ok \x1b[2J\u202e") == "ok \\x1b[2J\\u202e"
+    assert printable({"a": ["\x07"]}) == {"a": ["\\x07"]}
+    assert [csv_cell(v) for v in ["=1+1", "+1", "-1", "@x", "\tx", "\rx", "fine", 3]] == \
+        ["'=1+1", "'+1", "'-1", "'@x", "'\tx", "'\rx", "fine", 3]
+    assert clean_label("a\x1b[31mb\nc", 10) == "ab c" and clean_label("x" * 20, 10) == "…" + "x" * 9
+
+
+def test_reports_read_through_their_own_connection_while_a_write_holds_the_state(state_dir):
+    s = scheduler_for(state_dir)
+    reader = s.reader()
+    lease = s.acquire(1)
+    with s._lock, s._write() as db:  # a lease operation in progress, its transaction open
+        db.execute("UPDATE leases SET notebook='x' WHERE id=?", (lease.id,))
+        started = time.monotonic()
+        assert [x.id for x in reader.leases()] == [lease.id]  # not blocked, and sees the last commit
+        assert time.monotonic() - started < 5
+    with pytest.raises(Exception, match="readonly|read-only|query"):
+        reader.reconcile()
