@@ -13,6 +13,7 @@ from .config import TTSettings
 from .errors import TTError
 from .serving.backends import BACKENDS, DEFAULT_BACKEND, all_weight_formats
 from .serving.engines import ENGINES
+from .text import csv_cell, printable
 
 
 def _scheduler():
@@ -38,6 +39,7 @@ def cmd_devices(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    report = printable(report)  # users' labels and reasons: shown, never interpreted by the terminal
     inv = report["inventory"]
     if inv["simulated"]:
         print(f"Inventory: {inv['label']}")
@@ -59,7 +61,7 @@ def cmd_devices(args) -> int:
             lease = leases.get(d["lease_id"], {})
             kernel = f" kernel {d['kernel_id'][:8]}" if d["kernel_id"] else ""
             holder = f"{d['user']}{kernel} (pid {lease.get('pid')})"
-        state = d["state"] + (" [sim]" if d["simulated"] else "")
+        state = d["state"] + (" (held outside)" if d.get("held_outside") else "") + (" [sim]" if d["simulated"] else "")
         rows.append([
             d["id"], d["card_type"], d["bdf"], "-" if d["numa_node"] is None else d["numa_node"], state, holder,
             _fmt(t["temperature_c"], "°C"), _fmt(t["power_w"], "W"), _fmt(t["aiclk_mhz"], "", 0),
@@ -88,7 +90,8 @@ def cmd_devices(args) -> int:
                else "the scheduler coordinates kernels; here it cannot fence others")
         print(f"\nProcesses holding a device without a lease ({why}):")
         for p in report["unaccounted_processes"]:
-            print(f"  device {p['device']}: pid {p['pid']} {p['name'] or '?'} (user {p['user'] or '?'})")
+            what = f"pid {p['pid']} {p['name'] or '?'}" if p["pid"] else "a process (root sees which)"
+            print(f"  device {p['device']}: {what} (user {p['user'] or '?'})")
     return 0
 
 
@@ -125,15 +128,16 @@ def cmd_usage(args) -> int:
 
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(USAGE_CSV_COLUMNS)
-        for r in _scheduler().usage_records(since):
-            writer.writerow([r.lease_id, r.user, r.card_type, " ".join(map(str, r.devices)), r.chips, iso(r.granted_at),
-                             iso(r.ended_at), r.end_reason or "", f"{r.device_hours:.6f}", f"{r.chip_hours:.6f}"])
+        for r in _scheduler().usage_records(since):  # page after page, each one bounded
+            row = [r.lease_id, r.user, r.card_type, " ".join(map(str, r.devices)), r.chips, iso(r.granted_at),
+                   iso(r.ended_at), r.end_reason or "", f"{r.device_hours:.6f}", f"{r.chip_hours:.6f}"]
+            writer.writerow([csv_cell(printable(cell)) for cell in row])
         return 0
     usage = _scheduler().usage(since)
     if args.json:
         print(json.dumps(usage, indent=2))
         return 0
-    rows = [[u["user"], u["leases"], f"{u['device_hours']:.3f}", f"{u['chip_hours']:.3f}"] for u in usage]
+    rows = [[printable(u["user"]), u["leases"], f"{u['device_hours']:.3f}", f"{u['chip_hours']:.3f}"] for u in usage]
     print(_table(rows, ["USER", "LEASES", "DEVICE-HOURS", "CHIP-HOURS"]) if rows else "No leases recorded yet.")
     return 0
 

@@ -6,6 +6,7 @@ Each test runs ``jupyter tt scheduler`` as root on a simulated inventory and the
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -246,3 +247,151 @@ def test_the_shared_host_example_config_sets_fair_quotas_and_the_idle_policy(ser
     lease = client.acquire(2, "n300", timeout=10)
     assert len(lease.devices) == 2
     client.release(lease.id)
+
+
+# ---------------------------------------------------------------------- a shared host under load
+
+FLOOD = """
+import json, socket, sys, threading, time
+counts = {"answers": 0, "busy": 0, "retry": 0}
+lock = threading.Lock()
+stop = time.monotonic() + SECONDS
+
+def flood(n):
+    s = socket.socket(socket.AF_UNIX); s.settimeout(30); s.connect(SOCKET)
+    f = s.makefile("rb")
+    ops = [("report", {}), ("usage_records", {}), ("history", {"limit": 1000})]
+    i = 0
+    while time.monotonic() < stop:
+        op, args = ops[i % 3]; i += 1
+        s.sendall(json.dumps({"id": i, "op": op, "args": args}).encode() + b"\\n")
+        answer = json.loads(f.readline())
+        with lock:
+            counts["answers"] += 1
+            if answer.get("error", {}).get("status") == 429:
+                counts["busy"] += 1
+                counts["retry"] += "retry in" in answer["error"]["message"]
+
+threads = [threading.Thread(target=flood, args=(n,)) for n in range(CONNECTIONS)]
+for t in threads: t.start()
+print("flooding", flush=True)
+for t in threads: t.join()
+print(json.dumps(counts), flush=True)
+"""
+
+
+def flooder(user, svc, seconds: float, connections: int = 16):
+    """``user`` sends the most expensive reads on ``connections`` connections for ``seconds``; prints counts at the end."""
+    code = FLOOD.replace("SECONDS", str(seconds)).replace("SOCKET", repr(str(svc.socket))).replace("CONNECTIONS", str(connections))
+    proc = user.popen([PYTHON, "-c", code])
+    assert proc.stdout.readline().strip() == "flooding"
+    return proc
+
+
+def test_one_users_flood_of_reads_is_turned_away_and_never_slows_anothers_lease_operations(service, alice, bob):
+    svc = service(inventory="simulated:n300x4")
+    proc, lease_id = holder(alice, svc)
+    flood = flooder(bob, svc, seconds=8)
+    try:
+        # alice's client gives up after 5 s (its default is 10 s): on a first come, first served service
+        # her calls queued behind bob's 16 connections of reads, and took up to 12.9 s.
+        out = alice.python(f"""
+            import json, time
+            from jupyter_tt.scheduler.client import ServiceClient
+            c = ServiceClient({str(svc.socket)!r}, timeout=5)
+            worst = 0.0
+            for _ in range(20):
+                started = time.monotonic()
+                assert c.get_lease({lease_id!r}).id == {lease_id!r}
+                c.report()
+                worst = max(worst, time.monotonic() - started)
+            print(json.dumps({{"worst": worst}}))
+        """, timeout=60)
+        assert out.returncode == 0, out.stderr
+        counts = json.loads(flood.stdout.read().splitlines()[-1])
+        assert counts["busy"] > 0 and counts["busy"] == counts["retry"], counts  # over his budget: 429, retry in N s
+        assert counts["answers"] > counts["busy"]  # and within it, served
+    finally:
+        flood.kill()
+        proc.kill()
+
+
+def test_a_user_who_churns_leases_is_held_to_the_hosts_lease_rate(service, bob):
+    svc = service(config="c.TTSettings.lease_burst = 5\nc.TTSettings.lease_rate = 1.0\n")
+    out = bob.python(f"""
+        import json, time
+        from jupyter_tt.errors import TTError
+        from jupyter_tt.scheduler.client import ServiceClient
+        c = ServiceClient({str(svc.socket)!r})
+        granted, refused, message = 0, 0, ""
+        stop = time.monotonic() + 3
+        while time.monotonic() < stop:
+            try:
+                c.release(c.submit(1).id)
+                granted += 1
+            except TTError as e:
+                refused += 1
+                message = str(e)
+        print(json.dumps({{"granted": granted, "refused": refused, "message": message}}))
+    """, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert 5 <= result["granted"] <= 5 + 4, result  # the burst, then about one a second
+    assert result["refused"] > 0 and "may make 1 a second on this host: retry in 1 s" in result["message"], result
+
+
+def test_a_history_limit_outside_its_range_is_a_400_and_large_usage_arrives_whole_in_pages(service, alice, bob):
+    svc = service(inventory="simulated:n300x4")
+    assert ask(bob, svc, "history", limit=-1)["error"] == {
+        "type": "RequestError", "status": 400,
+        "message": "limit must be a whole number from 1 to 1000, not -1: page through longer lists"}
+    # Root (exempt from the lease rate) fills the history: more than the old 1 MiB answer limit held.
+    from jupyter_tt.scheduler.client import ServiceClient
+
+    root = ServiceClient(str(svc.socket))
+    for i in range(3500):
+        lease = root.submit(1)
+        root.release(lease.id, reason=("=HYPERLINK(\"http://evil\")" if i == 0 else "y" * 200))
+    out = bob.tt("usage", "--csv", env=bob.env(JUPYTER_TT_SCHEDULER=svc.address), timeout=120)
+    assert out.returncode == 0, out.stderr
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(out.stdout)))
+    assert len(rows) == 1 + 3500 and len(out.stdout) > 1 << 20
+    assert rows[1][7].startswith("'=HYPERLINK")  # a spreadsheet shows it as text, never runs it
+    # The same connection goes on answering the right requests afterwards.
+    out = bob.python(f"""
+        from jupyter_tt.scheduler.client import ServiceClient
+        c = ServiceClient({str(svc.socket)!r})
+        print(len(c.usage_records(0.0)), len(c.history(1000)), c.leases())
+    """, timeout=120)
+    assert out.stdout.split() == ["3500", "1000", "[]"], out.stderr
+
+
+def test_other_users_see_that_a_lease_ended_but_not_the_process_ids_in_why(service, alice, bob):
+    svc = service()
+    proc, lease_id = holder(alice, svc)
+    proc.kill()
+    proc.wait()
+    wait_until(lambda: not ask(alice, svc, "leases")["result"], timeout=10, message="alice's lease to end")
+    [mine] = ask(alice, svc, "history")["result"]["$page"]["items"]
+    [theirs] = ask(bob, svc, "history")["result"]["$page"]["items"]
+    assert str(proc.pid) in mine["end_reason"]
+    assert str(proc.pid) not in theirs["end_reason"] and "exited" in theirs["end_reason"]
+    assert theirs["pid"] is None and theirs["server"] == ""
+
+
+def test_connections_that_close_before_their_answer_leave_no_traceback_in_the_log(service, bob):
+    svc = service()
+    out = bob.python(f"""
+        import socket
+        for _ in range(50):
+            s = socket.socket(socket.AF_UNIX); s.connect({str(svc.socket)!r})
+            s.sendall(b'{{"id": 1, "op": "report"}}\\n{{"id": 2, "op": "leases"}}\\n')
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00")
+            s.close()
+    """)
+    assert out.returncode == 0, out.stderr
+    assert tt(bob, svc, "devices").returncode == 0
+    assert "Traceback" not in svc.log_text() and svc.proc.poll() is None

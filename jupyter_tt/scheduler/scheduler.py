@@ -697,8 +697,9 @@ class Scheduler(SchedulerAPI):
             lease = by_device.get(device.id)
             covered = pids[lease.id] if lease else set()
             unaccounted = [describe(pid) for pid in device.holders if not (lineage(pid) & covered)]
-            if viewer is not None:  # who else holds a node is shown, not what they run
-                unaccounted = [{**p, "cmdline": None} if p["user"] != viewer else p for p in unaccounted]
+            if viewer is not None:  # that another user holds a node is shown; their process, to root only
+                unaccounted = [{**p, "pid": None, "name": None, "cmdline": None} if p["user"] != viewer else p
+                               for p in unaccounted]
             shown = lease and self._shown(lease, viewer)
             reset = resets.get(device.id)
             data = {**device.to_json(), "held_outside": not lease and bool(device.holders)}

@@ -279,6 +279,8 @@ class SchedulerService:
                 await writer.drain()
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass  # the client went away mid-way: nothing to tell anyone
+        except asyncio.CancelledError:
+            pass  # the service stops: the connection ends with it, quietly
         except Exception:
             log.exception("jupyter-tt scheduler: connection of uid %d failed", uid)
         finally:
