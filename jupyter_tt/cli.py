@@ -188,10 +188,24 @@ def cmd_scheduler(args) -> int:
     if args.print_unit:
         print(systemd_unit(args.config))
         return 0
-    from .scheduler.service import main
+    if args.print_udev_rule:
+        from importlib.resources import files
 
-    return main(args.socket or SERVICE_SOCKET, args.state_dir or os.environ.get("JUPYTER_TT_STATE_DIR") or SERVICE_STATE_DIR,
-                args.config)
+        print(files("jupyter_tt.scheduler").joinpath(UDEV_RULE).read_text(), end="")
+        return 0
+    from .scheduler.service import main, unfence
+
+    socket_path = args.socket or SERVICE_SOCKET
+    state_dir = args.state_dir or os.environ.get("JUPYTER_TT_STATE_DIR") or SERVICE_STATE_DIR
+    if args.unfence:
+        restored = unfence(socket_path, state_dir)
+        print("\n".join(f"gave back {r}" for r in restored) or "no device node was fenced by the service")
+        return 0
+    return main(socket_path, state_dir, args.config)
+
+
+#: The udev rule that keeps device nodes root-only from their creation (install in /etc/udev/rules.d/).
+UDEV_RULE = "60-jupyter-tt.rules"
 
 
 def systemd_unit(config: str | None) -> str:
@@ -421,6 +435,11 @@ def parser() -> argparse.ArgumentParser:
     sch.add_argument("--state-dir", default=None, help="the service's own state folder (default /var/lib/jupyter-tt)")
     sch.add_argument("--config", default=None, help="a traitlets config file (.py or .json): TTSettings quotas, inventory")
     sch.add_argument("--print-unit", action="store_true", help="print the systemd unit that runs this service, and exit")
+    sch.add_argument("--print-udev-rule", action="store_true",
+                     help=f"print the udev rule ({UDEV_RULE}) that keeps device nodes root-only from boot, and exit")
+    sch.add_argument("--unfence", action="store_true",
+                     help="give the device nodes back the owners and modes they had before the service (for uninstalling; "
+                          "the service must be stopped), and exit")
     sch.set_defaults(func=cmd_scheduler)
 
     run = sub.add_parser("run", help="lease devices for a command (a script, a terminal) while it runs",

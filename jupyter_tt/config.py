@@ -21,6 +21,16 @@ from .errors import ConfigError
 SERVICE_SOCKET = "/run/jupyter-tt/scheduler.sock"
 #: The scheduler service's own state folder (0700: only the service opens it).
 SERVICE_STATE_DIR = "/var/lib/jupyter-tt"
+#: Where an installed service's unit file lives. With it (or the service's state folder), the host is a
+#: service host: ``auto`` never falls back to personal mode there, whether or not the socket exists now
+#: (systemd removes /run/jupyter-tt while the unit is stopped, so that folder is no sign).
+SERVICE_UNITS = ("/etc/systemd/system/jupyter-tt-scheduler.service", "/lib/systemd/system/jupyter-tt-scheduler.service",
+                 "/usr/lib/systemd/system/jupyter-tt-scheduler.service")
+
+
+def service_installed() -> bool:
+    """Whether this host runs (or ran) the scheduler service: its unit file or its state folder exists."""
+    return any(Path(p).exists() for p in (*SERVICE_UNITS, SERVICE_STATE_DIR))
 
 
 def personal_state_dir() -> Path:
@@ -65,8 +75,8 @@ class TTSettings(Configurable):
     ).tag(config=True)
 
     scheduler = Unicode(
-        help=f"Which scheduler leases devices: 'auto' (the host's scheduler service if its socket "
-        f"{SERVICE_SOCKET} exists, else personal), 'unix:<socket path>' (a scheduler service), or 'personal' "
+        help=f"Which scheduler leases devices: 'auto' (the host's scheduler service at {SERVICE_SOCKET} where it is "
+        f"installed, waiting for it while it restarts; else personal), 'unix:<socket path>' (a scheduler service), or 'personal' "
         f"(state private to this OS user: laptops, workshops, single-user card hosts). Env: JUPYTER_TT_SCHEDULER.",
     ).tag(config=True)
 
@@ -173,7 +183,7 @@ class TTSettings(Configurable):
         if value.startswith("unix:") and len(value) > 5:
             return value[5:]
         if value == "auto":
-            return SERVICE_SOCKET if Path(SERVICE_SOCKET).is_socket() else None
+            return SERVICE_SOCKET if Path(SERVICE_SOCKET).is_socket() or service_installed() else None
         raise ConfigError(f"JUPYTER_TT_SCHEDULER={value!r}: use auto, personal or unix:/path/to/scheduler.sock")
 
     @default("user")

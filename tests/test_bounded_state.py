@@ -4,6 +4,7 @@ The same attacks with real OS users against the service are in test_service.py."
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -182,3 +183,25 @@ def test_reports_read_through_their_own_connection_while_a_write_holds_the_state
         assert time.monotonic() - started < 5
     with pytest.raises(Exception, match="readonly|read-only|query"):
         reader.reconcile()
+
+
+def test_a_file_written_for_a_user_refuses_a_planted_link_and_a_folder_others_may_write(tmp_path):
+    from jupyter_tt.errors import ConfigError
+    from jupyter_tt.files import open_private, private_dir
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    folder = private_dir(tmp_path / "runtime", "the runtime folder", setting="JUPYTER_RUNTIME_DIR")
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    (folder / "jupyter-tt-serve-8000.log").symlink_to(victim)
+    with pytest.raises(ConfigError, match="link someone planted"):
+        open_private(folder / "jupyter-tt-serve-8000.log")
+    assert victim.read_text() == "precious"
+    fd = open_private(folder / "fresh.log")
+    os.close(fd)
+    assert oct((folder / "fresh.log").stat().st_mode & 0o777) == "0o600"
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o1777)  # like /tmp
+    with pytest.raises(ConfigError, match="writable by other users.*set JUPYTER_RUNTIME_DIR"):
+        private_dir(shared, "the runtime folder", setting="JUPYTER_RUNTIME_DIR")

@@ -12,6 +12,8 @@ import errno
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -92,10 +94,32 @@ def test_a_leased_node_opens_for_its_lessee_only_and_a_free_node_for_nobody(serv
     # The lease ended with its holder: the node is nobody's again.
     wait_until(lambda: owner(mine) == (0, "0o600"), timeout=5, message="the node to go back to root")
     assert not opens(alice, mine)
-    # The service stops: every node is as it found it.
+    # The service stops: it fails closed, every node root's, none open to bob until it is back.
     svc.stop()
+    assert all(owner(n) == (0, "0o600") for n in nodes(loudbox))
+    assert not any(opens(bob, n) for n in nodes(loudbox))
+    # Uninstalling: --unfence gives every node back what it had before the service.
+    out = subprocess.run([sys.executable, "-m", "jupyter_tt.cli", "scheduler", "--socket", str(svc.socket), "--state-dir",
+                          str(svc.state_dir), "--unfence"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.count("gave back") == 4, out.stdout + out.stderr
     assert all(owner(n) == (0, "0o666") for n in nodes(loudbox))
     assert not (svc.state_dir / "nodes.json").exists()
+
+
+def test_unfence_is_refused_while_the_service_serves(service, loudbox):
+    svc = fenced_service(service, loudbox)
+    out = subprocess.run([sys.executable, "-m", "jupyter_tt.cli", "scheduler", "--socket", str(svc.socket), "--state-dir",
+                          str(svc.state_dir), "--unfence"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "stop it first (systemctl stop jupyter-tt-scheduler)" in out.stderr, out.stderr
+    assert all(owner(n) == (0, "0o600") for n in nodes(loudbox))
+
+
+def test_the_udev_rule_makes_nodes_root_only_after_tt_kmds_own_rule():
+    out = subprocess.run([sys.executable, "-m", "jupyter_tt.cli", "scheduler", "--print-udev-rule"], capture_output=True,
+                         text=True, timeout=60)
+    rules = [line for line in out.stdout.splitlines() if line and not line.startswith("#")]
+    # tt-kmd's udev-50-tenstorrent.rules is KERNEL=="tenstorrent*", MODE="0666": a later file, the same match, 0600.
+    assert rules == ['KERNEL=="tenstorrent*", OWNER="root", GROUP="root", MODE="0600"']
 
 
 def test_devices_of_a_kernel_restarted_after_a_service_kill_stay_fenced_and_come_back_at_its_stop(service, loudbox, alice):
@@ -114,7 +138,7 @@ def test_devices_of_a_kernel_restarted_after_a_service_kill_stay_fenced_and_come
         proc.kill()
         proc.wait()
     svc.stop()
-    assert all(owner(n) == (0, "0o666") for n in nodes(loudbox))
+    assert all(owner(n) == (0, "0o600") for n in nodes(loudbox))  # fail closed, whatever the leases said
 
 
 def test_jupyter_tt_run_is_how_a_script_gets_a_node_it_may_open(service, loudbox, alice, bob):
@@ -157,8 +181,8 @@ def test_a_simulated_inventory_has_nothing_to_fence_and_says_so(service, alice):
     assert os.path.exists(svc.socket)
 
 
-def test_a_pass_that_runs_after_the_guard_restored_the_nodes_fences_nothing(tmp_path, alice):
-    """The service's stop gives the nodes back; a pass already queued behind it must not take them again."""
+def test_a_pass_that_runs_after_the_service_closed_the_nodes_opens_none_again(tmp_path, alice):
+    """The service's stop makes every node root's; a pass already queued behind it must not give one out."""
     from jupyter_tt.scheduler.enforce import NodeGuard, can_change_owners
 
     if can_change_owners():
@@ -168,8 +192,42 @@ def test_a_pass_that_runs_after_the_guard_restored_the_nodes_fences_nothing(tmp_
     node.chmod(0o666)
     guard = NodeGuard(tmp_path, reason_not=None)
     assert guard.apply({0: node}, {0: alice.name}) == [f"{node} -> uid {alice.uid} mode 600"]
-    guard.restore()
-    assert owner(node) == (0, "0o666")
-    assert guard.apply({0: node}, {}) == []  # the late pass: free would mean root's 0600
-    assert owner(node) == (0, "0o666")
-    assert not (tmp_path / "nodes.json").exists()
+    assert guard.close({0: node}) == [f"{node} -> uid 0 mode 600"]
+    assert guard.apply({0: node}, {0: alice.name}) == []  # the late pass
+    assert owner(node) == (0, "0o600")
+    assert json.loads((tmp_path / "nodes.json").read_text())[str(node)]["mode"] == 0o666  # kept for --unfence
+
+
+def test_a_node_opened_before_the_service_fenced_it_is_not_granted_while_its_holder_keeps_it(service, loudbox, alice, bob):
+    # Between boot and the service's start (a host without the udev rule), bob opens card 0 and keeps it.
+    keeper = bob.popen([PYTHON, "-c", f"import time; f = open({str(nodes(loudbox)[0])!r}, 'r+b'); print('open', flush=True); "
+                                      f"time.sleep(600)"])
+    assert keeper.stdout.readline().strip() == "open"
+    svc = fenced_service(service, loudbox)
+    try:
+        assert owner(nodes(loudbox)[0]) == (0, "0o600")  # fenced, but his descriptor stays open
+        proc, lease_id = holder(alice, svc)
+        _, device = leased_node(alice, svc, loudbox, lease_id)
+        assert device["id"] != 0  # card 0 would come first: it is held outside the scheduler
+        report = ask(bob, svc, "report")["result"]
+        card0 = next(d for d in report["devices"] if d["id"] == 0)
+        assert card0["held_outside"] and card0["lease_id"] is None
+        [seen] = ask(alice, svc, "report")["result"]["unaccounted_processes"]
+        assert seen["user"] == bob.name and seen["pid"] is None  # alice sees that bob holds it, not his process
+        root_view = tt_root(svc, "devices")
+        assert "free (held outside)" in root_view and f"pid {keeper.pid}" in root_view
+        keeper.kill()
+        keeper.wait()
+        more = [holder(alice, svc)[0] for _ in range(3)]  # once closed, card 0 goes out again
+        assert sorted(d["id"] for lease in ask(alice, svc, "leases")["result"] for d in lease["$lease"]["devices"]) == [0, 1, 2, 3]
+        for p in [proc, *more]:
+            p.kill()
+    finally:
+        keeper.kill()
+
+
+def tt_root(svc, *args) -> str:
+    out = subprocess.run([sys.executable, "-m", "jupyter_tt.cli", *args], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "JUPYTER_TT_SCHEDULER": svc.address})
+    assert out.returncode == 0, out.stderr
+    return out.stdout

@@ -395,3 +395,38 @@ def test_connections_that_close_before_their_answer_leave_no_traceback_in_the_lo
     assert out.returncode == 0, out.stderr
     assert tt(bob, svc, "devices").returncode == 0
     assert "Traceback" not in svc.log_text() and svc.proc.poll() is None
+
+
+def test_on_a_service_host_auto_means_the_service_even_while_its_socket_is_missing(tmp_path, monkeypatch):
+    from jupyter_tt import config
+
+    monkeypatch.setattr(config, "SERVICE_SOCKET", str(tmp_path / "run/scheduler.sock"))
+    monkeypatch.setattr(config, "SERVICE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(config, "SERVICE_UNITS", (str(tmp_path / "jupyter-tt-scheduler.service"),))
+    settings = config.TTSettings(scheduler="auto")
+    assert settings.scheduler_socket() is None  # a laptop: personal mode
+    (tmp_path / "jupyter-tt-scheduler.service").write_text("[Unit]\n")
+    assert settings.scheduler_socket() == str(tmp_path / "run/scheduler.sock")  # installed: never personal
+
+
+def test_a_client_waits_for_a_restarting_service_and_then_says_how_to_start_it(service):
+    import threading
+
+    import pytest
+
+    from jupyter_tt.errors import SchedulerUnavailable
+    from jupyter_tt.scheduler.client import ServiceClient
+
+    svc = service()
+    svc.kill()  # mid-restart: its socket is there, nobody listens
+    restart = threading.Timer(1.5, svc.start)
+    restart.start()
+    started = time.monotonic()
+    client = ServiceClient(str(svc.socket), timeout=20)
+    assert client.leases() == [] and time.monotonic() - started >= 1.0
+    restart.join()
+    svc.stop()
+    started = time.monotonic()
+    with pytest.raises(SchedulerUnavailable, match=r"within 2 s: start it \(systemctl start jupyter-tt-scheduler\)"):
+        ServiceClient(str(svc.socket), timeout=2)
+    assert time.monotonic() - started >= 1.5

@@ -7,10 +7,12 @@ SchedulerUnavailable with what to check; nothing waits forever.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import socket
 import threading
+import time
 from typing import Any
 
 from ..devices import Device
@@ -56,16 +58,24 @@ class ServiceClient(SchedulerAPI):
     # ------------------------------------------------------------------ the wire
 
     def _connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError as e:
-            sock.close()
-            raise SchedulerUnavailable(
-                f"cannot reach the scheduler service at {self.socket_path} ({e.strerror or e}): start it "
-                f"(systemctl start jupyter-tt-scheduler), or set JUPYTER_TT_SCHEDULER=personal to keep leases for yourself"
-            ) from None
+        """Connect, waiting up to ``timeout`` seconds for a service that is restarting (its socket missing,
+        or nobody listening yet); never falls back to anything else."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.socket_path)
+                break
+            except OSError as e:
+                sock.close()
+                if time.monotonic() >= deadline or e.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+                    raise SchedulerUnavailable(
+                        f"cannot reach the scheduler service at {self.socket_path} ({e.strerror or e}) within "
+                        f"{self.timeout:g} s: start it (systemctl start jupyter-tt-scheduler), or, on a host without "
+                        f"the service, set JUPYTER_TT_SCHEDULER=personal to keep leases for yourself"
+                    ) from None
+                time.sleep(0.2)
         self._sock, self._file = sock, sock.makefile("rb")
 
     def _close(self) -> None:

@@ -11,11 +11,14 @@ opens the node, whatever ``TT_VISIBLE_DEVICES`` says. This is the device-cgroup 
 Kubernetes device plugins, with file ownership, which needs no cgroup delegation and also holds for
 processes started outside Jupyter (``jupyter tt run`` leases for those).
 
-The nodes' owners and modes from before the service first changed them are written to
-``nodes.json`` in the state folder, and put back when the service stops. A service killed with
-SIGKILL leaves the nodes as they are (the kernels keep their devices) and its restart finds the
-record. The owners are checked on every pass, so a node that udev or a driver reload re-created is
-fenced again within ``watch_interval``.
+It fails closed. When the service stops, every node becomes root's (0600): a user cannot open a card
+during a restart, and the leases' kernels keep the descriptors they have; the restart fences the
+nodes as the leases say again. A service killed with SIGKILL leaves the nodes as they are. The nodes'
+owners and modes from before the service first changed them are written to ``nodes.json`` in the
+state folder; ``jupyter tt scheduler --unfence`` (for uninstalling, with the service stopped) puts
+them back. The shipped udev rule (``60-jupyter-tt.rules``) makes nodes root-only as the driver
+creates them, so none is open between boot and the service's start. The owners are checked on every
+pass, so a node that udev or a driver reload re-created is fenced again within ``watch_interval``.
 
 Not covered: a file descriptor opened while its user held the lease stays open after the lease ends
 (the service ends a lease only when its holders exit, and reports devices open by processes without a
@@ -90,8 +93,8 @@ class NodeGuard:
         self.record = Path(state_dir) / "nodes.json"
         self.reason_not = reason_not
         self.original: dict[str, NodeOwner] = {}
-        #: Set by ``restore()``: from then on ``apply()`` changes nothing. A pass that was already under
-        #: way when the service began to stop must not fence the nodes again after they were given back.
+        #: Set by ``close()`` and ``restore()``: from then on ``apply()`` changes nothing. A pass that was
+        #: already under way when the service began to stop must not open the nodes to anyone again.
         self.restored = False
         self._lock = threading.Lock()
         if self.enforcing:
@@ -141,23 +144,33 @@ class NodeGuard:
                 changed.append(f"{node} -> uid {wanted.uid} mode {wanted.mode:o}")
         return changed
 
-    def restore(self) -> None:
-        """Give every node back the owner and mode it had before the service first changed it; the guard
-        fences nothing after this."""
+    def close(self, nodes: dict[int, Path]) -> list[str]:
+        """The service stops: every node becomes root's (0600), and the guard changes nothing after this."""
+        with self._lock:
+            if not self.enforcing or self.restored:
+                return []
+            changed = self._apply(nodes, {})
+            self.restored = True
+            return changed
+
+    def restore(self) -> list[str]:
+        """Give every node back the owner and mode it had before the service first changed it
+        (``--unfence``); the guard fences nothing after this. Returns the nodes given back."""
         with self._lock:
             self.restored = True
-            self._restore()
+            return self._restore()
 
-    def _restore(self) -> None:
+    def _restore(self) -> list[str]:
+        restored = []
         for key, owner in self.original.items():
             try:
                 owner.apply(Path(key))
+                restored.append(f"{key} -> uid {owner.uid} mode {owner.mode:o}")
             except OSError as e:
                 log.error("jupyter-tt scheduler: cannot restore %s (%s)", key, e)
-        if self.original:
-            log.info("jupyter-tt scheduler: device nodes restored to their owners and modes from before the service")
         self.record.unlink(missing_ok=True)
         self.original = {}
+        return restored
 
     def _save(self) -> None:
         tmp = self.record.with_suffix(".tmp")

@@ -140,8 +140,11 @@ class SchedulerService:
                 with contextlib.suppress(OSError, ValueError):
                     loop.remove_reader(fd)
                     os.close(fd)
-            if self.guard.enforcing:
-                await self._call(self.guard.restore)
+            if self.guard.enforcing:  # fail closed: nobody opens a card while no service keeps the leases
+                closed = await self._call(self._close_nodes)
+                log.info("jupyter-tt scheduler: stopped; every device node is root's (0600)%s until the service starts "
+                         "again (jupyter tt scheduler --unfence gives them back for good)",
+                         f", {len(closed)} changed" if closed else "")
             for lane in self._lanes.values():
                 lane.shutdown()
             self._resetter.shutdown(wait=False, cancel_futures=True)
@@ -211,11 +214,16 @@ class SchedulerService:
         if self.guard.enforcing:
             await self._call(self._fence)
 
-    def _fence(self) -> None:
+    def _nodes(self) -> dict[int, Path]:
         inventory = self.scheduler.inventory
-        nodes = {d.id: inventory.node(d.id) for d in self.scheduler.devices()}
+        return {d.id: inventory.node(d.id) for d in self.scheduler.devices()}
+
+    def _close_nodes(self) -> list[str]:
+        return self.guard.close(self._nodes())
+
+    def _fence(self) -> None:
         owners = {d.id: lease.user for lease in self.scheduler.leases() for d in lease.devices}
-        for change in self.guard.apply(nodes, owners):
+        for change in self.guard.apply(self._nodes(), owners):
             log.info("jupyter-tt scheduler: fenced %s", change)
 
     async def _follow_processes(self) -> None:
@@ -418,6 +426,25 @@ OPS = {name[3:]: fn for name, fn in vars(SchedulerService).items() if name.start
 MUTATING = {"submit", "check", "cancel", "release", "attach_kernel", "detach_kernel", "reconcile", "retry_reset"}
 #: Operations that may have put a card out for a reset: run it now, not at the next tick.
 RESETTING = {"release", "detach_kernel", "retry_reset"}
+
+
+def unfence(socket_path: str, state_dir: str) -> list[str]:
+    """Give the device nodes back the owners and modes they had before the service first fenced them
+    (``jupyter tt scheduler --unfence``, for uninstalling). Refused while a service still serves."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(socket_path)
+    except OSError:
+        pass
+    else:
+        raise ConfigError(f"the scheduler service still serves {socket_path} and would fence the nodes again: "
+                          f"stop it first (systemctl stop jupyter-tt-scheduler)")
+    finally:
+        probe.close()
+    guard = NodeGuard(state_dir, reason_not=can_change_owners())
+    if not guard.enforcing:
+        raise ConfigError(f"cannot give the nodes back: {guard.reason_not}")
+    return guard.restore()
 
 
 def main(socket_path: str, state_dir: str, config_file: str | None) -> int:

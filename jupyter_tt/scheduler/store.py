@@ -19,10 +19,9 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-import stat
-from pathlib import Path
 
 from ..errors import ConfigError
+from ..files import private_dir
 
 SCHEMA_VERSION = 5
 #: Bytes the write-ahead log is cut back to after each checkpoint.
@@ -125,25 +124,6 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 class Connection(sqlite3.Connection):
     lock_fd: int = -1
-
-
-def private_dir(path: str | os.PathLike, what: str) -> Path:
-    """``path`` as a folder only this OS user may enter (created 0700 if missing). ConfigError when it
-    exists but others may write it, or it belongs to someone else: its state could be forged there."""
-    directory = Path(path)
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = directory.stat()
-    except OSError as e:
-        raise ConfigError(f"cannot create {what} {directory} ({e.strerror}): set JUPYTER_TT_STATE_DIR to a folder of yours") from e
-    if info.st_uid != os.getuid():
-        raise ConfigError(f"{what} {directory} belongs to uid {info.st_uid}, not to this user: set JUPYTER_TT_STATE_DIR to a folder of yours")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(
-            f"{what} {directory} is writable by other users, who could then forge or lock the scheduler's state: "
-            f"chmod 700 {directory}, or set JUPYTER_TT_STATE_DIR to a private folder"
-        )
-    return directory
 
 
 def connect(state_dir: str | os.PathLike, name: str, *, query_only: bool = False) -> Connection:

@@ -32,6 +32,7 @@ import httpx
 from jupyter_core.paths import jupyter_runtime_dir
 
 from ..errors import TTError
+from ..files import open_private, private_dir
 from .backends import DEFAULT_BACKEND, get_backend
 from .engines import EngineName, engine_name, external_launch
 
@@ -67,10 +68,9 @@ def read_registration(port: int, runtime_dir: str | None = None) -> dict | None:
 
 def _register(port: int, entry: dict) -> None:
     path = registry_path(port)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    private_dir(os.path.dirname(path), "Jupyter's runtime folder", setting="JUPYTER_RUNTIME_DIR")
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the key: this user's alone
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(open_private(tmp), "w") as f:  # it holds the key: this user's alone
         json.dump(entry, f)
     os.replace(tmp, path)
 
@@ -221,11 +221,9 @@ def _spawn(command: list[str], port: int, env: dict[str, str], *, pass_fds=(), o
 
     ``own_group``: an external engine, in a process group of its own (stopping it stops all it started),
     sent SIGTERM by the kernel's death (it does not watch its parent as ``jupyter tt serve`` does)."""
-    runtime = jupyter_runtime_dir()
-    os.makedirs(runtime, mode=0o700, exist_ok=True)
-    log_path = os.path.join(runtime, f"jupyter-tt-serve-{port}.log")
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as log:
+    runtime = private_dir(jupyter_runtime_dir(), "Jupyter's runtime folder", setting="JUPYTER_RUNTIME_DIR")
+    log_path = str(runtime / f"jupyter-tt-serve-{port}.log")
+    with os.fdopen(open_private(log_path), "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    pass_fds=list(pass_fds), env={**os.environ, **env}, start_new_session=own_group,
                                    preexec_fn=_die_with_parent if own_group else None)
