@@ -22,6 +22,10 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 BACKENDS = {"torch-int8": ["--backend", "torch"], "openvino-float32": ["--backend", "openvino", "--weights", "float32"]}
 
 
+#: url -> (the server's process, its log), for the tests that look at the process itself.
+SERVED: dict = {}
+
+
 @pytest.fixture(scope="module", params=list(BACKENDS))
 def server(request, tmp_path_factory):
     if request.param.startswith("openvino") and OPENVINO_SKIP:
@@ -42,6 +46,7 @@ def server(request, tmp_path_factory):
             return False
 
     wait_until(ready, timeout=180, interval=0.5, message="jupyter tt serve to load the model")
+    SERVED[url] = (proc, log)
     yield url
     proc.terminate()
     proc.wait(30)
@@ -185,3 +190,45 @@ def test_without_its_key_the_server_answers_only_health_and_metrics(server):
         assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key", path
     assert httpx.get(server + "/v1/models").status_code == 401
     assert httpx.get(server + "/health").status_code == 200 and httpx.get(server + "/metrics").status_code == 200
+
+
+HALF_SENT = """
+import resource, socket, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+held = []
+for _ in range({count}):
+    s = socket.create_connection(("127.0.0.1", {port}), timeout=10)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\\r\\nHost: x\\r\\nContent-Le")  # and never the rest
+    held.append(s)
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_thousand_half_sent_requests_neither_keep_the_owner_out_nor_fill_the_disk(server):
+    proc, log = SERVED[server]
+    port = int(server.rsplit(":", 1)[1])
+    attacker = subprocess.Popen([sys.executable, "-c", HALF_SENT.format(count=1100, port=port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert attacker.stdout.readline().strip() == "holding"
+        for _ in range(5):  # before the fix: the server ran out of descriptors (EMFILE) and the owner's calls failed
+            assert httpx.get(f"{server}/v1/models", headers=AUTH, timeout=5).status_code == 200
+        assert open_descriptors(proc.pid) < 1024  # the oldest half-sent ones were closed to make room
+        assert log.stat().st_size < 1 << 20
+    finally:
+        attacker.kill()
+        attacker.wait()
+
+
+def test_a_request_without_the_key_is_refused_before_its_body_arrives(server):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", int(server.rsplit(":", 1)[1])), timeout=10) as s:
+        s.sendall(b"POST /v1/models HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000000\r\n\r\n")  # 100 MB announced, none sent
+        head = s.recv(4096).decode(errors="replace")
+    assert head.startswith("HTTP/1.1 401"), head

@@ -92,12 +92,16 @@ class ServingApp:
         )
 
 
+@web.stream_request_body  # prepare() runs once the headers are in: a request without the key is refused unread
 class BaseHandler(web.RequestHandler):
     #: Whether the route wants the API key (the /v1 routes; /health and /metrics do not, as in vLLM).
     keyed = True
 
     def initialize(self, app: ServingApp):
         self.app = app
+
+    def data_received(self, chunk: bytes) -> None:
+        pass  # routes without a body: whatever is sent is dropped as it comes
 
     def prepare(self):
         if self.keyed and self.app.api_key:

@@ -68,8 +68,9 @@ def serve_forever(engine: Engine, name: str, host: str = "127.0.0.1", port: int 
     import socket
     import threading
 
-    from tornado.httpserver import HTTPServer
+    from .listener import GuardedHTTPServer, raise_descriptor_limit
 
+    raise_descriptor_limit()
     app = ServingApp(engine, name, backend, api_key=api_key)
     listening = threading.Event()
     failure: list[BaseException] = []
@@ -77,7 +78,7 @@ def serve_forever(engine: Engine, name: str, host: str = "127.0.0.1", port: int 
     def http() -> None:
         async def main():
             try:
-                server = HTTPServer(app.web_app(), max_body_size=64 * MAX_BODY_BYTES)
+                server = GuardedHTTPServer(app.web_app(), max_body_size=64 * MAX_BODY_BYTES)
                 if listen_fd is not None:
                     sock = socket.socket(fileno=listen_fd)
                     sock.setblocking(False)
