@@ -231,3 +231,23 @@ def tt_root(svc, *args) -> str:
                          env={**os.environ, "JUPYTER_TT_SCHEDULER": svc.address})
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+def test_a_lease_is_answered_only_once_its_node_opens_for_its_user(service, loudbox, alice):
+    svc = fenced_service(service, loudbox)
+    out = alice.python(f"""
+        import os
+        from jupyter_tt.scheduler.client import ServiceClient
+        c = ServiceClient({str(svc.socket)!r})
+        failed = 0
+        for _ in range(30):
+            lease = c.acquire(1, timeout=10)
+            try:  # at once, as a kernel started with the lease's TT_VISIBLE_DEVICES does
+                open(os.path.join({str(loudbox.root)!r}, "dev/tenstorrent", str(lease.devices[0].id)), "r+b").close()
+            except PermissionError:
+                failed += 1
+            c.release(lease.id)
+        print(failed)
+    """, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"

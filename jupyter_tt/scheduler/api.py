@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import SchedulerUnavailable, WaitTimeout
+from ..errors import SchedulerUnavailable, TTError, WaitTimeout
 from .placement import ANY
 
 if TYPE_CHECKING:
@@ -159,8 +159,16 @@ class SchedulerAPI(abc.ABC):
         from .scheduler import Waiting
 
         stop = stop or threading.Event()  # never set: the wait is a plain sleep
-        result = self.submit(count, card_type, kernel_id=kernel_id, notebook=notebook)
         deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+        while True:  # over the host's lease rate (429): wait for the bucket, within the timeout
+            try:
+                result = self.submit(count, card_type, kernel_id=kernel_id, notebook=notebook)
+                break
+            except TTError as e:
+                if e.status_code != 429 or time.monotonic() + 1 > deadline:
+                    raise
+                if stop.wait(1.0):
+                    raise Cancelled() from None
         reported = None
         try:
             while isinstance(result, Waiting):

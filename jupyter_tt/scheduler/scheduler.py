@@ -593,8 +593,7 @@ class Scheduler(SchedulerAPI):
                 log.error("jupyter-tt: could not reset device %d: %s", device_id, error)
                 self._reset_result(device_id, failed=f"could not reset it after its holder died: {error}")
                 continue
-            beat = self.inventory.devices()
-            heartbeat = next((d.telemetry.heartbeat for d in beat if d.id == device_id), None)
+            heartbeat = next((d.telemetry.heartbeat for d in self.devices(fresh=True) if d.id == device_id), None)
             self._reset_result(device_id, done_at=time.monotonic(), heartbeat=heartbeat)
             done.append(device_id)
         return done

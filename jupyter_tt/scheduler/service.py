@@ -103,10 +103,6 @@ class SchedulerService:
         self._server: asyncio.AbstractServer | None = None
         self._stopped = asyncio.Event()
         self._pass_pending = False
-        #: Set (in the worker thread) by every write to the state: only then do the followed processes
-        #: and the fenced nodes need a look after a request (a waiter's check mostly changes nothing).
-        self._state_changed = False
-        self.scheduler.listeners.append(self._note_change)
 
     # ------------------------------------------------------------------ running
 
@@ -169,7 +165,10 @@ class SchedulerService:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.settings.watch_interval)
-            await self._reconcile()
+            try:
+                await self._reconcile()
+            except Exception:  # never the end of the ticking
+                log.exception("jupyter-tt scheduler: a tick failed")
 
     async def _reconcile(self) -> None:
         self._pass_pending = False
@@ -178,9 +177,9 @@ class SchedulerService:
         try:
             await self._call(self.scheduler.reconcile)
             await self._after_change()
+            self._start_resets()
         except Exception:  # a bad pass must not stop the next ones
             log.exception("jupyter-tt scheduler: a reconcile pass failed")
-        self._start_resets()
 
     def _start_resets(self) -> None:
         """Run the pending resets in their own thread (one run at a time); a pass follows each run."""
@@ -195,13 +194,6 @@ class SchedulerService:
                 self._reconcile_soon()
 
         self._resetting.add_done_callback(finished)
-
-    def _note_change(self) -> None:
-        self._state_changed = True
-
-    def _take_change(self) -> bool:
-        changed, self._state_changed = self._state_changed, False
-        return changed
 
     def _reconcile_soon(self) -> None:
         if not self._pass_pending:
@@ -317,9 +309,18 @@ class SchedulerService:
                 self._lease_requests.take(uid, time.monotonic())
             lane = self._lanes["reports" if name in REPORTS else "leases"]
             decoded = protocol.decode(args)
-            answer = await lane.run(uid, lambda: protocol.answer_line(request_id, op(self, caller, uid, **decoded)))
-            if name in MUTATING and self._take_change():
-                await self._after_change()
+
+            def job() -> tuple[bytes, bool]:
+                before = self.scheduler.db.total_changes if name in MUTATING else 0
+                result = op(self, caller, uid, **decoded)
+                changed = name in MUTATING and self.scheduler.db.total_changes != before
+                if changed and self.guard.enforcing:
+                    self._fence()  # before the answer: a kernel never learns of a lease its user cannot open yet
+                return protocol.answer_line(request_id, result), changed
+
+            answer, changed = await lane.run(uid, job)
+            if changed:
+                await self._follow_processes()
             if name in RESETTING:
                 self._start_resets()
             return answer
