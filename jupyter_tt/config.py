@@ -134,6 +134,14 @@ class TTSettings(Configurable):
     lease_rate = Float(
         2.0, help="Leases a second one user's bucket refills by (see lease_burst; 0: no limit)."
     ).tag(config=True)
+    report_burst = Int(
+        40, help="Reports (devices, leases, queue, history, usage) one user may ask the scheduler service for in "
+        "quick succession; past it, 429 and when to retry (Slurm's rl_bucket_size for RPCs). Root is exempt."
+    ).tag(config=True)
+    report_rate = Float(
+        20.0, help="Reports a second one user's bucket refills by (see report_burst; 0: no limit). Each Jupyter "
+        "server asks about one a second."
+    ).tag(config=True)
     history_days = Float(
         90.0, help="Days an ended lease stays in the history (and in `jupyter tt usage`); older ones are pruned "
         "in the reconcile passes. 0: kept for ever."

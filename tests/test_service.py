@@ -12,7 +12,7 @@ import socket
 import time
 
 from jupyter_servers import wait_until
-from os_users import PYTHON, ask, holder, tt
+from os_users import PYTHON, ask, flooder, holder, tt
 
 
 def test_the_service_names_each_caller_by_their_uid_whatever_their_environment_says(service, alice):
@@ -250,43 +250,6 @@ def test_the_shared_host_example_config_sets_fair_quotas_and_the_idle_policy(ser
 
 
 # ---------------------------------------------------------------------- a shared host under load
-
-FLOOD = """
-import json, socket, sys, threading, time
-counts = {"answers": 0, "busy": 0, "retry": 0}
-lock = threading.Lock()
-stop = time.monotonic() + SECONDS
-
-def flood(n):
-    s = socket.socket(socket.AF_UNIX); s.settimeout(30); s.connect(SOCKET)
-    f = s.makefile("rb")
-    ops = [("report", {}), ("usage_records", {}), ("history", {"limit": 1000})]
-    i = 0
-    while time.monotonic() < stop:
-        op, args = ops[i % 3]; i += 1
-        s.sendall(json.dumps({"id": i, "op": op, "args": args}).encode() + b"\\n")
-        answer = json.loads(f.readline())
-        with lock:
-            counts["answers"] += 1
-            if answer.get("error", {}).get("status") == 429:
-                counts["busy"] += 1
-                counts["retry"] += "retry in" in answer["error"]["message"]
-
-threads = [threading.Thread(target=flood, args=(n,)) for n in range(CONNECTIONS)]
-for t in threads: t.start()
-print("flooding", flush=True)
-for t in threads: t.join()
-print(json.dumps(counts), flush=True)
-"""
-
-
-def flooder(user, svc, seconds: float, connections: int = 16):
-    """``user`` sends the most expensive reads on ``connections`` connections for ``seconds``; prints counts at the end."""
-    code = FLOOD.replace("SECONDS", str(seconds)).replace("SOCKET", repr(str(svc.socket))).replace("CONNECTIONS", str(connections))
-    proc = user.popen([PYTHON, "-c", code])
-    assert proc.stdout.readline().strip() == "flooding"
-    return proc
-
 
 def test_one_users_flood_of_reads_is_turned_away_and_never_slows_anothers_lease_operations(service, alice, bob):
     svc = service(inventory="simulated:n300x4")

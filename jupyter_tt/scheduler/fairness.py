@@ -54,13 +54,14 @@ class FairQueue:
         self._queues.setdefault(user, deque()).append(item)
         return True
 
-    def pop(self) -> tuple[Hashable, Any] | None:
-        """The next item: the first user in the rotation gives one, and goes to the back of it."""
-        if not self._queues:
+    def pop(self, skip: frozenset | set = frozenset()) -> tuple[Hashable, Any] | None:
+        """The next item: the first user in the rotation (but those in ``skip``) gives one, and goes to
+        the back of it."""
+        user = next((u for u in self._queues if u not in skip), None)
+        if user is None:
             return None
-        user, items = next(iter(self._queues.items()))
+        items = self._queues.pop(user)
         item = items.popleft()
-        del self._queues[user]
         if items:
             self._queues[user] = items  # to the back: everyone else with something queued goes first
         return user, item
@@ -103,18 +104,23 @@ class TokenBucket:
 
 
 class FairLane:
-    """One worker thread fed by a FairQueue, for an event loop: ``await lane.run(user, fn)``."""
+    """Worker threads fed by a FairQueue, for an event loop: ``await lane.run(user, fn)``.
 
-    def __init__(self, name: str, per_user: int):
+    With several ``workers``, each user has at most one call running at a time: however many calls
+    one user has queued, a worker is free for the next user's."""
+
+    def __init__(self, name: str, per_user: int, workers: int = 1):
         self.name = name
         self.queue = FairQueue(per_user)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"jupyter-tt-{name}")
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"jupyter-tt-{name}")
+        self._running: dict[Hashable, int] = {}
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._mean = 0.01  # seconds a call takes, a moving average (for "retry in N s")
 
     async def run(self, user: Hashable, fn: Callable[[], Any], *, bounded: bool = True) -> Any:
-        """``fn()`` in the lane's thread, when ``user``'s turn comes; Busy if they have too many in."""
+        """``fn()`` in one of the lane's threads, when ``user``'s turn comes; Busy if they have too many in."""
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._wake = asyncio.Event()
@@ -122,7 +128,7 @@ class FairLane:
         future = loop.create_future()
         if not self.queue.push(user, (fn, future), bounded=bounded):
             raise Busy(f"you have {self.queue.per_user} requests to the scheduler in progress already",
-                       retry_after=self._mean * (self.queue.waiting() + 1))
+                       retry_after=self._mean * (self.queue.waiting() + 1) / self.workers)
         self._wake.set()
         try:
             return await future
@@ -131,28 +137,45 @@ class FairLane:
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            taken = self.queue.pop()
-            if taken is None:
+        jobs: set[asyncio.Task] = set()
+        try:
+            while True:
+                while sum(self._running.values()) < self.workers:
+                    taken = self.queue.pop(skip=set(self._running) if self.workers > 1 else frozenset())
+                    if taken is None:
+                        break
+                    user, (fn, future) = taken
+                    if future.done():  # its caller went away while it waited
+                        continue
+                    self._running[user] = self._running.get(user, 0) + 1
+                    job = loop.create_task(self._one(user, fn, future))
+                    jobs.add(job)
+                    job.add_done_callback(jobs.discard)
                 self._wake.clear()
                 await self._wake.wait()
-                continue
-            _, (fn, future) = taken
-            if future.done():  # its caller went away while it waited
-                continue
-            started = time.monotonic()
-            try:
-                result = await loop.run_in_executor(self._pool, fn)
-            except asyncio.CancelledError:  # the lane stops
-                future.cancel()
-                raise
-            except Exception as e:  # handed to the caller, whatever it is
-                if not future.done():
-                    future.set_exception(e)
-            else:
-                if not future.done():
-                    future.set_result(result)
+        finally:
+            for job in jobs:
+                job.cancel()
+
+    async def _one(self, user: Hashable, fn: Callable[[], Any], future: asyncio.Future) -> None:
+        started = time.monotonic()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        except asyncio.CancelledError:  # the lane stops
+            future.cancel()
+            raise
+        except Exception as e:  # handed to the caller, whatever it is
+            if not future.done():
+                future.set_exception(e)
+        else:
+            if not future.done():
+                future.set_result(result)
+        finally:
             self._mean = 0.9 * self._mean + 0.1 * (time.monotonic() - started)
+            self._running[user] -= 1
+            if not self._running[user]:
+                del self._running[user]
+            self._wake.set()
 
     def shutdown(self) -> None:
         if self._task is not None:
