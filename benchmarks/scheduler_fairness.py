@@ -49,18 +49,14 @@ print(json.dumps({{"report": report, "grant": grant}}))
 
 CHURN = """
 import json, time
-from jupyter_tt.errors import TTError
 from jupyter_tt.scheduler.client import ServiceClient
-c = ServiceClient({socket!r}, timeout=30)
-made = refused = 0
+c = ServiceClient({socket!r})
+made = 0
 stop = time.monotonic() + {seconds}
-while time.monotonic() < stop:
-    try:
-        c.release(c.submit(1).id, reason="x" * 300)
-        made += 1
-    except TTError as e:
-        refused += 1
-print(json.dumps({{"made": made, "refused": refused}}))
+while time.monotonic() < stop:  # as fast as the service lets him (the client asks again when refused)
+    c.release(c.submit(1).id, reason="x" * 300)
+    made += 1
+print(json.dumps({{"made": made}}))
 """
 
 HALF_OPEN = """
@@ -224,7 +220,8 @@ def main() -> int:
           f"< 3 x alone: {worst_under / worst_alone:.2f} x, {verdict(worst_under < 3 * worst_alone)}")
     churn = sched["churn"]
     growth = sched["state_growth_mb_per_min"]
-    print(f"\n2. bob churns leases for {args.seconds:g} s: {churn.get('made')} made, {churn.get('refused')} refused (lease rate)")
+    print(f"\n2. bob churns leases for {args.seconds:g} s: {churn.get('made')} made "
+          f"({churn.get('made', 0) / args.seconds:.1f} a second: the lease rate holds him to 2 after a burst of 20)")
     print(f"   state growth {growth:.2f} MB a minute; target < 5: {verdict(growth < 5)}")
     model = model_server_part(args, bob)
     print(f"\n3. the keyed model server's /v1/models for its owner, ms ({model['half_open_held']} half-sent requests held by bob)")

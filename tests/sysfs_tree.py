@@ -22,6 +22,7 @@ class Card:
     serial: str | None = None
     device_node: bool = True
     holders: list[int] = field(default_factory=list)
+    pids_file: bool = True  # False: a driver older than 2.5, which lists no holders (they are found in /proc/*/fd)
     firmware: dict = field(default_factory=lambda: {"tt_fw_bundle_ver": "18.3.0", "tt_arc_fw_ver": "2.32.0", "tt_eth_fw_ver": "7.0.0"})
 
 
@@ -99,7 +100,11 @@ class SysfsTree:
             _write(node, "")
         else:
             node.unlink(missing_ok=True)
-        _write(self.root / "proc/driver/tenstorrent" / str(i) / "pids", "\n".join(map(str, card.holders)))
+        pids = self.root / "proc/driver/tenstorrent" / str(i) / "pids"
+        if card.pids_file:
+            _write(pids, "\n".join(map(str, card.holders)))
+        else:
+            pids.unlink(missing_ok=True)
 
     def beat(self) -> None:
         """One firmware heartbeat of every card that has one (written whole: a reader never sees half)."""

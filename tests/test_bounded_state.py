@@ -56,6 +56,16 @@ def test_a_token_bucket_allows_a_burst_then_its_rate_and_says_when_to_retry():
         bucket.take("bob", now=100.5)
 
 
+def test_a_large_answer_is_charged_to_its_readers_bucket_as_a_list_is_in_kube_apiservers_fairness():
+    bucket = TokenBucket(burst=10, rate=1.0, what="report requests")
+    bucket.take("bob", now=0.0)
+    bucket.charge("bob", 30, now=0.0)  # a page of a thousand entries: some calls' worth
+    with pytest.raises(Busy, match=r"retry in 11 s"):  # in debt down to -10 at most: 11 s to one token again
+        bucket.take("bob", now=0.0)
+    bucket.take("alice", now=0.0)
+    bucket.take("bob", now=11.0)
+
+
 @pytest.mark.parametrize("limit", [-1, 0, 1001, "10", 2.5, True])
 def test_a_history_limit_outside_1_to_1000_is_refused_with_the_range(state_dir, limit):
     with pytest.raises(RequestError, match="limit must be a whole number from 1 to 1000"):

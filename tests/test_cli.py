@@ -63,6 +63,19 @@ def test_devices_says_why_a_card_is_resetting_and_what_it_waits_for(tmp_path, st
     assert f"device 0: after kernel process 4242 was killed by SIGKILL; waits: process {os.getpid()} holds its node" in done.stdout
 
 
+def test_devices_shows_stored_text_escaped_never_interpreted_by_the_terminal(tmp_path, state_dir):
+    tree = make_host(tmp_path, [Card(card_type="n300")])
+    scheduler = Scheduler(SysfsInventory(str(tree.root)), state_dir, user="root", reset_after_crash=True)
+    lease = scheduler.acquire(1)
+    scheduler.release(lease.id, reason="bye", crash="killed")
+    # A row from before labels were cleaned on the way in: an escape that clears the screen and retitles it.
+    scheduler.db.execute("UPDATE resets SET reason=?", ("\x1b[2J\x1b]0;pwned\x07killed",))
+    done = jupyter_tt("devices", env={"JUPYTER_TT_INVENTORY": "sysfs", "JUPYTER_TT_SYSFS_ROOT": str(tree.root)})
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout
+    assert "after \\x1b[2J\\x1b]0;pwned\\x07killed" in done.stdout
+
+
 def test_kernelspec_install_writes_a_tt_provisioner_spec(tmp_path):
     done = jupyter_tt("kernelspec", "install", "--prefix", str(tmp_path), "--name", "tt-n300", "--devices", "1", "--card-type", "n300", "--wait-timeout", "30")
     assert done.returncode == 0, done.stderr

@@ -118,6 +118,17 @@ def test_no_reset_runs_while_another_process_holds_the_cards_node(card_host, sta
     assert s.run_resets() == [card]
 
 
+def test_without_the_drivers_pids_file_a_process_holding_the_node_is_found_in_proc_and_the_reset_waits(card_host, state_dir):
+    s = scheduler(card_host, state_dir)
+    _, card = killed_holder(card_host, state_dir)
+    s.reconcile()
+    card_host.set(card, pids_file=False)  # tt-kmd older than 2.5 lists no holders
+    with open(card_host.root / "dev/tenstorrent" / str(card), "rb"):  # this process holds the node
+        assert s.run_resets() == [] and ran(card_host) == []
+        assert state_of(s, card)["reset"]["waiting_for"] == f"process {os.getpid()} holds its node"
+    assert s.run_resets() == [card]
+
+
 def test_a_released_lease_needs_no_reset(card_host, state_dir):
     s = scheduler(card_host, state_dir)
     lease = s.acquire(1)

@@ -248,9 +248,9 @@ class SysfsInventory(InventoryBackend):
 
     def _holders(self, i: int) -> tuple[int, ...]:
         """Processes that hold device ``i``'s node open: tt-kmd's pids file, else every process's fds."""
-        text = _read(self.root / "proc/driver/tenstorrent" / str(i) / "pids")
-        if text is not None:
-            return tuple(sorted({int(tok) for tok in text.split() if tok.isdigit()}))
+        pids = self.root / "proc/driver/tenstorrent" / str(i) / "pids"
+        if pids.exists():  # the driver keeps the list (empty: nobody holds it)
+            return tuple(sorted({int(tok) for tok in (_read(pids) or "").split() if tok.isdigit()}))
         if self._open_nodes is None:
             self._open_nodes = open_files(str(self.node(0).parent.resolve()) + "/")
         return tuple(sorted(self._open_nodes.get(str(self.node(i).resolve()), ())))

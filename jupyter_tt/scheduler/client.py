@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from ..devices import Device
-from ..errors import SchedulerUnavailable
+from ..errors import SchedulerUnavailable, TTError
 from . import protocol
 from .api import SchedulerAPI
 from .placement import ANY
@@ -85,6 +85,18 @@ class ServiceClient(SchedulerAPI):
         self._sock = self._file = None
 
     def _call(self, op: str, **args: Any) -> Any:
+        """One call. Refused for being over the user's budget (429), it asks again, within ``timeout`` in
+        all (the service holds each refusal for up to a second, which paces the asking); past that the
+        refusal is raised."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return self._call_once(op, **args)
+            except TTError as e:
+                if e.status_code != 429 or time.monotonic() + 1.0 > deadline:
+                    raise
+
+    def _call_once(self, op: str, **args: Any) -> Any:
         request_id = next(self._ids)
         message = protocol.line({"id": request_id, "op": op, "args": protocol.encode(args)})
         with self._lock:

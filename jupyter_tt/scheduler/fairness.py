@@ -94,9 +94,22 @@ class TokenBucket:
         tokens = min(self.burst, tokens + (now - when) * self.rate)
         if tokens < 1:
             self._tokens[key] = (tokens, now)
-            raise Busy(f"you have made {self.burst:g} {self.what} in quick succession, and may make "
-                       f"{self.rate:g} a second on this host", retry_after=(1 - tokens) / self.rate)
+            raise Busy(f"too many {self.what} ({self.burst:g} at once at most): you may make {self.rate:g} a second "
+                       f"on this host", retry_after=(1 - tokens) / self.rate)
         self._tokens[key] = (tokens - 1, now)
+        self._forget_full(now)
+
+    def charge(self, key: Hashable, cost: float, now: float) -> None:
+        """Spend ``cost`` more tokens after the fact (a call turned out large), down to ``-burst`` at most:
+        the next calls wait until the bucket has refilled. kube-apiserver's fairness charges a LIST by
+        the number of objects it returns in the same way."""
+        if self.rate <= 0 or cost <= 0:
+            return
+        tokens, when = self._tokens.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - when) * self.rate)
+        self._tokens[key] = (max(tokens - cost, -self.burst), now)
+
+    def _forget_full(self, now: float) -> None:
         if len(self._tokens) > 4096:  # forget full buckets: a bounded map, whatever the number of users
             full = [k for k, (t, w) in self._tokens.items() if t + (now - w) * self.rate >= self.burst]
             for k in full:

@@ -72,9 +72,19 @@ def line(message: dict) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
+def _dumps(value: Any) -> str:
+    """``json.dumps(value)``, a list one element at a time: the C encoder holds the GIL for a whole call,
+    and a page of a thousand entries in one call would hold the service's other threads for that long."""
+    if isinstance(value, list):
+        return "[" + ",".join(_dumps(v) for v in value) + "]"
+    if isinstance(value, dict) and any(isinstance(v, (list, dict)) for v in value.values()):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{_dumps(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value, separators=(",", ":"))
+
+
 def answer_line(request_id: Any, result: Any) -> bytes:
     """The answer to request ``request_id``: its result, or an error if it would be over MAX_ANSWER."""
-    data = line({"id": request_id, "result": encode(result)})
+    data = f'{{"id":{json.dumps(request_id)},"result":{_dumps(encode(result))}}}\n'.encode()
     if len(data) > MAX_ANSWER:
         return line({"id": request_id, "error": error_body(errors.RequestError(
             f"the answer would be {len(data) >> 20} MiB, over the {MAX_ANSWER >> 20} MiB limit: ask for a smaller page"))})
@@ -83,12 +93,18 @@ def answer_line(request_id: Any, result: Any) -> bytes:
 
 def error_body(error: BaseException) -> dict:
     if isinstance(error, errors.TTError):
-        return {"type": type(error).__name__ if type(error).__name__ in ERRORS else "TTError", "message": error.message,
+        body = {"type": type(error).__name__ if type(error).__name__ in ERRORS else "TTError", "message": error.message,
                 "status": error.status_code}
+        if getattr(error, "retry_after", None):  # over a budget (429): when to ask again
+            body["retry_after"] = error.retry_after
+        return body
     return {"type": "TTError", "message": f"the scheduler service failed on this request ({type(error).__name__}): see its log",
             "status": 500}
 
 
 def raise_error(body: dict) -> None:
     cls = ERRORS.get(body.get("type"), errors.TTError)
-    raise cls(str(body.get("message", "the scheduler service refused the request")), status=body.get("status"))
+    error = cls(str(body.get("message", "the scheduler service refused the request")), status=body.get("status"))
+    if isinstance(body.get("retry_after"), (int, float)):
+        error.retry_after = float(body["retry_after"])
+    raise error

@@ -42,7 +42,7 @@ from ..devices import open_inventory
 from ..errors import ConfigError, LeaseError, RequestError, TTError
 from . import protocol
 from .enforce import NodeGuard, can_change_owners
-from .fairness import FairLane, TokenBucket
+from .fairness import Busy, FairLane, TokenBucket
 from .processes import ProcessRef, uid_of
 from .reset import available as why_no_reset
 from .scheduler import Caller, Scheduler, Waiting, clean_reason
@@ -56,11 +56,14 @@ MAX_WAITING_PER_USER = 16
 #: Calls one user may have in progress at once in each lane (beyond: 429 at once).
 LEASE_CALLS_PER_USER = 16
 REPORT_CALLS_PER_USER = 4
+#: Bytes of answer one report token pays for (a page of 1,000 history entries costs some ten).
+REPORT_BYTES_PER_TOKEN = 32 << 10
 #: Threads serving reports, each user's one at a time: another user's report never waits for a long one.
 REPORT_WORKERS = 2
-#: Seconds a refusal for being over budget (429) waits on its own connection: a client looping on
-#: refusals costs the event loop ten answers a second per connection, not thousands.
-REFUSAL_DELAY = 0.1
+#: Most seconds a refusal for being over budget (429) waits on its own connection (as long as its
+#: "retry in N s" says, up to this): a client looping on refusals costs the event loop about one answer
+#: a second per connection, not thousands.
+MAX_REFUSAL_DELAY = 1.0
 #: Whose turn the service's own passes take in the lease lane.
 SERVICE = "service"
 #: Operations that read only: served from the reports lane and its own SQLite connection.
@@ -338,14 +341,16 @@ class SchedulerService:
                 return protocol.answer_line(request_id, result), changed
 
             answer, changed = await lane.run(uid, job)
+            if uid != 0 and name in REPORTS:  # a large answer costs its reader more of their report budget
+                self._report_requests.charge(uid, len(answer) / REPORT_BYTES_PER_TOKEN - 1, time.monotonic())
             if changed:
                 await self._follow_processes()
             if name in RESETTING:
                 self._start_resets()
             return answer
         except TTError as e:
-            if e.status_code == 429:  # a caller over budget waits a little for the refusal, rather than spin on it
-                await asyncio.sleep(REFUSAL_DELAY)
+            if isinstance(e, Busy):  # a caller over budget waits on its own connection, rather than spin on refusals
+                await asyncio.sleep(min(e.retry_after, MAX_REFUSAL_DELAY))
             return protocol.line({"id": request_id, "error": protocol.error_body(e)})
         except (TypeError, ValueError, KeyError, AttributeError) as e:
             return protocol.line({"id": request_id, "error": protocol.error_body(RequestError(f"malformed request: {e}"))})
