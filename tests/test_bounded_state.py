@@ -215,3 +215,17 @@ def test_a_file_written_for_a_user_refuses_a_planted_link_and_a_folder_others_ma
     shared.chmod(0o1777)  # like /tmp
     with pytest.raises(ConfigError, match="writable by other users.*set JUPYTER_RUNTIME_DIR"):
         private_dir(shared, "the runtime folder", setting="JUPYTER_RUNTIME_DIR")
+
+
+def test_each_ended_lease_gets_its_own_reason_in_its_event_however_many_ended_meanwhile(state_dir):
+    from jupyter_tt.server.events import StateWatcher
+
+    s = scheduler_for(state_dir, spec="n300x4")
+    watched = s.acquire(1)
+    watcher = StateWatcher(s)
+    watcher.look()
+    s.release(watched.id, reason="the one we watch")
+    for _ in range(30):  # churn: more ended leases than the last look's history page held
+        s.release(s.acquire(1).id, reason="churn")
+    [ended] = [e for e in watcher.look() if e["action"] == "lease-ended"]
+    assert ended["lease_id"] == watched.id and ended["reason"] == "the one we watch"
