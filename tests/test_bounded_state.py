@@ -229,3 +229,30 @@ def test_each_ended_lease_gets_its_own_reason_in_its_event_however_many_ended_me
         s.release(s.acquire(1).id, reason="churn")
     [ended] = [e for e in watcher.look() if e["action"] == "lease-ended"]
     assert ended["lease_id"] == watched.id and ended["reason"] == "the one we watch"
+
+
+def test_a_tick_whose_reset_start_fails_does_not_stop_the_next_ticks(tmp_path):
+    import asyncio
+
+    from jupyter_tt.config import TTSettings
+    from jupyter_tt.scheduler.service import SchedulerService
+
+    service = SchedulerService(TTSettings(inventory="simulated:n300x2", watch_interval=0.02), str(tmp_path / "sock"),
+                               str(tmp_path / "state"))
+    passes = []
+
+    def failing_start():
+        passes.append(time.monotonic())
+        raise RuntimeError("the resetter is gone")
+
+    service._start_resets = failing_start
+
+    async def ticking():
+        ticker = asyncio.get_running_loop().create_task(service._tick())
+        await asyncio.sleep(0.5)
+        ticker.cancel()
+        for lane in service._lanes.values():
+            lane.shutdown()
+
+    asyncio.run(ticking())
+    assert len(passes) >= 3  # before, the first failure ended the ticking for good
