@@ -1,13 +1,13 @@
 """A shared host under load: one user floods, churns or half-opens, another measures, side by side in one run.
 
-    sudo .venv/bin/python benchmarks/scheduler_fairness.py [--seconds 20] [--history 3000] [--half-open 2000]
+    sudo .venv/bin/python benchmarks/scheduler_fairness.py [--seconds 20] [--rounds 3] [--history 3000] [--half-open 2000]
 
 Real OS users (tt-alice, tt-bob, created with useradd as the tests do) and ``jupyter tt scheduler``
 as root on a 4 × n300 sysfs tree in a temp dir (a stand-in for a LoudBox's driver files: the cards are
 SIMULATED, the users, processes, socket and fencing are real). Prints:
 
 1. alice's ``report`` (what ``jupyter tt devices`` asks) and lease grant (acquire + release) latency,
-   p50 / p99 in ms, alone and while bob floods 16 connections with the most expensive reads
+   p50 / p99 in ms, alone and while bob floods (``--rounds`` interleaved rounds of each, ``--seconds`` in all) 16 connections with the most expensive reads
    (report, usage_records, history of 1,000) over a history of ``--history`` ended leases;
    how many of bob's calls were answered and how many turned away (429);
 2. the state's growth per minute while bob takes and releases leases as fast as he can;
@@ -106,12 +106,20 @@ def scheduler_part(args, alice, bob) -> dict:
             root = ServiceClient(str(svc.socket))
             for _ in range(args.history):  # root is exempt from the lease rate
                 root.release(root.submit(1).id, reason="y" * 200)
-            alone = probe(alice, svc, args.seconds)
-            flood = flooder(bob, svc, seconds=args.seconds + 10)
-            time.sleep(1)
-            under = probe(alice, svc, args.seconds)
-            counts = json.loads(flood.stdout.read().splitlines()[-1])
-            flood.wait()
+            # Interleaved rounds (alone, flood, alone, flood, ...): both phases see the same drift of the machine.
+            alone, under = {"report": [], "grant": []}, {"report": [], "grant": []}
+            counts = {"answers": 0, "busy": 0, "retry": 0}
+            phase = args.seconds / args.rounds
+            for _ in range(args.rounds):
+                for key, values in probe(alice, svc, phase).items():
+                    alone[key] += values
+                flood = flooder(bob, svc, seconds=phase + 10)
+                time.sleep(1)
+                for key, values in probe(alice, svc, phase).items():
+                    under[key] += values
+                for key, value in json.loads(flood.stdout.read().splitlines()[-1]).items():
+                    counts[key] += value
+                flood.wait()
             before = state_bytes(svc.state_dir)
             churn = bob.python(CHURN.format(socket=str(svc.socket), seconds=args.seconds), env=bob.env(),
                                timeout=args.seconds + 120)
@@ -191,6 +199,7 @@ def bob_python() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds each measurement runs (default 20)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the alone and flood phases (default 3)")
     parser.add_argument("--history", type=int, default=3000, help="ended leases in the history before the flood")
     parser.add_argument("--half-open", type=int, default=2000, help="half-sent requests against the model server")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
