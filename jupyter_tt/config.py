@@ -140,7 +140,7 @@ class TTSettings(Configurable):
     ).tag(config=True)
     report_rate = Float(
         20.0, help="Reports a second one user's bucket refills by (see report_burst; 0: no limit). Each Jupyter "
-        "server asks about one a second."
+        "server asks about three a second (its look at leases, queue and devices every watch_interval)."
     ).tag(config=True)
     history_days = Float(
         90.0, help="Days an ended lease stays in the history (and in `jupyter tt usage`); older ones are pruned "
