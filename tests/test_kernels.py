@@ -218,3 +218,25 @@ def test_bad_kernelspec_config_gets_a_clear_error(servers, config, message, tmp_
     assert response.status_code == 400
     assert message in response.json()["message"]
     assert server.leases() == []
+
+
+def test_the_provisioner_info_jupyter_client_persists_carries_the_lease_and_restores_it(kernelspecs, monkeypatch):
+    import asyncio
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    monkeypatch.setenv("JUPYTER_TT_INVENTORY", "simulated:n300x4")
+
+    async def persist_and_restore():
+        km = AsyncKernelManager(kernel_name="tt-n300")
+        await km.start_kernel()
+        try:
+            info = await km.provisioner.get_provisioner_info()  # was sync: TypeError on a coroutine
+            assert info["lease_id"] == km.provisioner.lease.id and info["pid"] == km.provisioner.pid
+            other = type(km.provisioner)(kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
+            await other.load_provisioner_info(info)
+            assert (other.lease.id, other.lease.devices) == (km.provisioner.lease.id, km.provisioner.lease.devices)
+        finally:
+            await km.shutdown_kernel(now=True)
+
+    asyncio.run(persist_and_restore())

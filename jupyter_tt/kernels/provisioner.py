@@ -204,8 +204,9 @@ class TTProvisioner(LocalProvisioner):
                 return f"kernel process {self.pid} was killed by signal {-died}"
         return f"kernel process {self.pid} exited with code {died}"
 
-    def get_provisioner_info(self) -> dict[str, Any]:
-        info = super().get_provisioner_info()
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        """jupyter_client's persistence hook (async, as the base class's): its info and the lease's id."""
+        info = await super().get_provisioner_info()
         info["lease_id"] = self.lease.id if self.lease else None
         return info
 
