@@ -1,4 +1,4 @@
-"""Serving benchmark: our server against the peers of PEERS.md, side by side in one run.
+"""Serving benchmark: our server against the peer servers, side by side in one run.
 
     python benchmarks/serving.py setup            # build the peers' venvs under .peers/ (about 10 minutes)
     python benchmarks/serving.py run              # all systems, all workloads (about 15 minutes)
@@ -82,7 +82,7 @@ def sh(*cmd: str, env: dict | None = None) -> None:
 
 
 def setup(args) -> None:
-    """Each peer in its own venv under .peers/ (ignored by git), with the recipes of PEERS.md."""
+    """Each peer in its own venv under .peers/ (ignored by git), with the recipes in ``setup``."""
     PEERS.mkdir(exist_ok=True)
     llama_server.build()  # the llamacpp peer: llama-server, cached outside the clone
     flags = llama_server.cpu_flags()

@@ -1,6 +1,6 @@
 """Settings shared by the server extension, the provisioner, the CLI and kernels.
 
-Every setting has an environment variable (CONTRACT.md) and a traitlets equivalent on
+Every setting has an environment variable (the README's "Configuration" table) and a traitlets equivalent on
 ``TTSettings``, e.g. ``c.TTSettings.inventory = "simulated:n150x2"`` in jupyter_server_config.py.
 Environment variables give the defaults; config overrides them.
 """

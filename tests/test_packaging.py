@@ -1,4 +1,4 @@
-"""`pip install jupyter-tt` brings the prebuilt JupyterLab extension: no build or enable step (CONTRACT.md)."""
+"""`pip install jupyter-tt` brings the prebuilt JupyterLab extension: no build or enable step (the README's install line)."""
 
 import shutil
 import subprocess

@@ -58,7 +58,7 @@ def test_ttnn_enumerates_exactly_the_leased_cards(tmp_path, host, card_type, cou
 @pytest.mark.xfail(
     strict=True,
     reason="ttnn 0.81.1 (mock cluster mode) treats an empty TT_VISIBLE_DEVICES as 'every device', not 'none': "
-    "a kernel without a lease is not fenced off by the variable alone (PRODUCT.md says empty means none)",
+    "a kernel without a lease is not fenced off by the variable alone (tt-umd's own reading of an empty value is 'none')",
 )
 def test_an_empty_lease_shows_ttnn_no_device(tmp_path):
     tree = make_host(tmp_path / "host", "n300")

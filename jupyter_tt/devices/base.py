@@ -84,7 +84,7 @@ class InventoryBackend(abc.ABC):
     cheap: it reads a few small files per device and never blocks on hardware.
     """
 
-    #: "sysfs" or "simulated" (CONTRACT.md's ``inventory.kind``).
+    #: "sysfs" or "simulated" (the report's ``inventory.kind``).
     kind: str = ""
 
     @property
