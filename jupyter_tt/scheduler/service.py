@@ -6,8 +6,8 @@ connect to (``/run/jupyter-tt/scheduler.sock``). Who calls is taken from the soc
 credentials (``SO_PEERCRED``: uid and pid), never from what the caller says; quotas come from the
 service's own configuration only. So a user can ask, release and see only as themselves.
 
-Calls run in two fair lanes (``fairness.py``), each a worker thread that takes its users' calls round
-robin: lease operations, and reports on their own read connection, so that one user's reads can
+Calls run in two fair lanes (``fairness.py``) that take their users' calls round robin: lease
+operations in one thread, and reports in two threads with their own read connections, so that one user's reads can
 neither starve another's nor hold a lease operation. A user with too many calls in progress, or who
 takes leases faster than ``lease_rate``, is refused at once (429, "retry in N s"). The event loop only
 moves bytes, so a slow or hostile client holds nothing but its own connection. A malformed request
@@ -185,10 +185,7 @@ class SchedulerService:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.settings.watch_interval)
-            try:
-                await self._reconcile()
-            except Exception:  # never the end of the ticking
-                log.exception("jupyter-tt scheduler: a tick failed")
+            await self._reconcile()  # it logs its own failures: never the end of the ticking
 
     async def _reconcile(self) -> None:
         self._pass_pending = False
