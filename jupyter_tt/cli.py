@@ -83,8 +83,9 @@ def cmd_devices(args) -> int:
         print("\nQueue:")
         for w in report["queue"]:
             waited = time.time() - w["since"]
+            kept = f", {w['reserved']} free kept for it" if w.get("reserved") else ""
             print(f"  {w['position']}. {w['user']} wants {w['devices']}× {w['card_type']} "
-                  f"(kernel {w['kernel_id'] or '-'}, waiting {waited:.0f} s)")
+                  f"(kernel {w['kernel_id'] or '-'}, waiting {waited:.0f} s{kept})")
     if report["unaccounted_processes"]:
         why = ("opened while a lease of theirs held it, or by root" if report["scheduler"]["enforcing"]
                else "the scheduler coordinates kernels; here it cannot fence others")

@@ -98,6 +98,23 @@ def test_a_waiting_request_keeps_later_ones_off_its_card_type_but_not_others(sta
     assert isinstance(s.submit(1, "n150"), Lease)
 
 
+def test_a_request_behind_one_that_waits_is_served_from_cards_the_waiter_cannot_use_and_the_waiter_keeps_its_own(state_dir):
+    alice, bob, carol, dave = (scheduler_for(state_dir, "n150x2,n300x4", u) for u in ("alice", "bob", "carol", "dave"))
+    held = [alice.acquire(1, "n300") for _ in range(3)]
+    big = bob.submit(4)  # "any" four: only the n300s can ever meet it
+    assert isinstance(big, Waiting) and big.reserved == 1
+    assert "1 free card is kept for you" in big.message
+    assert isinstance(carol.submit(1, "n150"), Lease)  # backfilled: bob will never use an n150
+    later = dave.submit(1, "n300")
+    assert isinstance(later, Waiting) and later.reserved == 0  # the free n300 is bob's
+    with pytest.raises(WaitTimeout, match=r"free now: 1 n150, 1 n300, of which 1 kept for requests ahead of you"):
+        carol.acquire(1, "n300", timeout=0.2)
+    for lease in held:
+        alice.release(lease.id)
+    assert len(bob.check(big.request_id).device_ids) == 4
+    assert isinstance(dave.check(later.request_id), Waiting)
+
+
 def test_wait_timeout_fails_with_position_and_leaves_the_queue(state_dir):
     s = scheduler_for(state_dir, "n300x1")
     s.acquire(1)

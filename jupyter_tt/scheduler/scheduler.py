@@ -34,9 +34,9 @@ from dataclasses import dataclass, replace
 from ..devices import Device, InventoryBackend
 from ..errors import LeaseError, RequestError
 from ..text import clean_label
-from . import store
+from . import queue, store
 from .api import SchedulerAPI
-from .placement import ANY, check_card_type, most_at_once, place, types_for
+from .placement import ANY, check_card_type, most_at_once
 from .processes import BOOT_ID, ProcessRef, describe, lineage
 from .reset import reset as reset_card
 
@@ -131,6 +131,8 @@ class Waiting:
     #: its user holds so much that granting it now would exceed their quota: it waits for their own
     #: leases to end, and taking anyone else's devices (idle reclaim) would not help it
     over_quota: bool = False
+    #: free cards set aside for it while it waits for the rest (``queue.plan``): nobody behind it takes them
+    reserved: int = 0
 
     def public(self) -> "Waiting":
         """What any user of the host may see of this request."""
@@ -140,9 +142,11 @@ class Waiting:
     def message(self) -> str:
         what = f"{self.devices} {'device' if self.card_type == ANY else self.card_type}{'s' if self.devices > 1 else ''}"
         ahead = self.position - 1
+        kept = (f"; {self.reserved} free card{'s are' if self.reserved != 1 else ' is'} kept for you until the rest free up"
+                if self.reserved else "")
         return (
             f"waiting for {what}: position {self.position} in the queue "
-            f"({ahead} request{'s' if ahead != 1 else ''} ahead of you)"
+            f"({ahead} request{'s' if ahead != 1 else ''} ahead of you){kept}"
         )
 
     def to_json(self) -> dict:
@@ -155,6 +159,7 @@ class Waiting:
             "position": self.position,
             "since": self.since,
             "notebook": self.notebook,
+            "reserved": self.reserved,
         }
 
 
@@ -789,6 +794,10 @@ class Scheduler(SchedulerAPI):
         unleased = [d for d in self.devices() if d.id not in taken]
         free = Counter(d.card_type for d in unleased if d.healthy)
         free_now = ", ".join(f"{n} {t}" for t, n in sorted(free.items())) or "nothing"
+        with store.snapshot(self.db) as db:
+            kept = sum(w.reserved for w in self._queue(db) if w.position < waiting.position)
+        if kept:
+            free_now += f", of which {kept} kept for requests ahead of you"
         unhealthy = "".join(f"; device {d.id} ({d.card_type}) is unleased but unhealthy: {d.problem}" for d in unleased
                             if not d.healthy)
         return (
@@ -874,39 +883,21 @@ class Scheduler(SchedulerAPI):
         return None
 
     def _grant(self, db: sqlite3.Connection, now: float) -> None:
-        pending = self._queue(db)
-        if not pending:
-            return
-        taken = {r[0] for r in db.execute("SELECT device_id FROM lease_devices UNION SELECT device_id FROM resets")}
-        # A node some process holds open outside any lease (opened before the service fenced it, or by
-        # root) is not granted until they close it: its new holder would share the card.
-        free = [d for d in self.devices() if d.id not in taken and not d.holders]
-        held = Counter(dict(db.execute(
-            "SELECT user, COUNT(*) FROM lease_devices JOIN leases ON leases.id = lease_devices.lease_id GROUP BY user"
-        ).fetchall()))
+        """Refuse the waiting requests a card turning unhealthy made impossible, then grant as ``queue.plan`` says."""
         usable = self._usable(db)
-        blocked: set[str] = set()  # card types a request ahead is waiting for: nobody behind may take them
-        for waiting in pending:
-            row = db.execute("SELECT * FROM requests WHERE id=?", (waiting.request_id,)).fetchone()
+        for row in db.execute("SELECT id, user, devices, card_type FROM requests WHERE lease_id IS NULL AND refused IS NULL").fetchall():
             try:
                 problem = self._never_met(row["devices"], check_card_type(row["card_type"]), usable)
-                if problem:  # a card turned unhealthy: it would wait for ever, and hold up those behind it
-                    db.execute("UPDATE requests SET refused=? WHERE id=?", (problem, row["id"]))
-                    log.info("jupyter-tt: request %s of %s can no longer be met: %s", row["id"], row["user"], problem)
-                    continue
-                types = set(types_for(check_card_type(row["card_type"]), self.devices()))
-                if types & blocked:
-                    continue
-                if row["quota"] and held[row["user"]] + row["devices"] > row["quota"]:
-                    continue
-                chosen = place(free, row["devices"], row["card_type"])
             except (TypeError, ValueError, RequestError) as e:
                 log.error("jupyter-tt: request row %r is malformed (%s): dropped", row["id"], e)
                 db.execute("DELETE FROM requests WHERE id=?", (row["id"],))
                 continue
-            if chosen is None:
-                blocked |= types
-                continue
+            if problem:  # it would wait for ever, and hold up those behind it
+                db.execute("UPDATE requests SET refused=? WHERE id=?", (problem, row["id"]))
+                log.info("jupyter-tt: request %s of %s can no longer be met: %s", row["id"], row["user"], problem)
+        rows, plan = self._plan(db, usable)
+        for request_id, chosen in plan.grants.items():
+            row = rows[request_id]
             lease_id = _new_id("lease")
             devices = [
                 {"id": d.id, "path": d.path, "bdf": d.bdf, "card_type": d.card_type, "chips": d.chips} for d in chosen
@@ -919,22 +910,37 @@ class Scheduler(SchedulerAPI):
             )
             db.executemany("INSERT INTO lease_devices (device_id, lease_id) VALUES (?, ?)", [(d.id, lease_id) for d in chosen])
             db.execute("UPDATE requests SET lease_id=? WHERE id=?", (lease_id, row["id"]))
-            chosen_ids = {d.id for d in chosen}
-            free = [d for d in free if d.id not in chosen_ids]
-            held[row["user"]] += len(chosen)
 
-    def _queue(self, db: sqlite3.Connection) -> list[Waiting]:
-        """Waiting requests in the order they will be served: fewer devices held first, then first come."""
-        held = Counter(dict(db.execute(
+    def _held(self, db: sqlite3.Connection) -> Counter:
+        return Counter(dict(db.execute(
             "SELECT user, COUNT(*) FROM lease_devices JOIN leases ON leases.id = lease_devices.lease_id GROUP BY user"
         ).fetchall()))
-        rows = db.execute("SELECT * FROM requests WHERE lease_id IS NULL AND refused IS NULL").fetchall()
-        rows.sort(key=lambda r: (held[r["user"]], r["requested_at"], r["id"]))
-        return [
-            Waiting(r["id"], r["user"], r["kernel_id"], r["devices"], r["card_type"], i + 1, len(rows), r["requested_at"],
-                    r["notebook"], over_quota=bool(r["quota"]) and held[r["user"]] + r["devices"] > r["quota"])
-            for i, r in enumerate(rows)
-        ]
+
+    def _plan(self, db: sqlite3.Connection, usable: list[Device] | None = None) -> tuple[dict[str, sqlite3.Row], queue.Plan]:
+        """The waiting requests by id, and what a pass would grant and reserve now."""
+        rows = {r["id"]: r for r in db.execute("SELECT * FROM requests WHERE lease_id IS NULL AND refused IS NULL")}
+        taken = {r[0] for r in db.execute("SELECT device_id FROM lease_devices UNION SELECT device_id FROM resets")}
+        # A node some process holds open outside any lease (opened before the service fenced it, or by
+        # root) is not granted until they close it: its new holder would share the card.
+        free = [d for d in self.devices() if d.id not in taken and not d.holders]
+        asks = [queue.Ask(request_id=r["id"], user=r["user"], devices=r["devices"], card_type=r["card_type"],
+                          requested_at=r["requested_at"], quota=r["quota"] or 0) for r in rows.values()]
+        usable = self._usable(db) if usable is None else usable
+        return rows, queue.plan(asks, free=free, usable=usable, held=self._held(db))
+
+    def _queue(self, db: sqlite3.Connection) -> list[Waiting]:
+        """Waiting requests in the order they will be served (``queue.fair_order``), with what each keeps."""
+        held = self._held(db)
+        rows, plan = self._plan(db)
+        waiting = []
+        for i, request_id in enumerate(plan.order):
+            r = rows[request_id]
+            kept = plan.reservations.get(request_id)
+            waiting.append(Waiting(
+                r["id"], r["user"], r["kernel_id"], r["devices"], r["card_type"], i + 1, len(rows), r["requested_at"],
+                r["notebook"], over_quota=bool(r["quota"]) and held[r["user"]] + r["devices"] > r["quota"],
+                reserved=len(kept.devices) if kept else 0))
+        return waiting
 
     def _outcome(self, db: sqlite3.Connection, request_id: str) -> Lease | Waiting | RequestError:
         row = db.execute("SELECT lease_id, refused FROM requests WHERE id=?", (request_id,)).fetchone()

@@ -60,6 +60,8 @@ export interface IRequest extends IHeld {
   card_type: string;
   position: number;
   since: number;
+  /** Free cards set aside for it while it waits for the rest: nobody behind it takes them. */
+  reserved?: number;
 }
 
 export interface IInventory {

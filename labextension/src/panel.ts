@@ -200,7 +200,12 @@ export class DevicePanel extends Widget {
     return h(
       'li',
       { class: 'jp-tt-request', 'data-request-id': request.id },
-      h('div', {}, `#${request.position}: ${describeRequest(request.devices, request.card_type)}, waiting ${since(request.since)}`),
+      h(
+        'div',
+        {},
+        `#${request.position}: ${describeRequest(request.devices, request.card_type)}, waiting ${since(request.since)}` +
+          (request.reserved ? ` · ${request.reserved} free kept for it` : '')
+      ),
       this._holder(request)
     );
   }
