@@ -14,15 +14,18 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from jupyter_servers import wait_until
+from jupyter_tt.scheduler.client import ServiceClient
 from os_users import PYTHON, ask, holder, open_folder, tt
 from sysfs_tree import make_host
 
 OPEN = """
 import sys
+import threading
 try:
     open(sys.argv[1], "r+b").close()
     print("opened")
@@ -238,7 +241,19 @@ def tt_root(svc, *args) -> str:
 
 def test_a_lease_is_answered_only_once_its_node_opens_for_its_user(service, loudbox, alice):
     svc = fenced_service(service, loudbox)
-    out = alice.python(f"""
+    # root churns a lease meanwhile (root is exempt from the lease rate): before, the change it made
+    # could be taken for alice's, and her answer went out before her node was fenced
+    stop = threading.Event()
+
+    def churn():
+        client = ServiceClient(str(svc.socket))
+        while not stop.is_set():
+            client.release(client.acquire(1, timeout=10).id)
+
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    try:
+        out = alice.python(f"""
         import os
         from jupyter_tt.scheduler.client import ServiceClient
         c = ServiceClient({str(svc.socket)!r})
@@ -252,5 +267,8 @@ def test_a_lease_is_answered_only_once_its_node_opens_for_its_user(service, loud
             c.release(lease.id)
         print(failed)
     """, timeout=120)
+    finally:
+        stop.set()
+        churner.join(timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
