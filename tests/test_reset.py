@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -374,3 +375,32 @@ def test_a_kernel_that_does_not_stop_when_asked_is_killed_and_its_card_reset_bef
         after = server.lease_of(kernel_id)
         assert after["id"] == first["id"] and after["pid"] != first["pid"]
         assert "did not stop when asked and was sent SIGTERM" in server.log_text()
+
+
+def test_a_reset_reads_the_inventory_only_between_the_passes_reads_never_during_one(card_host, state_dir):
+    class Watched(SysfsInventory):
+        """Counts reads that began while another was under way (the inventory keeps health memory)."""
+
+        overlaps = 0
+        reading = threading.Lock()
+
+        def devices(self):
+            if not self.reading.acquire(blocking=False):
+                Watched.overlaps += 1
+                return super().devices()
+            try:
+                time.sleep(0.02)
+                return super().devices()
+            finally:
+                self.reading.release()
+
+    s = Scheduler(Watched(str(card_host.root)), state_dir, user="alice", reset_after_crash=True, reset_tool="tt-smi",
+                  reset_verify_timeout=1.0)
+    _, card = killed_holder(card_host, state_dir)
+    s.reconcile()
+    resetting = threading.Thread(target=s.run_resets)
+    resetting.start()
+    while resetting.is_alive():
+        s.devices(fresh=True)  # as the service's passes do while a reset runs in its own thread
+    assert ran(card_host) == [reset_of(card)]
+    assert Watched.overlaps == 0
