@@ -22,7 +22,7 @@ def assert_inert(markup: str) -> None:
 @pytest.mark.parametrize("h", HOSTILE)
 def test_a_kernel_lease_shows_hostile_fields_as_text(h):
     from jupyter_tt.kernels.current import KernelLease
-    from jupyter_tt.scheduler.scheduler import LeasedDevice
+    from jupyter_tt.scheduler import LeasedDevice
 
     lease = KernelLease(id=h, user=h, server=h, kernel_id=h, card_type=h, pid=1, requested_at=0.0, granted_at=0.0,
                         devices=(LeasedDevice(id=0, path=h, bdf=h, card_type=h, chips=2),), notebook=h,

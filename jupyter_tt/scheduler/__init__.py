@@ -11,8 +11,9 @@ import threading
 from ..config import TTSettings
 from ..devices import open_inventory
 from .api import SchedulerAPI, call
+from .leases import Caller, Lease, LeasedDevice, PendingReset, Waiting
 from .placement import ANY, check_card_type, most_at_once, place
-from .scheduler import Caller, Lease, LeasedDevice, PendingReset, Scheduler, Waiting
+from .scheduler import Scheduler
 
 __all__ = ["ANY", "Caller", "Lease", "LeasedDevice", "PendingReset", "Scheduler", "SchedulerAPI", "Waiting", "call", "check_card_type",
            "most_at_once", "open_scheduler", "place"]

@@ -20,11 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import SchedulerUnavailable, TTError, WaitTimeout
+from .leases import Lease, Page, PendingReset, UsageRecord, Waiting
 from .placement import ANY
 
 if TYPE_CHECKING:
     from ..devices import Device
-    from .scheduler import Lease, Page, PendingReset, UsageRecord, Waiting
 
 #: Short calls (a pass, a report) from event loops; a stuck call keeps one thread, not the loop.
 _CALLS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jupyter-tt-call")
@@ -156,8 +156,6 @@ class SchedulerAPI(abc.ABC):
     ) -> Lease:
         """Block until the devices are leased: WaitTimeout after ``timeout`` seconds, Cancelled when
         ``stop`` is set. Either way the request leaves the queue."""
-        from .scheduler import Waiting
-
         stop = stop or threading.Event()  # never set: the wait is a plain sleep
         deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
         while True:  # over the host's lease rate (429): wait for the bucket, within the timeout

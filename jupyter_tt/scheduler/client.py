@@ -19,8 +19,8 @@ from ..devices import Device
 from ..errors import SchedulerUnavailable, TTError
 from . import protocol
 from .api import SchedulerAPI
+from .leases import Lease, Page, PendingReset, Waiting
 from .placement import ANY
-from .scheduler import Lease, Page, PendingReset, Waiting
 
 
 class RemoteInventory:

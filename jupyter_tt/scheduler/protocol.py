@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .. import errors
-from .scheduler import Lease, LeasedDevice, Page, PendingReset, UsageRecord, Waiting
+from .leases import Lease, LeasedDevice, Page, PendingReset, UsageRecord, Waiting
 
 #: The longest request line the service reads.
 MAX_LINE = 1 << 20

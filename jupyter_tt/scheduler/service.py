@@ -43,9 +43,10 @@ from ..errors import ConfigError, LeaseError, RequestError, TTError
 from . import protocol
 from .enforce import NodeGuard, can_change_owners
 from .fairness import Busy, FairLane, TokenBucket
+from .leases import Caller, Waiting
 from .processes import ProcessRef, uid_of
 from .reset import available as why_no_reset
-from .scheduler import Caller, Scheduler, Waiting, clean_reason
+from .scheduler import Scheduler, clean_reason
 
 log = logging.getLogger("jupyter_tt.service")
 

@@ -1,0 +1,193 @@
+"""The scheduler's typed contract: what a lease, a waiting request, a usage record and a pending
+reset are, as every layer sees them (the scheduler, the service's protocol, its client, the API).
+
+They live apart from ``scheduler.py`` so that the API and the wire format depend on these, not on
+the scheduler that makes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .placement import ANY
+from .processes import ProcessRef
+
+
+@dataclass(frozen=True)
+class LeasedDevice:
+    id: int
+    path: str
+    bdf: str
+    card_type: str
+    chips: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Devices held exclusively by one kernel (or process) of one user."""
+
+    id: str
+    user: str
+    server: str
+    kernel_id: str | None
+    card_type: str
+    devices: tuple[LeasedDevice, ...]
+    pid: int  # the kernel's while it runs, else the process that asked
+    requested_at: float
+    granted_at: float
+    notebook: str | None = None  # the kernel's session path (a notebook), where the asker knew it
+    #: False on another user's lease as that user's viewers get it: only id, user, devices and since.
+    owned: bool = True
+
+    def public(self) -> "Lease":
+        """What any user of the host may see of this lease: who holds which devices since when."""
+        return replace(self, server="", kernel_id=None, pid=0, notebook=None, owned=False)
+
+    @property
+    def device_ids(self) -> list[int]:
+        return [d.id for d in self.devices]
+
+    @property
+    def bdfs(self) -> list[str]:
+        return [d.bdf for d in self.devices]
+
+    @property
+    def card_types(self) -> list[str]:
+        return sorted({d.card_type for d in self.devices})
+
+    @property
+    def chips(self) -> int:
+        return sum(d.chips for d in self.devices)
+
+    def to_json(self) -> dict:
+        if not self.owned:
+            return {"id": self.id, "devices": self.device_ids, "user": self.user, "since": self.granted_at}
+        return {
+            "id": self.id,
+            "devices": self.device_ids,
+            "bdfs": self.bdfs,
+            "card_types": self.card_types,
+            "chips": self.chips,
+            "user": self.user,
+            "kernel_id": self.kernel_id,
+            "server": self.server,
+            "pid": self.pid,
+            "since": self.granted_at,
+            "requested_at": self.requested_at,
+            "notebook": self.notebook,
+        }
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A request in the queue: where it stands."""
+
+    request_id: str
+    user: str
+    kernel_id: str | None
+    devices: int
+    card_type: str
+    position: int  # 1 is next
+    queued: int  # requests waiting in all
+    since: float
+    notebook: str | None = None
+    #: its user holds so much that granting it now would exceed their quota: it waits for their own
+    #: leases to end, and taking anyone else's devices (idle reclaim) would not help it
+    over_quota: bool = False
+    #: free cards set aside for it while it waits for the rest (``queue.plan``): nobody behind it takes them
+    reserved: int = 0
+
+    def public(self) -> "Waiting":
+        """What any user of the host may see of this request."""
+        return replace(self, kernel_id=None, notebook=None)
+
+    @property
+    def message(self) -> str:
+        what = f"{self.devices} {'device' if self.card_type == ANY else self.card_type}{'s' if self.devices > 1 else ''}"
+        ahead = self.position - 1
+        kept = (f"; {self.reserved} free card{'s are' if self.reserved != 1 else ' is'} kept for you until the rest free up"
+                if self.reserved else "")
+        return (
+            f"waiting for {what}: position {self.position} in the queue "
+            f"({ahead} request{'s' if ahead != 1 else ''} ahead of you){kept}"
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.request_id,
+            "user": self.user,
+            "kernel_id": self.kernel_id,
+            "devices": self.devices,
+            "card_type": self.card_type,
+            "position": self.position,
+            "since": self.since,
+            "notebook": self.notebook,
+            "reserved": self.reserved,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageRecord:
+    """One lease's use of devices within a period (``usage_records``): what billing and reports read."""
+
+    lease_id: str
+    user: str
+    card_type: str  # what was asked for ("any", or a card type)
+    devices: tuple[int, ...]
+    chips: int
+    granted_at: float
+    ended_at: float | None  # None: still held
+    end_reason: str | None
+    #: within the period asked for (a lease granted before it counts from its start)
+    device_hours: float
+    chip_hours: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class PendingReset:
+    """A card of a lease that is reset before its kernel starts again (``lease_resets``): the kernel
+    died abnormally and is being restarted on the same lease."""
+
+    device_id: int
+    reason: str  # how the kernel ended
+    waiting_for: str | None  # why the reset has not run yet (a process holds the card's node)
+    done: bool  # reset: the scheduler waits for its firmware heartbeat to advance
+    failed: str | None  # the reset or its check failed: the card is unhealthy and out of the lease's use
+
+    @property
+    def message(self) -> str:
+        if self.failed:
+            return f"device {self.device_id} failed its reset: {self.failed}"
+        if self.waiting_for:
+            return f"device {self.device_id} waits for its reset: {self.waiting_for}"
+        return f"device {self.device_id} is {'checked after' if self.done else 'in'} its reset"
+
+
+def usage_totals(records: list[UsageRecord]) -> list[dict]:
+    """Per user: leases, device-hours and chip-hours of ``records``, the heaviest user first."""
+    totals: dict[str, dict] = {}
+    for r in records:
+        entry = totals.setdefault(r.user, {"user": r.user, "leases": 0, "device_hours": 0.0, "chip_hours": 0.0})
+        entry["leases"] += 1
+        entry["device_hours"] += r.device_hours
+        entry["chip_hours"] += r.chip_hours
+    return sorted(totals.values(), key=lambda e: -e["device_hours"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Page:
+    """One page of a long list, and the cursor that asks for the next (None: this was the last)."""
+
+    items: list
+    next: str | None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Whom a call acts for: the user leases are accounted to, the process that asks (the lease or
+    request follows it), that user's quota (0: none) and a label for the asking server."""
+
+    user: str
+    process: ProcessRef
+    quota: int = 0
+    server: str = ""
