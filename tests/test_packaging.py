@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_wheel_carries_the_built_labextension_and_enables_the_server_extension(tmp_path):
     # The sources without build outputs, so that the wheel build runs npm itself (as on a release machine).
     src = tmp_path / "src"
-    outputs = {".git", ".venv", ".venv-ttnn", ".peers", "node_modules", "lib", "test-artifacts", "__pycache__"}
+    outputs = {".git", ".venv", ".venv-ttnn", ".peers", "node_modules", "lib", "test-artifacts", "__pycache__", "_build"}
     shutil.copytree(ROOT, src, ignore=lambda folder, names: [
         n for n in names if n in outputs or (n == "labextension" and Path(folder).name == "jupyter_tt")
     ])

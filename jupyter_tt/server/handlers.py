@@ -1,4 +1,4 @@
-"""REST API under ``/jupyter-tt/api`` (the README's "Server extension" section). Jupyter-authenticated; 403 otherwise.
+"""REST API under ``/jupyter-tt/api`` (docs/reference/rest-api.md). Jupyter-authenticated; 403 otherwise.
 
 Every scheduler call runs off the event loop (``call``: a worker thread with a deadline).
 """

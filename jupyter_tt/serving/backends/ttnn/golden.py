@@ -7,7 +7,7 @@ layouts, memory configs) is the real ttnn's. Tensors are created by ttnn's golde
 which round-trips bfloat8_b through ttnn's own host packing, so block-float quantization is real.
 
 A few ops have no golden function in ttnn; for those alone ``EQUIVALENTS`` holds torch code written
-from the op's documentation (listed in the README). Collectives (``all_reduce``) run their goldens
+from the op's documentation (listed in docs/user/serving.md). Collectives (``all_reduce``) run their goldens
 on the per-device tensors, as ttnn's own golden mode does. Device-only calls (trace capture) are
 not emulated: the backend does not trace when it runs here.
 

@@ -8,7 +8,7 @@ same calls vLLM makes (``prefill_forward_text``, ``decode_forward_text``) on a p
 
 tt_transformers reads its weights itself from a Hugging Face folder (``HF_MODEL``), so the model
 must be one (a .gguf file is refused). It prefills whole prompts, so chunks the engine sends are
-gathered until the prompt's last one. Not yet validated on hardware (see the README).
+gathered until the prompt's last one. Not yet validated on hardware (see docs/admin/validated.md).
 """
 
 from __future__ import annotations
