@@ -64,9 +64,11 @@ demo: env
 	$(BIN)/jupyter tt kernelspec install --sys-prefix --generic
 	JUPYTER_TT_INVENTORY=$${JUPYTER_TT_INVENTORY:-$(DEMO_INVENTORY)} $(BIN)/jupyter lab $(DEMO_ARGS)
 
-# ruff for Python; eslint (typescript-eslint) and prettier for the JupyterLab extension.
+# ruff and mypy (configured in pyproject.toml) for Python; eslint (typescript-eslint) and prettier for the
+# JupyterLab extension.
 lint: env
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	cd labextension && npm run --silent lint
 
 # The documentation (Sphinx, MyST Markdown): warnings are errors, links inside the tree are checked, and the

@@ -12,6 +12,8 @@ class TTError(HTTPError):
     """Base class: ``str(error)`` is the user-facing message."""
 
     status = 400
+    #: For a refusal over a budget (429): seconds after which to ask again.
+    retry_after: float | None = None
 
     def __init__(self, message: str, status: int | None = None):
         # tornado %-formats log_message when logging; keep a literal '%' harmless.

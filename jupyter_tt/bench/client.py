@@ -30,6 +30,7 @@ import math
 import random
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -268,7 +269,7 @@ async def run(
     burstiness: float = 1.0,
     seed: int | None = None,
     ramp: tuple[str, float, float] | None = None,
-    warmup_prompts: list[Prompt] = (),
+    warmup_prompts: Sequence[Prompt] = (),
     extra_body: dict[str, Any] | None = None,
     stall_timeout: float = 300.0,
     on_result: Callable[[RequestResult], None] | None = None,
@@ -325,13 +326,13 @@ async def run(
         stop.cancel()
         await asyncio.gather(*pending, return_exceptions=True)  # let the aborted requests close their streams
         results = []
-        for p, task in zip(prompts, tasks + [None] * (len(prompts) - len(tasks))):
-            if task is None or task.cancelled():
+        for i, p in enumerate(prompts):
+            if i >= len(tasks) or tasks[i].cancelled():
                 results.append(RequestResult(prompt_tokens=len(p.token_ids), error="cancelled"))
-            elif task.exception() is not None:
-                results.append(RequestResult(prompt_tokens=len(p.token_ids), error=repr(task.exception())))
+            elif (failed := tasks[i].exception()) is not None:
+                results.append(RequestResult(prompt_tokens=len(p.token_ids), error=repr(failed)))
             else:
-                results.append(task.result())
+                results.append(tasks[i].result())
         duration = time.perf_counter() - start
     isl = len(prompts[0].token_ids) if prompts else 0
     return RunResult(concurrency, isl, output_len, duration, results, request_rate, burstiness, seed, cancel.is_set())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import TTError
@@ -128,7 +129,7 @@ def _save(fig, path: Path, plt) -> Path:
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 
 
-def svg_chart(series: dict[str, list[tuple[float, float, str]]], title: str, xlabel: str, ylabel: str, *,
+def svg_chart(series: Mapping[str, Sequence[tuple[float, float, str]]], title: str, xlabel: str, ylabel: str, *,
               lines: bool = False, width: int = 520, height: int = 260) -> str:
     """An SVG chart: each series' points (x, y, tooltip), joined where ``lines``. Hovering a point shows
     its tooltip; in ``write_html``'s page, clicking a legend entry hides or shows its series."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import ipywidgets as widgets
 
+from ..errors import TTError
 from . import report
 from .scenarios import SCENARIOS, Bench
 
@@ -87,14 +88,14 @@ class BenchmarkWidget(widgets.VBox):
 
             self.tokenizer = bench_tokenizer(self.model.value)
         key = self.api_key or self._keys.get(self.endpoint.value)
-        self.bench = Bench(self.endpoint.value, self.model.value, self.tokenizer, num_prompts=self.num_prompts.value or None,
-                           api_key=key, progress=self._say)
-        self.bench.on_result = self._finished_request
+        self.bench = bench = Bench(self.endpoint.value, self.model.value, self.tokenizer,
+                                   num_prompts=self.num_prompts.value or None, api_key=key, progress=self._say)
+        bench.on_result = self._finished_request
         self.rows, self.points = [], []
         self.progress.value, self.progress.max = 0, self._planned()
         self.run_button.disabled, self.cancel_button.disabled = True, False
         self.results.value, self.plot.value = "", ""
-        thread = threading.Thread(target=self._work, daemon=True)
+        thread = threading.Thread(target=self._work, args=(bench,), daemon=True)
         thread.start()
         return thread
 
@@ -104,13 +105,16 @@ class BenchmarkWidget(widgets.VBox):
             self._say("cancelling: requests in flight are stopped, finished ones are kept")
 
     def export(self, kind: str) -> Path:
+        runs = self.bench.runs if self.bench else []
+        if not runs:
+            raise TTError("nothing to export yet: run the benchmark first")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = self.export_dir / f"bench-{stamp}.{kind}"
         if kind == "json":
             path.write_text(json.dumps({"base_url": self.endpoint.value, "model_id": self.model.value,
-                                        "runs": self.bench.runs, "recommendation": self.rows}, indent=1))
+                                        "runs": runs, "recommendation": self.rows}, indent=1))
         else:
-            report.write_csv(self.bench.runs, path)
+            report.write_csv(runs, path)
         self._say(f"wrote {path}")
         return path
 
@@ -125,22 +129,22 @@ class BenchmarkWidget(widgets.VBox):
             cs = [c for name in names for c in SCENARIOS[name].concurrency]
         return sum(n or max(4 * c, 8) for c in cs)
 
-    def _work(self) -> None:
+    def _work(self, bench: Bench) -> None:
         try:
             if self.scenario.value == CUSTOM:
                 for c in [int(c) for c in self.concurrency.value.split(",") if c.strip()]:
-                    self.bench.run(c, self.input_len.value, self.output_len.value)
+                    bench.run(c, self.input_len.value, self.output_len.value)
             else:
                 names = list(SCENARIOS) if self.scenario.value == "all" else [self.scenario.value]
                 for name in names:
-                    self.rows += self.bench.scenario(SCENARIOS[name], self.scale.value)
-            self._say("cancelled" if self.bench.cancelled else "done")
+                    self.rows += bench.scenario(SCENARIOS[name], self.scale.value)
+            self._say("cancelled" if bench.cancelled else "done")
         except Exception as e:  # shown in the widget: the thread has no one else to tell
             self._say(f"failed: {e}")
         finally:
             self.results.value = self._table()
             self.run_button.disabled, self.cancel_button.disabled = False, True
-            self.json_button.disabled = self.csv_button.disabled = not self.bench.runs
+            self.json_button.disabled = self.csv_button.disabled = not bench.runs
 
     def _say(self, text: str) -> None:
         """Show ``text`` (plain text, always escaped: it may carry a server's error message)."""

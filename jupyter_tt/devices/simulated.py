@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from dataclasses import replace
 
 from ..errors import ConfigError
 from .base import CARD_TYPES, CHIPS_PER_CARD, Device, InventoryBackend, Telemetry
@@ -53,7 +54,7 @@ class SimulatedInventory(InventoryBackend):
         types = [card for card, count in self.cards for _ in range(count)]
         per_node = math.ceil(len(types) / 2) if len(types) >= 4 else len(types)
         self._static = [
-            dict(
+            Device(
                 id=i,
                 path=f"/dev/tenstorrent/{i}",
                 bdf=f"0000:{(i // 32) + 1:02x}:{i % 32:02x}.0",
@@ -78,8 +79,7 @@ class SimulatedInventory(InventoryBackend):
     def devices(self) -> list[Device]:
         now = time.time()
         return [
-            Device(**static, telemetry=_made_up_telemetry(static["id"], static["card_type"], now))
-            for static in self._static
+            replace(static, telemetry=_made_up_telemetry(static.id, static.card_type, now)) for static in self._static
         ]
 
 

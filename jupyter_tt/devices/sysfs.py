@@ -127,7 +127,7 @@ class SysfsInventory(InventoryBackend):
     def devices(self) -> list[Device]:
         found = {}
         selected, _ = self._selected()
-        self._open_nodes: dict[str, set[int]] | None = None  # /proc/*/fd, read once per call where needed
+        self._open_nodes = None  # /proc/*/fd, read once per call where needed
         for entry in self._entries():
             match = _CLASS_ENTRY.match(entry.name)
             if match and self._ours(int(match[1]), selected):

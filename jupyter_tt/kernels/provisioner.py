@@ -236,6 +236,8 @@ class TTProvisioner(LocalProvisioner):
         A card that failed its reset is unhealthy: the lease is given back (the card stays out of the
         pool, with the reason) and pre_launch asks for other devices, waiting in the queue if it must."""
         scheduler, lease = await self.scheduler(), self.lease
+        if lease is None:  # nothing to wait for: no lease yet
+            return
         limit = max(self._timeout, RESET_WAIT)
         deadline = asyncio.get_running_loop().time() + limit
         said = None

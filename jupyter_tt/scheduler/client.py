@@ -13,7 +13,7 @@ import json
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..devices import Device
 from ..errors import SchedulerUnavailable, TTError
@@ -45,8 +45,7 @@ class ServiceClient(SchedulerAPI):
         self.timeout = timeout
         self.listeners = []
         self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._file = None
+        self._conn: tuple[socket.socket, BinaryIO] | None = None  # the socket, and its answers as a file
         self._ids = itertools.count(1)
         hello = self._call("hello")
         self.user = hello["user"]
@@ -57,7 +56,7 @@ class ServiceClient(SchedulerAPI):
 
     # ------------------------------------------------------------------ the wire
 
-    def _connect(self) -> None:
+    def _connect(self) -> tuple[socket.socket, BinaryIO]:
         """Connect, waiting up to ``timeout`` seconds for a service that is restarting (its socket missing,
         or nobody listening yet); never falls back to anything else."""
         deadline = time.monotonic() + self.timeout
@@ -76,13 +75,14 @@ class ServiceClient(SchedulerAPI):
                         f"the service, set JUPYTER_TT_SCHEDULER=personal to keep leases for yourself"
                     ) from None
                 time.sleep(0.2)
-        self._sock, self._file = sock, sock.makefile("rb")
+        self._conn = (sock, sock.makefile("rb"))
+        return self._conn
 
     def _close(self) -> None:
-        if self._sock is not None:
-            self._file.close()
-            self._sock.close()
-        self._sock = self._file = None
+        if self._conn is not None:
+            self._conn[1].close()
+            self._conn[0].close()
+        self._conn = None
 
     def _call(self, op: str, **args: Any) -> Any:
         """One call. Refused for being over the user's budget (429), it asks again, within ``timeout`` in
@@ -101,11 +101,10 @@ class ServiceClient(SchedulerAPI):
         message = protocol.line({"id": request_id, "op": op, "args": protocol.encode(args)})
         with self._lock:
             for attempt in (1, 2):  # once more on a fresh connection: the service may have restarted
-                if self._sock is None:
-                    self._connect()
+                sock, answers = self._conn or self._connect()
                 try:
-                    self._sock.sendall(message)
-                    raw = self._file.readline(protocol.MAX_ANSWER + 1)
+                    sock.sendall(message)
+                    raw = answers.readline(protocol.MAX_ANSWER + 1)
                 except socket.timeout:
                     self._close()  # its answer may still come: a new connection, so it is never taken for the next one's
                     raise SchedulerUnavailable(

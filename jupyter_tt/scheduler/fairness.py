@@ -31,6 +31,8 @@ from ..errors import TTError
 class Busy(TTError):
     """A user is over a budget: refused at once, with when to try again (429)."""
 
+    retry_after: float  # always set: seconds until a call would be taken
+
     def __init__(self, message: str, retry_after: float):
         self.retry_after = max(1, math.ceil(retry_after))
         super().__init__(f"{message}: retry in {self.retry_after} s", status=429)
@@ -128,7 +130,7 @@ class FairLane:
         self.workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"jupyter-tt-{name}")
         self._running: dict[Hashable, int] = {}
-        self._wake: asyncio.Event | None = None
+        self._wake = asyncio.Event()  # bound to a loop at its first wait, not here
         self._task: asyncio.Task | None = None
         self._mean = 0.01  # seconds a call takes, a moving average (for "retry in N s")
 
@@ -136,7 +138,6 @@ class FairLane:
         """``fn()`` in one of the lane's threads, when ``user``'s turn comes; Busy if they have too many in."""
         loop = asyncio.get_running_loop()
         if self._task is None:
-            self._wake = asyncio.Event()
             self._task = loop.create_task(self._serve())
         future = loop.create_future()
         if not self.queue.push(user, (fn, future), bounded=bounded):

@@ -95,7 +95,7 @@ def error_body(error: BaseException) -> dict:
     if isinstance(error, errors.TTError):
         body = {"type": type(error).__name__ if type(error).__name__ in ERRORS else "TTError", "message": error.message,
                 "status": error.status_code}
-        if getattr(error, "retry_after", None):  # over a budget (429): when to ask again
+        if error.retry_after:  # over a budget (429): when to ask again
             body["retry_after"] = error.retry_after
         return body
     return {"type": "TTError", "message": f"the scheduler service failed on this request ({type(error).__name__}): see its log",
@@ -103,7 +103,7 @@ def error_body(error: BaseException) -> dict:
 
 
 def raise_error(body: dict) -> None:
-    cls = ERRORS.get(body.get("type"), errors.TTError)
+    cls = ERRORS.get(str(body.get("type")), errors.TTError)
     error = cls(str(body.get("message", "the scheduler service refused the request")), status=body.get("status"))
     if isinstance(body.get("retry_after"), (int, float)):
         error.retry_after = float(body["retry_after"])

@@ -33,11 +33,12 @@ from collections.abc import Callable
 from ..devices import Device, InventoryBackend
 from ..errors import LeaseError, RequestError
 from ..text import clean_label
-from . import queue, store
+from . import store
 from .api import SchedulerAPI
 from .leases import Caller, Lease, LeasedDevice, Page, PendingReset, UsageRecord, Waiting, usage_totals
 from .placement import ANY, check_card_type, most_at_once
 from .processes import BOOT_ID, ProcessRef, describe, lineage
+from .queue import Ask, Plan, plan
 from .reset import reset as reset_card
 
 log = logging.getLogger("jupyter_tt.scheduler")
@@ -715,8 +716,8 @@ class Scheduler(SchedulerAPI):
             if problem:  # it would wait for ever, and hold up those behind it
                 db.execute("UPDATE requests SET refused=? WHERE id=?", (problem, row["id"]))
                 log.info("jupyter-tt: request %s of %s can no longer be met: %s", row["id"], row["user"], problem)
-        rows, plan = self._plan(db, usable)
-        for request_id, chosen in plan.grants.items():
+        rows, planned = self._plan(db, usable)
+        for request_id, chosen in planned.grants.items():
             row = rows[request_id]
             lease_id = _new_id("lease")
             devices = [
@@ -736,26 +737,26 @@ class Scheduler(SchedulerAPI):
             "SELECT user, COUNT(*) FROM lease_devices JOIN leases ON leases.id = lease_devices.lease_id GROUP BY user"
         ).fetchall()))
 
-    def _plan(self, db: sqlite3.Connection, usable: list[Device] | None = None) -> tuple[dict[str, sqlite3.Row], queue.Plan]:
+    def _plan(self, db: sqlite3.Connection, usable: list[Device] | None = None) -> tuple[dict[str, sqlite3.Row], Plan]:
         """The waiting requests by id, and what a pass would grant and reserve now."""
         rows = {r["id"]: r for r in db.execute("SELECT * FROM requests WHERE lease_id IS NULL AND refused IS NULL")}
         taken = {r[0] for r in db.execute("SELECT device_id FROM lease_devices UNION SELECT device_id FROM resets")}
         # A node some process holds open outside any lease (opened before the service fenced it, or by
         # root) is not granted until they close it: its new holder would share the card.
         free = [d for d in self.devices() if d.id not in taken and not d.holders]
-        asks = [queue.Ask(request_id=r["id"], user=r["user"], devices=r["devices"], card_type=r["card_type"],
+        asks = [Ask(request_id=r["id"], user=r["user"], devices=r["devices"], card_type=r["card_type"],
                           requested_at=r["requested_at"], quota=r["quota"] or 0) for r in rows.values()]
         usable = self._usable(db) if usable is None else usable
-        return rows, queue.plan(asks, free=free, usable=usable, held=self._held(db))
+        return rows, plan(asks, free=free, usable=usable, held=self._held(db))
 
     def _queue(self, db: sqlite3.Connection) -> list[Waiting]:
         """Waiting requests in the order they will be served (``queue.fair_order``), with what each keeps."""
         held = self._held(db)
-        rows, plan = self._plan(db)
+        rows, planned = self._plan(db)
         waiting = []
-        for i, request_id in enumerate(plan.order):
+        for i, request_id in enumerate(planned.order):
             r = rows[request_id]
-            kept = plan.reservations.get(request_id)
+            kept = planned.reservations.get(request_id)
             waiting.append(Waiting(
                 r["id"], r["user"], r["kernel_id"], r["devices"], r["card_type"], i + 1, len(rows), r["requested_at"],
                 r["notebook"], over_quota=bool(r["quota"]) and held[r["user"]] + r["devices"] > r["quota"],

@@ -154,7 +154,7 @@ def connect(state_dir: str | os.PathLike, name: str, *, query_only: bool = False
 
 
 @contextlib.contextmanager
-def transaction(db: sqlite3.Connection):
+def transaction(db: Connection):
     """A write transaction that holds the host-wide lock from its first statement."""
     fcntl.flock(db.lock_fd, fcntl.LOCK_EX)
     try:

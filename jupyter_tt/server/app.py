@@ -9,11 +9,12 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.serverapp import ServerApp
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from .._version import __version__
 from ..config import TTSettings
-from ..scheduler import call, open_scheduler
+from ..scheduler import Scheduler, call, open_scheduler
 from . import metrics
 from .events import SCHEMA_ID, SCHEMA_PATH, StateWatcher
 from .handlers import handlers
@@ -34,6 +35,12 @@ class JupyterTTApp(ExtensionApp):
     description = "Tenstorrent devices for Jupyter kernels"
     version = __version__
 
+    @property
+    def _server(self) -> ServerApp:
+        """The Jupyter server this extension runs in (set before ``initialize_settings``)."""
+        assert self.serverapp is not None
+        return self.serverapp
+
     def initialize_settings(self) -> None:
         self.tt_settings = TTSettings(parent=self.serverapp)
         self.scheduler = open_scheduler(self.tt_settings)
@@ -52,7 +59,8 @@ class JupyterTTApp(ExtensionApp):
             self.scheduler.state_dir,
             self.scheduler.user,
         )
-        event_logger = self.serverapp.event_logger
+        event_logger = self._server.event_logger
+        assert event_logger is not None  # jupyter_server >= 2 always has one
         if SCHEMA_ID not in event_logger.schemas.schema_ids:
             event_logger.register_event_schema(SCHEMA_PATH)
         self._emit = lambda data: event_logger.emit(schema_id=SCHEMA_ID, data=self.with_path(data))
@@ -77,7 +85,7 @@ class JupyterTTApp(ExtensionApp):
         """Restart a kernel on newly chosen devices (``choose()`` sets them), after any restart of it
         still under way: choices made in a row apply in order, never two restarts of one kernel at once."""
         previous = self._restarts.get(kernel_id)
-        km = self.serverapp.kernel_manager
+        km = self._server.kernel_manager
 
         async def run():
             if previous is not None:
@@ -99,7 +107,7 @@ class JupyterTTApp(ExtensionApp):
         notebook = item.get("notebook")
         path = None
         if notebook:
-            root = os.path.abspath(self.serverapp.root_dir)
+            root = os.path.abspath(self._server.root_dir)
             full = os.path.abspath(os.path.join(root, notebook))
             if os.path.commonpath([root, full]) == root:
                 path = os.path.relpath(full, root).replace(os.sep, "/")
@@ -142,7 +150,7 @@ class JupyterTTApp(ExtensionApp):
         if timeout <= 0:
             return
         self._idle.timeout, self._idle.grace = timeout, grace
-        km = self.serverapp.kernel_manager
+        km = self._server.kernel_manager
         kernels = {}
         for kid in km.list_kernel_ids():
             try:
@@ -153,6 +161,8 @@ class JupyterTTApp(ExtensionApp):
         actions = self._idle.decide(list(self.watcher.leases.values()), kernels, list(self.watcher.queue.values()), free)
         for action in actions:
             lease, kernel_id = action.lease, action.lease.kernel_id
+            if kernel_id is None:  # decide() only acts on kernels' leases
+                continue
             if action.kind == "warn":
                 self.log.warning("jupyter-tt: kernel %s (%s) is %s", kernel_id, lease.id, action.reason)
                 self._emit({**StateWatcher.lease_event("idle-warning", lease, self.scheduler.inventory.simulated),
@@ -167,7 +177,7 @@ class JupyterTTApp(ExtensionApp):
     def _start_resets(self) -> None:
         """Personal mode with reset_after_crash: reset cards whose holder died, in a thread of their own
         (a reset takes seconds); the service does this itself on a shared host."""
-        if self.scheduler.mode != "personal" or not getattr(self.scheduler, "reset_after_crash", False):
+        if not isinstance(self.scheduler, Scheduler) or not self.scheduler.reset_after_crash:
             return
         if self._resetting is None or self._resetting.done():
             self._resetting = _RESETS.submit(self.scheduler.run_resets)

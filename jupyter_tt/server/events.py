@@ -46,14 +46,14 @@ class StateWatcher:
         for lease_id, lease in leases.items():
             if lease_id not in self.leases:
                 events.append(self.lease_event("lease-granted", lease, simulated))
-        for request_id, old in self.queue.items():
+        for request_id, gone in self.queue.items():
             if request_id not in queue:
-                events.append(self._request_event("request-left", old))
+                events.append(self._request_event("request-left", gone))
         for request_id, waiting in queue.items():
-            old = self.queue.get(request_id)
-            if old is None:
+            before = self.queue.get(request_id)
+            if before is None:
                 events.append(self._request_event("request-queued", waiting))
-            elif old.position != waiting.position:
+            elif before.position != waiting.position:
                 events.append(self._request_event("request-moved", waiting))
         self.leases, self.queue = leases, queue
         # Device states change without a lease event too: a card out for a reset after a crash (its

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import TYPE_CHECKING, cast
 
 import httpx
 from jupyter_server.auth.decorator import authorized
@@ -16,11 +17,19 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..errors import TTError
+from ..kernels.provisioner import TTProvisioner
 from ..scheduler import call, check_card_type, most_at_once
+
+if TYPE_CHECKING:
+    from .app import JupyterTTApp
 
 
 class TTHandler(ExtensionHandlerMixin, APIHandler):
     auth_resource = "jupyter_tt"
+
+    @property
+    def extensionapp(self) -> JupyterTTApp:
+        return cast("JupyterTTApp", super().extensionapp)
 
     @property
     def scheduler(self):
@@ -108,7 +117,7 @@ class KernelDevicesHandler(TTHandler):
         if kernel_id not in km:
             raise web.HTTPError(404, f"no kernel {kernel_id} on this server")
         provisioner = getattr(km.get_kernel(kernel_id), "provisioner", None)
-        if not hasattr(provisioner, "choose"):
+        if not isinstance(provisioner, TTProvisioner):
             raise TTError("this kernel does not get its devices from jupyter-tt: start the notebook on the "
                           "'Tenstorrent' kernel (jupyter tt kernelspec install --generic) or another tt- kernelspec")
         try:
@@ -186,19 +195,20 @@ class ServeProxyHandler(TTHandler):
             live = False
         if not live:
             raise web.HTTPError(404, f"no model is served from a kernel on port {port}: start one with jupyter_tt.serve()")
-        query = [(k, v.decode(errors="replace")) for k, values in self.request.query_arguments.items() if k != "token"
+        query: list[tuple[str, str | int | float | bool | None]] = [(k, v.decode(errors="replace")) for k, values in self.request.query_arguments.items() if k != "token"
                  for v in values]
         headers = {"Content-Type": self.request.headers.get("Content-Type", "application/json"),
                    "Accept": self.request.headers.get("Accept", "*/*")}
         if entry.get("api_key"):
             headers["Authorization"] = f"Bearer {entry['api_key']}"
-        request = _client().build_request(self.request.method, f"http://127.0.0.1:{port}/{path}", params=query,
+        request = _client().build_request(self.request.method or "GET", f"http://127.0.0.1:{port}/{path}", params=query,
                                           headers=headers, content=self.request.body if self.request.method == "POST" else None)
         self._task = asyncio.ensure_future(self._relay(request))
         try:
             await self._task
         except asyncio.CancelledError:
-            if not self.request.connection.stream.closed():
+            stream = getattr(self.request.connection, "stream", None)
+            if stream is None or not stream.closed():
                 raise
         except httpx.HTTPError as e:
             if self._headers_written:

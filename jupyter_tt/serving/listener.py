@@ -80,7 +80,7 @@ class GuardedHTTPServer(HTTPServer):
     def start_request(self, server_conn, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         delegate = super().start_request(server_conn, request_conn)
         stream = getattr(request_conn, "stream", None)
-        return _HeadersIn(delegate, lambda: self._pending.pop(stream, None))
+        return _HeadersIn(delegate, lambda: self._pending.pop(stream, None) if stream is not None else None)
 
     # ------------------------------------------------------------------ accepting
 

@@ -180,10 +180,24 @@ class GenerateHandler(BaseHandler):
     request gets 413, so an oversized body costs no memory and the client still reads the answer."""
 
     endpoint = ""
+    id_prefix = ""  # of response ids: "cmpl", "chatcmpl"
     request_id: str | None = None  # set while the engine works on it: a disconnect cancels it
     response_id = ""
 
-    def prepare(self):
+    @property
+    def chunk_object(self) -> str:
+        """The ``object`` of an answer or a stream's chunk (each endpoint names its own)."""
+        raise NotImplementedError
+
+    def chunk(self, text: str, finish_reason: str | None) -> dict:
+        """One streamed chunk of this endpoint's shape."""
+        raise NotImplementedError
+
+    def choice(self, text: str, finish_reason: str | None) -> dict:
+        """The whole answer's choice, of this endpoint's shape."""
+        raise NotImplementedError
+
+    def prepare(self) -> None:
         super().prepare()
         self._chunks: list[bytes] = []
         self._size = 0
@@ -261,8 +275,12 @@ class GenerateHandler(BaseHandler):
         queue: asyncio.Queue[Output] = asyncio.Queue()
         arrival = time.monotonic()
         self.request_id = self.response_id = f"{self.id_prefix}-{secrets.token_hex(12)}"
+
+        def deliver(out: Output) -> None:  # from the engine's thread
+            loop.call_soon_threadsafe(queue.put_nowait, out)
+
         try:
-            app.engine.add_request(prompt_ids, params, lambda out: loop.call_soon_threadsafe(queue.put_nowait, out), self.request_id)
+            app.engine.add_request(prompt_ids, params, deliver, self.request_id)
         except PromptTooLong as e:
             raise APIError(400, str(e), param=prompt_param, code="context_length_exceeded") from None
         except SamplingError as e:
@@ -275,7 +293,10 @@ class GenerateHandler(BaseHandler):
         if stream:
             self.set_header("Content-Type", "text/event-stream")
             self.set_header("Cache-Control", "no-cache")
-        text, first_token_at, out, failure = [], None, None, None
+        text: list[str] = []
+        first_token_at: float | None = None
+        out: Output | None = None
+        failure: APIError | None = None
         while True:
             try:
                 out = await self.next_output(queue)
@@ -294,7 +315,7 @@ class GenerateHandler(BaseHandler):
                 try:
                     await self.send_chunk(self.chunk(out.text, out.finish_reason if out.finished else None))
                 except StreamClosedError:
-                    app.engine.cancel(self.request_id)
+                    app.engine.cancel(self.response_id)
                     return
             if out.finished:
                 break
@@ -307,6 +328,7 @@ class GenerateHandler(BaseHandler):
                 self.finish()
                 return
             raise failure
+        assert out is not None  # the loop ends on a finished output or a failure
         done = time.monotonic()
         if out.completion_tokens > 1 and first_token_at is not None:
             app.metrics.tpot.observe((done - first_token_at) / (out.completion_tokens - 1))
@@ -333,7 +355,8 @@ class GenerateHandler(BaseHandler):
             except asyncio.TimeoutError:
                 problem = self.app.engine.health()
                 if problem:
-                    self.app.engine.cancel(self.request_id)
+                    if self.request_id:
+                        self.app.engine.cancel(self.request_id)
                     raise APIError(503, f"{problem}: this request was ended; retry later", type_="server_error",
                                    code="engine_unavailable") from None
 

@@ -82,19 +82,19 @@ class _GraphBuilder:
 
     def rms_norm(self, x, norm):
         op = self.op
-        var = op.reduce_mean(op.multiply(x, x), _const(np.int64([-1])), True)
+        var = op.reduce_mean(op.multiply(x, x), _const(np.array([-1], dtype=np.int64)), True)
         inv = op.divide(_const(np.float32(1)), op.sqrt(op.add(var, _const(np.float32(norm.eps)))))
         return op.multiply(op.multiply(x, inv), _const(norm.weight.detach().float().numpy()))
 
     def rope(self, x, heads: int, cos, signed_sin):
         """``apply_rope`` (rotate-half folded into the signed sin table) on ``x`` [T, heads * d]."""
         op, d = self.op, self.args.head_dim
-        x = op.reshape(x, _const(np.int64([-1, heads, d])), False)
-        axis, step = _const(np.int64([2])), _const(np.int64([1]))
-        half, end, zero = _const(np.int64([d // 2])), _const(np.int64([d])), _const(np.int64([0]))
+        x = op.reshape(x, _const(np.array([-1, heads, d], dtype=np.int64)), False)
+        axis, step = _const(np.array([2], dtype=np.int64)), _const(np.array([1], dtype=np.int64))
+        half, end, zero = _const(np.array([d // 2], dtype=np.int64)), _const(np.array([d], dtype=np.int64)), _const(np.array([0], dtype=np.int64))
         rolled = op.concat([op.slice(x, half, end, step, axis), op.slice(x, zero, half, step, axis)], 2)
         out = op.add(op.multiply(x, cos), op.multiply(rolled, signed_sin))
-        return op.reshape(out, _const(np.int64([-1, heads * d])), False)
+        return op.reshape(out, _const(np.array([-1, heads * d], dtype=np.int64)), False)
 
     def build(self):
         ov, op, a, m = self.ov, self.op, self.args, self.model
@@ -130,7 +130,7 @@ class _GraphBuilder:
             k_cache = self.parameter([-1, KV, BLOCK_SIZE, d], self.cache_type, f"key_cache.{i}")
             v_cache = self.parameter([-1, KV, BLOCK_SIZE, d], self.cache_type, f"value_cache.{i}")
             qkv = self.linear(self.rms_norm(x, layer.attention_norm), layer.attention.wqkv)
-            q, k, v = op.variadic_split(qkv, at, _const(np.int64([H * d, KV * d, KV * d]))).outputs()
+            q, k, v = op.variadic_split(qkv, at, _const(np.array([H * d, KV * d, KV * d], dtype=np.int64))).outputs()
             q, k = self.rope(q, H, cos, sin), self.rope(k, KV, cos, sin)
             args = [q, k, v, k_cache, v_cache, *paging, *attention_args, max_context_len, *tail]
             attention = _PagedAttentionExtension([n if isinstance(n, ov.Output) else n.output(0) for n in args])

@@ -132,6 +132,9 @@ class Int8Linear(nn.Module):
     fast path); the output is bfloat16 for decode-sized inputs and float32 for prefill chunks.
     """
 
+    weight: torch.Tensor  # buffers (register_buffer): declared for type checkers
+    scales: torch.Tensor
+
     def __init__(self, linear: nn.Linear):
         super().__init__()
         w = linear.weight.detach().float()
@@ -190,7 +193,7 @@ class Attention(nn.Module):
         context = (KV * B, -1, self.head_dim)  # [kv_heads, B * N, block_size, d] -> [kv_heads * B, C, d]: a view
         kp = k_cache.index_select(1, batch.context_blocks).view(context).float()
         vp = v_cache.index_select(1, batch.context_blocks).view(context).float()
-        if Q == 1:  # decode-only step: one query per sequence, already in order
+        if Q == 1 and batch.attn_bias is not None:  # decode-only step: one query per sequence, already in order
             out = decode_attention(q, kp, vp, batch.attn_bias)
         else:
             qp = q[batch.unpack].transpose(1, 2)  # [B, heads, Q, d]
@@ -227,6 +230,9 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    rope_cos: torch.Tensor  # buffers (register_buffer): declared for type checkers
+    rope_sin: torch.Tensor
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args

@@ -23,6 +23,7 @@ The code runs against the ``ttnn`` module it is given: the real one on a card, o
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 
 import torch
@@ -249,7 +250,7 @@ class TtnnModelRunner(ModelRunner):
         """``ttnn``: the module to run on (default: the real ttnn). ``trace``: capture decode as a trace
         (default: on a real mesh, not on the golden stand-in)."""
         if ttnn is None:
-            import ttnn
+            ttnn = importlib.import_module("ttnn")
         if weights not in WEIGHT_FORMATS:
             raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, not {weights!r}")
         from .golden import GoldenTTNN
