@@ -60,3 +60,20 @@ def test_the_most_one_lease_can_have_is_per_card_type_and_for_any_the_commonest_
     devices = SimulatedInventory("n150x1,n300x3").devices()
     assert [most_at_once(t, devices) for t in ("n150", "n300", "any")] == [1, 3, 3]
     assert most_at_once("any", []) == 0
+
+
+def test_one_parse_reads_a_device_request_the_same_way_wherever_it_comes_from():
+    import pytest
+
+    from jupyter_tt.errors import ConfigError, RequestError
+    from jupyter_tt.scheduler import DeviceRequest
+
+    assert DeviceRequest.parse(2, " N300 ") == DeviceRequest(devices=2, card_type="n300")
+    assert DeviceRequest.parse(0, None) == DeviceRequest(devices=0, card_type="any")  # a kernel with no device
+    for devices in (-1, True, 1.0, "1"):
+        with pytest.raises(RequestError, match=r"whole number of devices 0 or more"):
+            DeviceRequest.parse(devices)
+    with pytest.raises(RequestError, match=r"a request must be a whole number of devices of at least 1, not 0"):
+        DeviceRequest.parse(0, least=1, what="a request")
+    with pytest.raises(ConfigError, match=r"unknown card type 'n400'.*or 'any'"):  # the caller's kind of error
+        DeviceRequest.parse(1, "n400", error=ConfigError)

@@ -11,14 +11,13 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from ..devices import CHIPS_PER_CARD
 from ..errors import ConfigError
-from ..scheduler import ANY, check_card_type
+from ..scheduler import ANY, DeviceRequest
 
 
 def kernelspec(devices: int, card_type: str = ANY, wait_timeout: float | None = None, display_name: str | None = None) -> dict:
     """The kernel.json of an ipykernel that asks for ``devices`` of ``card_type``."""
-    card_type = check_card_type(card_type)
-    if devices < 0:
-        raise ConfigError(f"--devices must be 0 or more, not {devices}")
+    request = DeviceRequest.parse(devices, card_type, what="--devices", error=ConfigError)
+    devices, card_type = request.devices, request.card_type
     config: dict = {"devices": devices, "card_type": card_type}
     if wait_timeout is not None:
         config["wait_timeout"] = wait_timeout

@@ -28,7 +28,7 @@ from traitlets import Float, Int, Unicode, validate
 
 from ..config import TTSettings
 from ..errors import ConfigError, TTError, WaitTimeout
-from ..scheduler import Lease, SchedulerAPI, Waiting, call, check_card_type, open_scheduler
+from ..scheduler import DeviceRequest, Lease, SchedulerAPI, Waiting, call, open_scheduler
 
 #: The least a restart waits for its cards' reset: the tool takes seconds, then the firmware's
 #: heartbeat gets up to reset_verify_timeout (30 s). A kernelspec's short queue wait does not cut it.
@@ -78,13 +78,11 @@ class TTProvisioner(LocalProvisioner):
 
     @validate("devices")
     def _check_devices(self, proposal):
-        if proposal["value"] < 0:
-            raise ConfigError(f"tt-provisioner config: devices must be 0 or more, not {proposal['value']}")
-        return proposal["value"]
+        return DeviceRequest.parse(proposal["value"], what="tt-provisioner config: devices", error=ConfigError).devices
 
     @validate("card_type")
     def _check_card_type(self, proposal):
-        return check_card_type(proposal["value"])
+        return DeviceRequest.parse(0, proposal["value"], error=ConfigError).card_type
 
     async def scheduler(self) -> SchedulerAPI:
         return await call(open_scheduler, self.settings)

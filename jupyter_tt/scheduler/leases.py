@@ -9,8 +9,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .placement import ANY
+from ..errors import RequestError, TTError
+from .placement import ANY, check_card_type
 from .processes import ProcessRef
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceRequest:
+    """What a kernel (or a command) asks for: how many devices, of one card type or ``any``.
+
+    ``parse`` is the one check of a request's shape, for every way one comes in: a kernelspec's
+    provisioner config, ``jupyter tt kernelspec install``, JupyterLab's device picker, the scheduler.
+    """
+
+    devices: int
+    card_type: str = ANY
+
+    @classmethod
+    def parse(cls, devices: object, card_type: object = ANY, *, least: int = 0, what: str = "devices",
+              error: type[TTError] = RequestError) -> DeviceRequest:
+        """A valid request, or ``error`` saying what to send: ``devices`` a whole number of at least
+        ``least`` (0: a kernel with no device; the scheduler leases 1 or more), ``card_type`` known."""
+        if type(devices) is not int or devices < least:  # bool is no count
+            bound = "0 or more (0: none)" if least == 0 else f"of at least {least}"
+            raise error(f"{what} must be a whole number of devices {bound}, not {devices!r}")
+        try:
+            kind = check_card_type(card_type)
+        except RequestError as e:
+            raise error(e.message) from None
+        return cls(devices=devices, card_type=kind)
 
 
 @dataclass(frozen=True)

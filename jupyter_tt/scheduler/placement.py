@@ -11,8 +11,8 @@ from ..errors import RequestError
 ANY = "any"
 
 
-def check_card_type(card_type: str) -> str:
-    """The normalized card type; a RequestError naming the valid ones otherwise."""
+def check_card_type(card_type: object) -> str:
+    """The normalized card type (None: 'any'); a RequestError naming the valid ones otherwise."""
     normalized = (card_type or ANY).strip().lower() if isinstance(card_type, str) or card_type is None else None
     if normalized != ANY and normalized not in CARD_TYPES:
         raise RequestError(f"unknown card type {card_type!r}: ask for one of {', '.join(CARD_TYPES)} or 'any'")

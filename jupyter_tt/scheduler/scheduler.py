@@ -35,7 +35,7 @@ from ..errors import LeaseError, RequestError
 from ..text import clean_label
 from . import store
 from .api import SchedulerAPI
-from .leases import Caller, Lease, LeasedDevice, Page, PendingReset, UsageRecord, Waiting, usage_totals
+from .leases import Caller, DeviceRequest, Lease, LeasedDevice, Page, PendingReset, UsageRecord, Waiting, usage_totals
 from .placement import ANY, check_card_type, most_at_once
 from .processes import BOOT_ID, ProcessRef, describe, lineage
 from .queue import Ask, Plan, plan
@@ -566,9 +566,7 @@ class Scheduler(SchedulerAPI):
     # ------------------------------------------------------------------ internals
 
     def _check_request(self, count: int, card_type: str, who: Caller) -> str:
-        card_type = check_card_type(card_type)
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise RequestError(f"a request needs a whole number of devices of at least 1, not {count!r}")
+        card_type = DeviceRequest.parse(count, card_type, least=1, what="a request").card_type
         if who.quota and count > who.quota:
             raise RequestError(
                 f"{count} devices is over {who.user}'s quota of {who.quota}: ask for at most {who.quota}"

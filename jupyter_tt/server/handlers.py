@@ -18,7 +18,7 @@ from tornado.iostream import StreamClosedError
 
 from ..errors import TTError
 from ..kernels.provisioner import TTProvisioner
-from ..scheduler import call, check_card_type, most_at_once
+from ..scheduler import DeviceRequest, call, most_at_once
 
 if TYPE_CHECKING:
     from .app import JupyterTTApp
@@ -125,11 +125,10 @@ class KernelDevicesHandler(TTHandler):
             devices, card_type = body["devices"], body.get("card_type", "any")
             if type(devices) is not int or not isinstance(card_type, str):
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # not the shape of a request at all
             raise TTError('send {"devices": N, "card_type": "n150" | "n300" | "any"}') from None
-        card_type = check_card_type(card_type)
-        if devices < 0:
-            raise TTError(f"devices must be 0 or more, not {devices}")
+        request = DeviceRequest.parse(devices, card_type, error=TTError)
+        devices, card_type = request.devices, request.card_type
         most = most_at_once(card_type, await call(self.scheduler.devices))  # the scheduler's own rule
         if devices > most:
             what = "devices of one card type" if card_type == "any" else f"{card_type}{'s' * (most != 1)}"
