@@ -2,8 +2,11 @@
 
 from dataclasses import replace
 
+import pytest
+
 from jupyter_tt.devices import SimulatedInventory, SysfsInventory
-from jupyter_tt.scheduler import place
+from jupyter_tt.errors import ConfigError, RequestError
+from jupyter_tt.scheduler import DeviceRequest, place
 from sysfs_tree import make_host
 
 
@@ -63,11 +66,6 @@ def test_the_most_one_lease_can_have_is_per_card_type_and_for_any_the_commonest_
 
 
 def test_one_parse_reads_a_device_request_the_same_way_wherever_it_comes_from():
-    import pytest
-
-    from jupyter_tt.errors import ConfigError, RequestError
-    from jupyter_tt.scheduler import DeviceRequest
-
     assert DeviceRequest.parse(2, " N300 ") == DeviceRequest(devices=2, card_type="n300")
     assert DeviceRequest.parse(0, None) == DeviceRequest(devices=0, card_type="any")  # a kernel with no device
     for devices in (-1, True, 1.0, "1"):
