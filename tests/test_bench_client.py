@@ -8,9 +8,9 @@ import time
 import pytest
 import tornado.web
 
-from jupyter_servers import app_in_thread
 from jupyter_tt.bench import client
 from jupyter_tt.serving.checkpoint import load_tokenizer
+from tests.support.jupyter_servers import app_in_thread
 
 FIRST, GAP, TOKENS = 0.30, 0.08, 6  # first chunk after 300 ms, then one every 80 ms
 LOAD_MS = 120  # model "load": the first chunk takes 120 ms per request in flight (itself included)

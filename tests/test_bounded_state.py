@@ -15,7 +15,7 @@ from jupyter_tt.scheduler import Lease, Scheduler, Waiting
 from jupyter_tt.scheduler.fairness import Busy, FairQueue, TokenBucket
 from jupyter_tt.server.idle import IdleKernel, IdleReclaimer
 from jupyter_tt.text import clean_label, csv_cell, printable
-from sysfs_tree import Card, make_host
+from tests.support.sysfs_tree import Card, make_host
 
 
 def scheduler_for(state_dir, spec="n300x4", user="alice", **kw):

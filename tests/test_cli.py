@@ -10,7 +10,7 @@ import pytest
 
 from jupyter_tt.devices import SimulatedInventory, SysfsInventory
 from jupyter_tt.scheduler import Scheduler
-from sysfs_tree import Card, make_host
+from tests.support.sysfs_tree import Card, make_host
 
 
 def jupyter_tt(*args, env=None):
@@ -177,7 +177,7 @@ def test_run_waits_in_the_queue_and_says_where(state_dir):
 
 
 def test_run_keeps_the_lease_while_the_command_lives_even_when_run_itself_is_killed(state_dir, tmp_path):
-    from jupyter_servers import wait_until
+    from tests.support.jupyter_servers import wait_until
 
     scheduler = Scheduler(SimulatedInventory("n300x1"), state_dir, user="alice")
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "jupyter"), "tt", "run", "--",

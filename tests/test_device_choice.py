@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_servers import wait_until
 from jupyter_tt.devices import SimulatedInventory
 from jupyter_tt.scheduler import Scheduler
+from tests.support.jupyter_servers import wait_until
 
 pytestmark = pytest.mark.usefixtures("kernelspecs")
 SPEC = "n150x1,n300x2"

@@ -18,10 +18,10 @@ import threading
 
 import pytest
 
-from jupyter_servers import wait_until
 from jupyter_tt.scheduler.client import ServiceClient
-from os_users import PYTHON, ask, holder, open_folder, tt
-from sysfs_tree import make_host
+from tests.support.jupyter_servers import wait_until
+from tests.support.os_users import PYTHON, ask, holder, open_folder, tt
+from tests.support.sysfs_tree import make_host
 
 OPEN = """
 import sys

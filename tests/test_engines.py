@@ -25,16 +25,16 @@ import httpx
 import psutil
 import pytest
 from jupyter_client.manager import start_new_kernel
-from test_kernel_api import run
 
-from jupyter_servers import free_port, wait_until
 from jupyter_tt.devices import SysfsInventory, open_inventory
 from jupyter_tt.errors import LeaseError, TTError
 from jupyter_tt.scheduler import Scheduler
 from jupyter_tt.serving.checkpoint import resolve
 from jupyter_tt.serving.engines import EngineName, TTDevices, external_launch, llama_cpp_launch, vllm_launch
 from jupyter_tt.serving.notebook import serve
-from sysfs_tree import make_host
+from tests.support.jupyter_servers import free_port, wait_until
+from tests.support.kernels import run
+from tests.support.sysfs_tree import make_host
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import llama_server  # noqa: E402

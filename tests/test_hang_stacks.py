@@ -1,4 +1,4 @@
-"""Before a timeout, the stacks of every process the test started are printed (tests/hang_stacks.py)."""
+"""Before a timeout, the stacks of every process the test started are printed (tests/support/hang_stacks.py)."""
 
 import subprocess
 import sys
@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from hang_stacks import deadline, dump_stacks
-from jupyter_servers import wait_until
+from tests.support.hang_stacks import deadline, dump_stacks
+from tests.support.jupyter_servers import wait_until
 
 SLEEPER = textwrap.dedent("""
     import sys, threading, time

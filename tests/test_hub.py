@@ -4,7 +4,7 @@ The hub (PyPI ``jupyterhub``, its proxy ``configurable-http-proxy`` from npm, in
 .venv/hub) runs as root with ``DummyAuthenticator`` and ``LocalProcessSpawner``, which starts each
 single-user server as its system user (tt-alice, tt-bob). Where this checkout sits in a folder only
 root may enter (a ``mktemp -d`` clone), the spawner becomes the user with ``setpriv`` inside a private
-mount namespace instead of its own setuid (tests/os_users.py explains why); everything else is stock.
+mount namespace instead of its own setuid (tests/support/os_users.py explains why); everything else is stock.
 The host is a STAND-IN: a sysfs fixture tree with one n150 and one n300, fenced by the service.
 Everything the users do goes through the hub's public URL, as a browser's requests do.
 """
@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jupyter_servers import free_port, stop_process, wait_until
-from os_users import BIND, PYTHON, open_folder
-from sysfs_tree import N150, N300, make_host
+from tests.support.jupyter_servers import free_port, stop_process, wait_until
+from tests.support.os_users import BIND, PYTHON, open_folder
+from tests.support.sysfs_tree import N150, N300, make_host
 
 CHP = Path(sys.prefix) / "hub/node_modules/.bin/configurable-http-proxy"
 

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from jupyter_servers import kernel_client, wait_until
 from jupyter_tt.devices import SimulatedInventory
 from jupyter_tt.scheduler import Lease, Scheduler, Waiting
+from tests.support.jupyter_servers import kernel_client, wait_until
 
 pytestmark = pytest.mark.usefixtures("kernelspecs")
 IDLE = ["--TTSettings.idle_timeout=2", "--TTSettings.idle_grace=1"]

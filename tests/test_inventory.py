@@ -4,7 +4,7 @@ import pytest
 
 from jupyter_tt.devices import SimulatedInventory, SysfsInventory, open_inventory
 from jupyter_tt.errors import ConfigError
-from sysfs_tree import Card, make_host
+from tests.support.sysfs_tree import Card, make_host
 
 
 def test_n150_host_lists_one_single_chip_device_with_telemetry(host):

@@ -10,28 +10,10 @@ from jupyter_tt.devices import SysfsInventory
 from jupyter_tt.errors import LeaseError, TTError
 from jupyter_tt.kernels.current import mesh_shape
 from jupyter_tt.scheduler import Scheduler, open_scheduler
-from sysfs_tree import make_host
+from tests.support.kernels import run
+from tests.support.sysfs_tree import make_host
 
 pytestmark = pytest.mark.usefixtures("kernelspecs")
-
-
-def run(client, code, timeout=30):
-    """Execute ``code``; returns (stdout, display data, error) from the kernel's replies."""
-    msg_id = client.execute(code)
-    stdout, displays, error = "", [], None
-    while True:
-        msg = client.get_iopub_msg(timeout=timeout)
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        kind, content = msg["msg_type"], msg["content"]
-        if kind == "stream":
-            stdout += content["text"]
-        elif kind in ("display_data", "execute_result"):
-            displays.append(content["data"])
-        elif kind == "error":
-            error = content
-        elif kind == "status" and content["execution_state"] == "idle":
-            return stdout, displays, error
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from jupyter_servers import kernel_environ, pid_gone, wait_until
+from tests.support.jupyter_servers import kernel_environ, pid_gone, wait_until
 
 pytestmark = pytest.mark.usefixtures("kernelspecs")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_servers import wait_until
+from tests.support.jupyter_servers import wait_until
 
 pytestmark = [pytest.mark.usefixtures("kernelspecs"), pytest.mark.slow]
 

@@ -7,7 +7,7 @@ import pytest
 from jupyter_tt.devices import SimulatedInventory, SysfsInventory
 from jupyter_tt.errors import ConfigError, RequestError
 from jupyter_tt.scheduler import DeviceRequest, place
-from sysfs_tree import make_host
+from tests.support.sysfs_tree import make_host
 
 
 def loudbox(tmp_path):

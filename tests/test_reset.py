@@ -1,7 +1,7 @@
 """Reset after a crash: a card whose holder died is reset before anyone uses it again.
 
 The card is the sysfs fixture (a driver stand-in), and ``tt-smi`` is a fake on PATH (the
-``card_host`` fixture, ``tests/fake_tt_smi.py``).
+``card_host`` fixture, ``tests/support/fake_tt_smi.py``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import time
 
 import pytest
 
-from fake_tt_smi import environments, ran, reset_of
 from jupyter_tt.devices import SysfsInventory
 from jupyter_tt.errors import RequestError
 from jupyter_tt.scheduler import Lease, PendingReset, Scheduler, Waiting
 from jupyter_tt.scheduler.reset import reset_command
+from tests.support.fake_tt_smi import environments, ran, reset_of
 
 
 def scheduler(tree, state_dir, **kw):
@@ -269,7 +269,7 @@ def test_by_default_the_service_does_not_reset_where_no_tool_could_so_no_card_is
 
 
 def test_the_scheduler_service_resets_a_killed_holders_card_and_leases_it_again(card_host, service):
-    from jupyter_servers import wait_until
+    from tests.support.jupyter_servers import wait_until
 
     with card_host.beating(0.2):  # live firmware: the service would otherwise see every heartbeat stop
         svc = service(inventory="sysfs", env={"JUPYTER_TT_SYSFS_ROOT": str(card_host.root)})
@@ -294,8 +294,8 @@ def test_the_scheduler_service_resets_a_killed_holders_card_and_leases_it_again(
 
 
 def test_through_the_service_a_crashed_kernels_lease_waits_for_its_cards_reset(card_host, service, kernel_process):
-    from jupyter_servers import wait_until
     from jupyter_tt.scheduler.client import ServiceClient
+    from tests.support.jupyter_servers import wait_until
 
     with card_host.beating(0.2):
         svc = service(inventory="sysfs", env={"JUPYTER_TT_SYSFS_ROOT": str(card_host.root)})
@@ -315,8 +315,8 @@ def test_a_kernel_killed_with_sigkill_restarts_on_its_lease_only_once_its_card_i
                                                                                        monkeypatch, kernel):
     from pathlib import Path
 
-    from jupyter_servers import kernel_environ, pid_gone, wait_until
     from jupyter_tt.scheduler.processes import ProcessRef
+    from tests.support.jupyter_servers import kernel_environ, pid_gone, wait_until
 
     monkeypatch.setenv("FAKE_TT_SMI_DELAY", "2")  # a reset that takes a while: the restart must wait for it
     with card_host.beating(0.2):
@@ -353,7 +353,7 @@ def test_a_kernel_killed_with_sigkill_restarts_on_its_lease_only_once_its_card_i
 
 def test_a_kernel_that_does_not_stop_when_asked_is_killed_and_its_card_reset_before_the_restart(card_host, servers,
                                                                                               kernelspecs):
-    from jupyter_servers import kernel_client, wait_until
+    from tests.support.jupyter_servers import kernel_client, wait_until
 
     with card_host.beating(0.2):
         server = servers(inventory="sysfs", env={"JUPYTER_TT_SYSFS_ROOT": str(card_host.root)},

@@ -12,7 +12,7 @@ import pytest
 from jupyter_tt.devices import SimulatedInventory, SysfsInventory
 from jupyter_tt.errors import LeaseError, RequestError, WaitTimeout
 from jupyter_tt.scheduler import Lease, Scheduler, Waiting
-from sysfs_tree import Card, make_host
+from tests.support.sysfs_tree import Card, make_host
 
 
 def scheduler_for(state_dir, spec="n300x4", user="alice", **kw):

@@ -53,7 +53,7 @@ def test_the_notebook_that_waits_and_then_holds_devices_is_named_in_queue_lease_
     """jupyter_server names a session's notebook in the kernel's environment; the panel shows it."""
     import threading
 
-    from jupyter_servers import wait_until
+    from tests.support.jupyter_servers import wait_until
 
     server = servers(inventory="simulated:n300x1", args=["--TTSettings.telemetry_interval=0.2"])
     zoe = Scheduler(SimulatedInventory("n300x1"), state_dir, user="zoe")

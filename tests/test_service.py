@@ -1,7 +1,7 @@
 """The scheduler service with real OS users: identity from the kernel, nothing to freeze, forge or break.
 
 Each test runs ``jupyter tt scheduler`` as root on a simulated inventory and the users' processes as
-``tt-alice`` and ``tt-bob`` (tests/os_users.py creates them; without root the tests skip).
+``tt-alice`` and ``tt-bob`` (tests/support/os_users.py creates them; without root the tests skip).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import os
 import socket
 import time
 
-from jupyter_servers import wait_until
-from os_users import PYTHON, ask, flooder, holder, tt
+from tests.support.jupyter_servers import wait_until
+from tests.support.os_users import PYTHON, ask, flooder, holder, tt
 
 
 def test_the_service_names_each_caller_by_their_uid_whatever_their_environment_says(service, alice):
@@ -187,7 +187,7 @@ def test_a_proc_that_hides_other_users_processes_ends_no_lease(service, alice, b
 
 def users_server(user, svc, name):
     """A real Jupyter server of ``user`` whose kernels lease through the service, with an n300 kernelspec."""
-    from jupyter_servers import Server
+    from tests.support.jupyter_servers import Server
 
     env = {"JUPYTER_TT_SCHEDULER": svc.address, "JUPYTER_DATA_DIR": f"{user.home}/data",
            "JUPYTER_RUNTIME_DIR": f"{user.home}/runtime", "JUPYTER_CONFIG_DIR": f"{user.home}/config"}
@@ -204,7 +204,7 @@ def test_jupyter_servers_of_two_users_lease_through_the_service_and_see_only_who
         kernel = a.start_kernel("tt-n300")
         [lease] = a.leases()
         assert lease["user"] == "tt-alice" and lease["kernel_id"] == kernel and lease["pid"] > 0
-        from jupyter_servers import kernel_environ
+        from tests.support.jupyter_servers import kernel_environ
 
         assert kernel_environ(lease["pid"])["JUPYTER_TT_SCHEDULER"] == svc.address
         # bob's server: who holds which devices since when; no kernel, process or notebook of alice's.

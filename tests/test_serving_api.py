@@ -8,8 +8,8 @@ import httpx
 import openai
 import pytest
 
-from greedy import ANSWER, ANSWER_TOKENS, OPENVINO_SKIP, QUESTION
-from jupyter_servers import free_port, wait_until
+from tests.support.greedy import ANSWER, ANSWER_TOKENS, OPENVINO_SKIP, QUESTION
+from tests.support.jupyter_servers import free_port, wait_until
 
 #: The key `jupyter tt serve` wants here (JUPYTER_TT_API_KEY: not on the command line, where ps shows it).
 KEY = "test-key-" + "k" * 24

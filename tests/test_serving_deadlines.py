@@ -10,10 +10,10 @@ import time
 import httpx
 import pytest
 
-from jupyter_servers import app_in_thread, wait_until
 from jupyter_tt.serving.engine import FinishReason, SamplingParams
 from jupyter_tt.serving.openai import ServingApp
-from test_engine_scheduling import add, make_engine, run, tokens_of
+from tests.support.engines import add, make_engine, run, tokens_of
+from tests.support.jupyter_servers import app_in_thread, wait_until
 
 
 def finished(outputs, request_id):

@@ -17,12 +17,12 @@ import threading
 import pytest
 import torch
 
-import greedy
-from greedy import ANSWER, ANSWER_TOKENS, GAP_ERROR, QUESTION, assert_greedy_agrees, greedy_branches, runner_logits
 from jupyter_tt.serving.backends.openvino.runner import OpenVINOModelRunner, cpu_precision
 from jupyter_tt.serving.backends.torch.runner import TorchModelRunner
 from jupyter_tt.serving.checkpoint import CheckpointError, load_checkpoint
 from jupyter_tt.serving.engine import Engine, PromptTooLong, SamplingError, SamplingParams, SequenceStep
+from tests.support import greedy
+from tests.support.greedy import ANSWER, ANSWER_TOKENS, GAP_ERROR, QUESTION, assert_greedy_agrees, greedy_branches, runner_logits
 
 PROMPTS = [
     QUESTION,
@@ -310,8 +310,8 @@ def test_a_step_that_fails_ends_only_its_requests_and_the_engine_serves_on(check
 def test_over_http_a_failed_step_is_a_500_for_its_request_only(checkpoint, runner):
     import httpx
 
-    from jupyter_servers import app_in_thread
     from jupyter_tt.serving.openai import ServingApp
+    from tests.support.jupyter_servers import app_in_thread
 
     poison = 7
     engine = Engine(FailingRunner(runner, poison), checkpoint.tokenizer).start()

@@ -10,12 +10,12 @@ import psutil
 import pytest
 import tornado.web
 from jupyter_client.manager import start_new_kernel
-from test_kernel_api import run
 
-from greedy import ANSWER, ANSWER_TOKENS, QUESTION
-from jupyter_servers import app_in_thread, kernel_environ, wait_until
 from jupyter_tt.scheduler.processes import ProcessRef
 from jupyter_tt.serving.notebook import registry_path
+from tests.support.greedy import ANSWER, ANSWER_TOKENS, QUESTION
+from tests.support.jupyter_servers import app_in_thread, kernel_environ, wait_until
+from tests.support.kernels import run
 
 pytestmark = pytest.mark.usefixtures("kernelspecs")
 

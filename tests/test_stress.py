@@ -19,7 +19,7 @@ import pytest
 
 from jupyter_tt.devices import SimulatedInventory
 from jupyter_tt.scheduler import Scheduler
-from os_users import Service
+from tests.support.os_users import Service
 
 SPEC = "n150x2,n300x6"
 WORKER = textwrap.dedent("""

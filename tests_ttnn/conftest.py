@@ -1,14 +1,10 @@
 """The ttnn lane (``make test-ttnn``): runs in a Python 3.12 venv with the PyPI ttnn wheel and torch."""
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # sysfs_tree: the driver stand-in
-
-import mock_cluster  # noqa: E402
+import mock_cluster  # (beside this file: pytest puts its folder on the path)
 
 # ttnn packs bfloat8_b on the host with tile sizes it reads from a cluster: without a card, give it
 # one n150 in mock cluster mode (ttnn's own stand-in). Set before ttnn first builds its cluster.

@@ -16,7 +16,7 @@ import pytest
 
 from jupyter_tt.devices import SysfsInventory
 from jupyter_tt.scheduler import Scheduler
-from sysfs_tree import make_host
+from tests.support.sysfs_tree import make_host
 
 COUNT = "import json, ttnn; print('COUNT', json.dumps([ttnn.GetNumAvailableDevices(), ttnn.GetNumPCIeDevices()]))"
 

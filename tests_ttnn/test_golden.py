@@ -12,13 +12,13 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from greedy import ANSWER, QUESTION, assert_greedy_agrees, chat_ids, runner_logits
 from jupyter_tt.serving.backends.torch.model import ModelArgs
 from jupyter_tt.serving.backends.torch.runner import TorchModelRunner
 from jupyter_tt.serving.backends.ttnn.golden import EQUIVALENTS, GoldenTTNN, Shards
 from jupyter_tt.serving.backends.ttnn.model import TtnnModelRunner
 from jupyter_tt.serving.checkpoint import Checkpoint, load_checkpoint
 from jupyter_tt.serving.engine import Engine, SamplingParams, SequenceStep
+from tests.support.greedy import ANSWER, QUESTION, assert_greedy_agrees, chat_ids, runner_logits
 
 PCC_MIN = 0.99
 DECODE_STEPS = 32

@@ -24,7 +24,7 @@ from jupyter_tt.doctor import probe_ttnn
 from jupyter_tt.errors import TTError
 from jupyter_tt.scheduler import Scheduler
 from jupyter_tt.text import strip_control
-from sysfs_tree import make_host
+from tests.support.sysfs_tree import make_host
 
 TTNN_DIR = Path(ttnn.__file__).resolve().parent
 no_sfpi_here = pytest.mark.skipif(find_sfpi(TTNN_DIR).found is not None, reason="SFPI is installed on this host")

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from sysfs_tree import N300, make_host
+from .sysfs_tree import N300, make_host
 
 FAKE_TT_SMI = textwrap.dedent("""\
     #!/bin/sh

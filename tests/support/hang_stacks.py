@@ -25,7 +25,7 @@ import pytest
 
 #: Seconds before the deadline at which the stacks are taken (py-spy takes about a second a process).
 MARGIN = 20.0
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "hangs"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "hangs"
 
 
 def deadline(item: pytest.Item) -> float | None:

@@ -3,10 +3,10 @@
 An intermittent failure shows up here before it shows up in CI: the tests run ``--rounds`` times
 while a busy loop per core (normal priority) takes CPU away from the servers, kernels and services
 they start. Each round is a fresh pytest process (notebooks through nbval, as ``make test-notebooks``
-runs them); a test that hangs prints its processes' stacks (``tests/hang_stacks.py``). The summary
+runs them); a test that hangs prints its processes' stacks (``tests/support/hang_stacks.py``). The summary
 gives each test's pass rate and the rounds it failed in; the exit status is 1 if any test failed.
 
-    .venv/bin/python tests/stress.py --rounds 20 tests/test_service.py notebooks/03-benchmark.ipynb
+    .venv/bin/python -m tests.support.stress --rounds 20 tests/test_service.py notebooks/03-benchmark.ipynb
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TARGETS = ["tests/test_enforcement.py", "tests/test_service.py", "notebooks/03-benchmark.ipynb"]
 NBVAL = ["--nbval", "--nbval-sanitize-with", "notebooks/sanitize.cfg", "--nbval-cell-timeout=240"]  # as make test-notebooks
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_servers import stop_process, wait_until
+from .jupyter_servers import stop_process, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _others_may_enter(path: str | Path) -> bool:

@@ -91,7 +91,7 @@ class Server:
     def start(self) -> "Server":
         python = sys.executable
         if self.user:
-            from os_users import PYTHON as python
+            from .os_users import PYTHON as python
         cmd = [
             python, "-m", "jupyter_server", "--no-browser", "--allow-root",
             f"--port={self.port}", "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1",
