@@ -22,7 +22,7 @@ def finished(outputs, request_id):
 
 def test_a_scheduling_error_fails_the_requests_it_held_and_the_next_request_is_served():
     engine, outputs = make_engine(), []
-    schedule = engine.scheduler.schedule
+    schedule = engine.batcher.schedule
     calls = []
 
     def schedule_that_fails_once():
@@ -31,7 +31,7 @@ def test_a_scheduling_error_fails_the_requests_it_held_and_the_next_request_is_s
             raise RuntimeError("scheduler bug")
         return schedule()
 
-    engine.scheduler.schedule = schedule_that_fails_once
+    engine.batcher.schedule = schedule_that_fails_once
     first = add(engine, [1, 2, 3], 4, outputs)
     engine.step()
     failed = finished(outputs, first)

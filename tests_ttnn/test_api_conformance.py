@@ -15,7 +15,7 @@ import jupyter_tt
 from jupyter_tt.serving.backends.ttnn import model as ttnn_model
 
 ROOT = Path(jupyter_tt.__file__).parent
-SOURCES = ["serving/backends/ttnn/model.py", "kernels/current.py", "serving/backends/ttnn/tt_transformers.py"]
+SOURCES = ["serving/backends/ttnn/model.py", "serving/backends/ttnn/runner.py", "kernels/current.py", "serving/backends/ttnn/tt_transformers.py"]
 
 
 def dotted(node) -> str | None:

@@ -12,12 +12,12 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from jupyter_tt.serving.backends.torch.model import ModelArgs
 from jupyter_tt.serving.backends.torch.runner import TorchModelRunner
 from jupyter_tt.serving.backends.ttnn.golden import EQUIVALENTS, GoldenTTNN, Shards
-from jupyter_tt.serving.backends.ttnn.model import TtnnModelRunner
+from jupyter_tt.serving.backends.ttnn.runner import TtnnModelRunner
 from jupyter_tt.serving.checkpoint import Checkpoint, load_checkpoint
 from jupyter_tt.serving.engine import Engine, SamplingParams, SequenceStep
+from jupyter_tt.serving.llama import ModelArgs
 from tests.support.greedy import ANSWER, QUESTION, assert_greedy_agrees, chat_ids, runner_logits
 
 PCC_MIN = 0.99

@@ -18,7 +18,8 @@ import torch
 
 from jupyter_tt.devices.sfpi import installed_ttnn_sfpi
 from jupyter_tt.serving.backends.torch.runner import TorchModelRunner
-from jupyter_tt.serving.backends.ttnn.model import MESH_OPTIONS, TtnnModelRunner
+from jupyter_tt.serving.backends.ttnn.model import MESH_OPTIONS
+from jupyter_tt.serving.backends.ttnn.runner import TtnnModelRunner
 from jupyter_tt.serving.checkpoint import load_checkpoint
 from jupyter_tt.serving.engine import SequenceStep
 from published import comparison

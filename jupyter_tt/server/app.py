@@ -17,8 +17,9 @@ from ..config import TTSettings
 from ..scheduler import Scheduler, call, open_scheduler
 from . import metrics
 from .events import SCHEMA_ID, SCHEMA_PATH, StateWatcher
-from .handlers import handlers
+from .handlers import DevicesHandler, KernelDevicesHandler, LeaseHandler, LeasesHandler, QueueHandler, UsageHandler
 from .idle import IdleReclaimer, idle_kernel
+from .proxy import ServeProxyHandler
 
 #: Resets after a crash (personal mode): seconds each, never on the event loop nor in the calls' pool.
 _RESETS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-tt-reset")
@@ -114,7 +115,15 @@ class JupyterTTApp(ExtensionApp):
         return {**item, "notebook_path": path}
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(handlers())
+        self.handlers.extend([
+            (r"/jupyter-tt/api/devices", DevicesHandler),
+            (r"/jupyter-tt/api/leases", LeasesHandler),
+            (r"/jupyter-tt/api/leases/([\w-]+)", LeaseHandler),
+            (r"/jupyter-tt/api/queue", QueueHandler),
+            (r"/jupyter-tt/api/usage", UsageHandler),
+            (r"/jupyter-tt/api/kernels/([\w-]+)/devices", KernelDevicesHandler),
+            (r"/jupyter-tt/serve/(\d+)/(.*)", ServeProxyHandler),
+        ])
 
     def _changed(self) -> None:
         # This process changed the state (a kernel got or gave back devices): report it now,

@@ -9,8 +9,8 @@ preemption, changes the tokens a request gets.
 import pytest
 import torch
 
-from jupyter_tt.serving.backends.torch.model import ModelArgs
 from jupyter_tt.serving.engine import Engine, ModelRunner, SamplingParams, SequenceStep
+from jupyter_tt.serving.llama import ModelArgs
 
 VOCAB = 32
 BLOCK = 4

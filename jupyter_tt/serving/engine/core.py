@@ -1,6 +1,6 @@
 """The engine loop: continuous batching over a paged KV cache, with chunked prefill.
 
-Each step: take in new requests and cancellations, let the ``Scheduler`` build the batch, run it
+Each step: take in new requests and cancellations, let the ``Batcher`` build the batch, run it
 on the ``ModelRunner``, sample the sequences that want a token, and pass each token through the
 ``OutputStage`` to its request's callback. Requests join at any step and leave as soon as they
 finish; their cache blocks go back to the free list at once.
@@ -26,10 +26,10 @@ from typing import Callable
 import torch
 
 from ...errors import TTError
+from .batching import Batcher, Sequence
 from .output import FinishReason, Output, OutputStage
 from .runner import ModelRunner
 from .sampling import SamplingError, SamplingParams, sample
-from .scheduler import Scheduler, Sequence
 
 log = logging.getLogger("jupyter_tt.engine")
 
@@ -69,7 +69,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_waiting = max_waiting
         self.max_model_len = min(max_model_len or runner.args.max_seq_len, runner.args.max_seq_len, runner.max_tokens_in_cache)
-        self.scheduler = Scheduler(
+        self.batcher = Batcher(
             num_blocks=runner.num_blocks, block_size=runner.block_size, max_num_seqs=max_num_seqs,
             max_step_tokens=max_step_tokens, max_prefill_tokens=max_prefill_tokens,
             chunk_multiple=runner.prefill_chunk_multiple,
@@ -152,19 +152,19 @@ class Engine:
 
     @property
     def num_running(self) -> int:
-        return len(self.scheduler.running)
+        return len(self.batcher.running)
 
     @property
     def num_waiting(self) -> int:
-        return len(self.scheduler.waiting) + len(self._incoming)
+        return len(self.batcher.waiting) + len(self._incoming)
 
     @property
     def has_work(self) -> bool:
-        return bool(self.scheduler.running or self.scheduler.waiting or self._incoming or self._cancelled)
+        return bool(self.batcher.running or self.batcher.waiting or self._incoming or self._cancelled)
 
     @property
     def free_blocks(self) -> int:
-        return len(self.scheduler.blocks.free)
+        return len(self.batcher.blocks.free)
 
     @property
     def cache_usage(self) -> float:
@@ -187,10 +187,10 @@ class Engine:
             raise
         finally:
             with self._wake:
-                self.scheduler.waiting.extend(self._incoming)
+                self.batcher.waiting.extend(self._incoming)
                 self._incoming.clear()
             reason = FinishReason.ERROR if self.failure else FinishReason.ABORT
-            for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+            for seq in [*self.batcher.running, *self.batcher.waiting]:
                 self._finish(seq, reason, error=self.failure)
 
     def step(self) -> None:
@@ -202,7 +202,7 @@ class Engine:
             self._step_started = None
 
     def _step(self) -> None:
-        scheduler = self.scheduler
+        scheduler = self.batcher
         with self._wake:
             scheduler.waiting.extend(self._incoming)
             self._incoming.clear()
@@ -242,7 +242,7 @@ class Engine:
 
     @property
     def preemptions(self) -> int:
-        return self.scheduler.preemptions
+        return self.batcher.preemptions
 
     def _sample(self, seq: Sequence, logits: torch.Tensor) -> None:
         params = seq.params
@@ -252,11 +252,11 @@ class Engine:
             logits[list(stops)] = float("-inf")
         out = self.output.append(seq, sample(logits, params, seq.generator))
         if out.finished:
-            self.scheduler.remove(seq)
+            self.batcher.remove(seq)
         self._deliver(seq, out)
 
     def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
-        self.scheduler.remove(seq)
+        self.batcher.remove(seq)
         self._deliver(seq, self.output.finish(seq, reason, error=error))
 
     def _deliver(self, seq: Sequence, out: Output) -> None:
@@ -265,4 +265,4 @@ class Engine:
             seq.on_output(out)
         except Exception:
             log.exception("jupyter-tt engine: the callback of %s failed; the request is dropped", seq.request_id)
-            self.scheduler.remove(seq)
+            self.batcher.remove(seq)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backends.torch.model import ModelArgs
+from ..llama import ModelArgs
 
 
 @dataclass(frozen=True, kw_only=True)

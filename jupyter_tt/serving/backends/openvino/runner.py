@@ -28,7 +28,8 @@ import torch
 
 from ...checkpoint import Checkpoint
 from ...engine.runner import ModelRunner, SequenceStep
-from ..torch.model import ModelArgs, Transformer, quantize_int8
+from ...llama import ModelArgs
+from ..torch.model import Transformer, quantize_int8
 from . import check_available
 
 #: Weight formats of this backend: "int8" (per-row weight-only, as the torch reference's int8) or "float32".

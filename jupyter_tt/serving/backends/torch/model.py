@@ -1,6 +1,6 @@
 """A Llama-family transformer in plain torch, reading and writing a paged KV cache.
 
-gpt-fast's shape: a dataclass of sizes (``ModelArgs``), then ``RMSNorm``, ``Attention``,
+gpt-fast's shape: the sizes (``ModelArgs``, shared by every backend in ``serving/llama.py``), then ``RMSNorm``, ``Attention``,
 ``FeedForward``, ``Block`` and ``Transformer``. What differs is the batch: the tokens of many
 sequences are packed into one ``[T]`` row (each sequence adds a prefill chunk or one decode token),
 so every linear layer runs once per step; attention then looks at each sequence's own context,
@@ -9,38 +9,13 @@ gathered from the paged cache through its block table (see ``Batch``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class ModelArgs:
-    """The sizes of a Llama-family model, read from its checkpoint; every backend builds from these."""
-
-    vocab_size: int
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    intermediate_size: int
-    norm_eps: float = 1e-5
-    rope_base: float = 10000.0
-    max_seq_len: int = 4096
-    tie_embeddings: bool = False
-    rope_scaling: dict | None = None  # Llama 3.1 style: factor, low/high_freq_factor, original_max_position_embeddings
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    def kv_cache_blocks(self, block_size: int, budget_bytes: int, dtype: torch.dtype) -> int:
-        """How many blocks of ``block_size`` tokens' keys and values in ``dtype`` fit ``budget_bytes`` (at least one)."""
-        per_block = self.n_layers * 2 * block_size * self.n_kv_heads * self.head_dim * torch.finfo(dtype).bits // 8
-        return max(budget_bytes // per_block, 1)
+from ...llama import ModelArgs, precompute_rope
 
 
 @dataclass
@@ -60,24 +35,6 @@ class Batch:
     unpack: torch.Tensor  # [B, Q] packed index of query i of sequence b (padding repeats a valid one)
     pack: torch.Tensor  # [T] index into the flattened [B*Q] padded queries for each packed token
     logits_index: torch.Tensor  # [S] packed tokens whose next-token logits are wanted
-
-
-def precompute_rope(args: ModelArgs, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables [length, head_dim] (Hugging Face's rotate-half layout), with Llama 3.1 scaling."""
-    dim = args.head_dim
-    inv_freq = 1.0 / (args.rope_base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-    if args.rope_scaling:
-        s = args.rope_scaling
-        factor, low, high = s["factor"], s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
-        old = s.get("original_max_position_embeddings", 8192)
-        wavelen = 2 * math.pi / inv_freq
-        smooth = ((old / wavelen) - low) / (high - low)
-        scaled = torch.where(wavelen > old / low, inv_freq / factor, inv_freq)
-        mid = (wavelen <= old / low) & (wavelen >= old / high)
-        inv_freq = torch.where(mid, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
-    freqs = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos().float(), emb.sin().float()
 
 
 def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,6 +29,7 @@ def make_runner(checkpoint, *, weights: str, kv_cache_bytes: int, max_num_seqs: 
 
         TTTransformersRunner.check_available()
         return TTTransformersRunner(checkpoint, open_mesh_device(**TTTransformersRunner.MESH_OPTIONS), max_batch=max_num_seqs)
-    from .model import MESH_OPTIONS, TtnnModelRunner
+    from .model import MESH_OPTIONS
+    from .runner import TtnnModelRunner
 
     return TtnnModelRunner(checkpoint, open_mesh_device(**MESH_OPTIONS), weights=weights, kv_cache_bytes=kv_cache_bytes)

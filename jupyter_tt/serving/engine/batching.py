@@ -96,8 +96,8 @@ class BlockAllocator:
         self.free.extend(blocks)
 
 
-class Scheduler:
-    """Owns the queues and the block allocator. ``max_num_seqs`` bounds the batch, ``max_step_tokens``
+class Batcher:
+    """Builds each step's batch: owns the queues and the block allocator. ``max_num_seqs`` bounds the batch, ``max_step_tokens``
     a step's tokens while sequences are decoding, ``max_prefill_tokens`` those of a step that has only
     prompts to read; chunks other than a prompt's last are a multiple of ``chunk_multiple``."""
 
