@@ -31,6 +31,7 @@ from tornado.iostream import StreamClosedError
 
 from ..errors import TTError
 from .engine import Engine, EngineBusy, FinishReason, Output, PromptTooLong, SamplingError, SamplingParams
+from .protocol import APIError, ChatRequest, CompletionRequest
 
 #: The largest request body read (a prompt that fits any context is far smaller); larger: 413.
 MAX_BODY_BYTES = 4 * 2**20
@@ -44,12 +45,6 @@ _TOKENIZE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jupyter-tt-tok
 HEALTH_INTERVAL = 1.0
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
 
 class Metrics:
@@ -218,7 +213,8 @@ class GenerateHandler(BaseHandler):
         if self.request_id:
             self.app.engine.cancel(self.request_id)
 
-    def body(self) -> dict:
+    def body(self) -> object:
+        """The request's JSON (its checks are ``protocol.py``'s); 413 past MAX_BODY_BYTES."""
         if self._size > MAX_BODY_BYTES:
             raise APIError(413, f"the request body has {self._size} bytes, more than this server reads "
                                 f"({MAX_BODY_BYTES}): send a shorter prompt")
@@ -228,15 +224,6 @@ class GenerateHandler(BaseHandler):
             raise APIError(400, f"the request body is not valid JSON ({e})") from None
         except RecursionError:
             raise APIError(400, "the request body nests JSON too deeply") from None
-        if not isinstance(body, dict):
-            raise APIError(400, "the request body must be a JSON object")
-        if not isinstance(body.get("stream_options") or {}, dict):
-            raise APIError(400, 'stream_options must be an object such as {"include_usage": true}', param="stream_options")
-        model = body.get("model")
-        if model is not None and model != self.app.model_name:
-            raise APIError(404, f"the model {model!r} does not exist: this server serves {self.app.model_name!r}", param="model", code="model_not_found")
-        if body.get("n", 1) not in (1, None):
-            raise APIError(400, "only n=1 is supported", param="n")
         return body
 
     def check_length(self, chars: int, param: str) -> None:
@@ -248,26 +235,6 @@ class GenerateHandler(BaseHandler):
 
     async def tokenize(self, fn, *args, **kwargs) -> list[int]:
         return await asyncio.get_running_loop().run_in_executor(_TOKENIZE, lambda: fn(*args, **kwargs))
-
-    def sampling(self, body: dict, default_max_tokens: int) -> SamplingParams:
-        stop = body.get("stop") or []
-        try:
-            params = SamplingParams(
-                max_tokens=body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens,
-                temperature=float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0),
-                top_p=float(body.get("top_p", 1.0) if body.get("top_p") is not None else 1.0),
-                top_k=int(body.get("top_k", -1) if body.get("top_k") is not None else -1),
-                seed=body.get("seed"),
-                stop=[stop] if isinstance(stop, str) else list(stop),
-                stop_token_ids=list(body.get("stop_token_ids") or []),
-                ignore_eos=bool(body.get("ignore_eos", False)),
-                min_tokens=int(body.get("min_tokens", 0) or 0),
-            )
-            return params.check()
-        except SamplingError as e:
-            raise APIError(400, str(e), param=e.param) from None
-        except (TypeError, ValueError) as e:
-            raise APIError(400, f"bad sampling parameter: {e}") from None
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, stream: bool, include_usage: bool, prompt_param: str):
         app = self.app
@@ -376,19 +343,13 @@ class CompletionsHandler(GenerateHandler):
         return "text_completion"
 
     async def post(self):
-        body = self.body()
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-            prompt = prompt[0]
-        if isinstance(prompt, str) and prompt:
-            self.check_length(len(prompt), "prompt")
-            ids = await self.tokenize(self.app.tokenizer.encode, prompt, add_special_tokens=False)
-        elif isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
-            ids = prompt
+        request = CompletionRequest.parse(self.body(), model_name=self.app.model_name)
+        if isinstance(request.prompt, str):
+            self.check_length(len(request.prompt), "prompt")
+            ids = await self.tokenize(self.app.tokenizer.encode, request.prompt, add_special_tokens=False)
         else:
-            raise APIError(400, "prompt must be a non-empty string or a list of token ids (one prompt per request)", param="prompt")
-        params = self.sampling(body, default_max_tokens=16)
-        await self.generate(ids, params, bool(body.get("stream")), bool((body.get("stream_options") or {}).get("include_usage")), "prompt")
+            ids = request.prompt
+        await self.generate(ids, request.sampling_params(default_max_tokens=16), request.stream, request.include_usage, "prompt")
 
     def chunk(self, text: str, finish_reason: str | None) -> dict:
         return {**self.envelope(), "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}]}
@@ -406,20 +367,16 @@ class ChatHandler(GenerateHandler):
         return "chat.completion.chunk" if self.streaming else "chat.completion"
 
     async def post(self):
-        body = self.body()
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str) for m in messages
-        ):
-            raise APIError(400, "messages must be a non-empty list of {role: system|user|assistant, content: string}", param="messages")
+        request = ChatRequest.parse(self.body(), model_name=self.app.model_name)
         if not getattr(self.app.tokenizer, "chat_template", None):
             raise APIError(400, f"{self.app.model_name} has no chat template: use /v1/completions", param="messages")
-        self.check_length(sum(len(m["content"]) for m in messages), "messages")
-        ids = await self.tokenize(self.app.tokenizer.apply_chat_template, messages, add_generation_prompt=True, tokenize=True)
+        self.check_length(sum(len(m.content) for m in request.messages), "messages")
+        ids = await self.tokenize(self.app.tokenizer.apply_chat_template, request.as_dicts(), add_generation_prompt=True,
+                                  tokenize=True)
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-        params = self.sampling(body, default_max_tokens=max(self.app.engine.max_model_len - len(ids), 1))
-        self.streaming = bool(body.get("stream"))
-        await self.generate(ids, params, self.streaming, bool((body.get("stream_options") or {}).get("include_usage")), "messages")
+        params = request.sampling_params(default_max_tokens=max(self.app.engine.max_model_len - len(ids), 1))
+        self.streaming = request.stream
+        await self.generate(ids, params, self.streaming, request.include_usage, "messages")
 
     def chunk(self, text: str, finish_reason: str | None) -> dict:
         delta = {"content": text} if text else {}
