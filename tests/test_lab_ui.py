@@ -8,6 +8,7 @@ frees it. Screenshots of each step go to ``test-artifacts/ui/``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -188,11 +189,11 @@ def test_a_user_picks_two_n300_for_a_running_notebook_and_its_kernel_restarts_on
 
 def test_a_killed_kernels_card_shows_resetting_under_its_notebook_then_its_lease_again(servers, page, tmp_path, card_host,
                                                                                        monkeypatch):
-    """STAND-IN: the sysfs fixture's two n300 cards and a fake tt-smi whose reset takes 4 s."""
+    """STAND-IN: the sysfs fixture's two n300 cards and a fake tt-smi whose reset takes 8 s."""
     from playwright.sync_api import expect
 
     expect.set_options(timeout=30_000)
-    monkeypatch.setenv("FAKE_TT_SMI_DELAY", "4")
+    monkeypatch.setenv("FAKE_TT_SMI_DELAY", "8")  # the resetting state lasts this long: time for a loaded machine to show it
     with card_host.beating(0.2):
         server = lab(servers, tmp_path, "sysfs", env={"JUPYTER_TT_SYSFS_ROOT": str(card_host.root)},
                      args=["--TTSettings.reset_after_crash=True", "--TTSettings.reset_tool=tt-smi"])
@@ -225,7 +226,13 @@ def test_without_the_event_stream_the_panel_still_follows_the_host_by_polling(se
     from jupyter_tt.scheduler import Scheduler
 
     expect.set_options(timeout=30_000)
+    ours = tmp_path / "lab-settings" / "jupyter-tt"
+    ours.mkdir(parents=True)
+    (ours / "plugin.jupyterlab-settings").write_text('{"pollInterval": 2000}')  # the panel's refresh interval
     server = lab(servers, tmp_path, "simulated:n300x2")
+    setting = server.http.get("/lab/api/settings/jupyter-tt:plugin").json()
+    assert setting["schema"]["properties"]["pollInterval"]["default"] == 5000  # our schema, installed with the package
+    assert json.loads(setting["raw"])["pollInterval"] == 2000
     cut = []
     page.route_web_socket(re.compile(r".*/api/events/subscribe.*"), lambda ws: (cut.append(ws.url), ws.close()))
     page.goto(f"{server.url}/lab?token={server.token}")

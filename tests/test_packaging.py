@@ -28,6 +28,7 @@ def test_the_wheel_carries_the_built_labextension_and_enables_the_server_extensi
     data = next(n.split("/data/")[0] for n in names if "/data/" in n) + "/data/"
     ext = data + "share/jupyter/labextensions/jupyter-tt/"
     assert ext + "package.json" in names and ext + "install.json" in names
+    assert ext + "schemas/jupyter-tt/plugin.json" in names  # the panel's settings (pollInterval)
     assert any(n.startswith(ext + "static/remoteEntry.") and n.endswith(".js") for n in names)
     assert data + "etc/jupyter/jupyter_server_config.d/jupyter_tt.json" in names
     # The production build: minified, no source maps.

@@ -6,6 +6,7 @@
 import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette, ToolbarButton } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
@@ -24,15 +25,26 @@ const plugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-tt:plugin',
   description: 'Tenstorrent devices, leases and queue in JupyterLab.',
   autoStart: true,
-  optional: [ILabShell, IStatusBar, INotebookTracker, ICommandPalette],
+  optional: [ILabShell, IStatusBar, INotebookTracker, ICommandPalette, ISettingRegistry],
   activate: (
     app: JupyterFrontEnd,
     shell: ILabShell | null,
     statusBar: IStatusBar | null,
     tracker: INotebookTracker | null,
-    palette: ICommandPalette | null
+    palette: ICommandPalette | null,
+    settingRegistry: ISettingRegistry | null
   ) => {
     const model = new DeviceModel(app.serviceManager.events ?? null);
+    if (settingRegistry) {
+      void settingRegistry
+        .load(plugin.id)
+        .then(settings => {
+          const apply = () => (model.interval = settings.get('pollInterval').composite as number);
+          apply();
+          settings.changed.connect(apply);
+        })
+        .catch(reason => console.warn('jupyter-tt: its settings could not be read; polling every 5 s', reason));
+    }
     const panel = new DevicePanel(model, path => void app.commands.execute('docmanager:open', { path }));
     panel.id = 'jupyter-tt-panel';
     panel.title.icon = chipIcon;

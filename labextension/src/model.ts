@@ -8,7 +8,13 @@ import { Event, ServerConnection } from '@jupyterlab/services';
 import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
+import { RequestError, requestAPI } from './request';
+
 export const LEASE_SCHEMA = 'https://events.jupyter-tt.org/jupyter_tt/lease/v1';
+/** Milliseconds between reads when no lease event comes (the `pollInterval` setting's default). */
+export const DEFAULT_INTERVAL = 5000;
+/** The longest wait between reads while they fail (the poll backs off). */
+const MAX_INTERVAL = 60 * 1000;
 
 export interface ITelemetry {
   temperature_c: number | null;
@@ -101,11 +107,11 @@ interface IUsageAnswer {
 
 /** What the server reported, refreshed on every lease event and every `interval` ms. */
 export class DeviceModel {
-  constructor(events: Event.IManager | null, interval = 5000) {
+  constructor(events: Event.IManager | null, interval = DEFAULT_INTERVAL) {
     this._settings = ServerConnection.makeSettings();
     this._poll = new Poll({
       factory: () => this._fetch(),
-      frequency: { interval, backoff: true, max: 60 * 1000 },
+      frequency: { interval, backoff: true, max: MAX_INTERVAL },
       standby: 'when-hidden',
       name: 'jupyter-tt:devices'
     });
@@ -137,26 +143,23 @@ export class DeviceModel {
     return this._poll.refresh();
   }
 
+  /** Milliseconds between reads when no lease event arrives (the `pollInterval` setting). */
+  set interval(ms: number) {
+    this._poll.frequency = { ...this._poll.frequency, interval: Math.max(ms, 1000) };
+  }
+
   /** The kernel of the session at ``path`` (the server's sessions; the frontend's view may lag). */
   async kernelOf(path: string): Promise<string | null> {
-    const url = URLExt.join(this._settings.baseUrl, 'api/sessions');
-    const response = await ServerConnection.makeRequest(url, {}, this._settings);
-    if (!response.ok) {
-      return null;
-    }
-    const sessions: { path: string; kernel: { id: string } | null }[] = await response.json();
+    const sessions = await requestAPI<{ path: string; kernel: { id: string } | null }[]>('api/sessions', {}, this._settings).catch(
+      () => []
+    );
     return sessions.find(s => s.path === path)?.kernel?.id ?? null;
   }
 
   /** Restart a kernel on other devices (the server answers at once; the restart follows). */
   async choose(kernelId: string, devices: number, cardType: string): Promise<void> {
-    const url = URLExt.join(this._settings.baseUrl, 'jupyter-tt/api/kernels', kernelId, 'devices');
     const init = { method: 'POST', body: JSON.stringify({ devices, card_type: cardType }) };
-    const response = await ServerConnection.makeRequest(url, init, this._settings);
-    if (!response.ok) {
-      const body = await response.json().catch(() => ({}));
-      throw new Error(body.message ?? `${response.status} ${response.statusText}`);
-    }
+    await requestAPI(URLExt.join('jupyter-tt/api/kernels', kernelId, 'devices'), init, this._settings);
     void this.refresh();
   }
 
@@ -174,13 +177,12 @@ export class DeviceModel {
   }
 
   private async _get<T>(what: string): Promise<T> {
-    const url = URLExt.join(this._settings.baseUrl, 'jupyter-tt/api', what);
-    const response = await ServerConnection.makeRequest(url, {}, this._settings);
-    if (!response.ok) {
-      const body = await response.json().catch(() => ({}));
-      throw new Error(`${what}: ${response.status} ${body.message ?? response.statusText}`);
+    try {
+      return await requestAPI<T>(URLExt.join('jupyter-tt/api', what), {}, this._settings);
+    } catch (reason) {
+      const status = reason instanceof RequestError ? `${reason.status} ` : '';
+      throw new Error(`${what}: ${status}${(reason as Error).message}`);
     }
-    return response.json();
   }
 
   private async _fetch(): Promise<void> {
