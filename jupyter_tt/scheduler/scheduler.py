@@ -18,10 +18,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import json
 import logging
 import os
-import re
 import secrets
 import socket
 import sqlite3
@@ -33,13 +31,13 @@ from collections.abc import Callable
 from ..devices import Device, InventoryBackend
 from ..errors import LeaseError, RequestError
 from ..text import clean_label
-from . import store
+from . import reports, store
+from . import resets as card_resets
 from .api import SchedulerAPI
-from .leases import Caller, DeviceRequest, Lease, LeasedDevice, Page, PendingReset, UsageRecord, Waiting, usage_totals
+from .leases import Caller, DeviceRequest, Lease, Page, PendingReset, Waiting, usage_totals
 from .placement import ANY, check_card_type, most_at_once
-from .processes import BOOT_ID, ProcessRef, describe, lineage
+from .processes import ProcessRef
 from .queue import Ask, Plan, plan
-from .reset import reset as reset_card
 
 log = logging.getLogger("jupyter_tt.scheduler")
 
@@ -51,36 +49,6 @@ PRUNE_INTERVAL = 60.0
 MAX_REASON = 300
 
 
-#: The most entries one page of a list holds (history, usage records).
-MAX_PAGE = 1000
-
-
-def check_limit(limit: object) -> int:
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
-        raise RequestError(f"limit must be a whole number from 1 to {MAX_PAGE}, not {limit!r}: page through longer lists")
-    return limit
-
-
-def _cursor(when: float, lease_id: str) -> str:
-    return f"{when!r}/{lease_id}"
-
-
-def _parse_cursor(cursor: object) -> tuple[float, str]:
-    try:
-        when, lease_id = str(cursor).split("/", 1)
-        return float(when), lease_id
-    except ValueError:
-        raise RequestError(f"{str(cursor)[:80]!r} is not a cursor: pass the one the previous page gave") from None
-
-
-def _public_reason(reason: str | None) -> str | None:
-    """An end reason as other users see it: without process ids or what a process ran."""
-    if reason is None:
-        return None
-    reason = re.sub(r"\([^()]*\bpid\b[^()]*\)", "", reason)
-    return re.sub(r"\b(pid|process(?:es)?)\s+\d[\d, ]*", r"\1 ", reason).replace("  ", " ").strip()
-
-
 def _raised(outcome: Lease | Waiting | RequestError) -> Lease | Waiting:
     if isinstance(outcome, RequestError):
         raise outcome
@@ -89,14 +57,6 @@ def _raised(outcome: Lease | Waiting | RequestError) -> Lease | Waiting:
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(6)}"
-
-
-def _ref(pid, started, boot) -> ProcessRef:
-    """A stored process. Rows written before boot ids were stored (schema 2) hold a wall-clock start
-    time: only the PID's existence can be checked for those."""
-    if boot is None:
-        return ProcessRef(int(pid), 0, BOOT_ID)
-    return ProcessRef(int(pid), int(started), boot)
 
 
 def _serialized(method):
@@ -226,7 +186,7 @@ class Scheduler(SchedulerAPI):
         request_id = _new_id("req")
         now = time.time()
         with self._write() as db:
-            held = self._held_by(db, who.user)
+            held = store.held(db, who.user)[who.user]
             if who.quota and held + count > who.quota:
                 raise RequestError(
                     f"{who.user} holds {held} device{'s' * (held != 1)} and may hold {who.quota} at once: "
@@ -234,16 +194,13 @@ class Scheduler(SchedulerAPI):
                     f"or ask for at most {max(who.quota - held, 0)}"
                 )
             if self.max_waiting:
-                waiting = db.execute("SELECT COUNT(*) FROM requests WHERE user=? AND lease_id IS NULL AND refused IS NULL",
-                                     (who.user,)).fetchone()[0]
+                waiting = store.waiting_count(db, who.user)
                 if waiting >= self.max_waiting:
                     raise RequestError(f"{who.user} has {waiting} requests waiting already: wait for them, or cancel some")
-            db.execute(
-                "INSERT INTO requests (id, user, server, kernel_id, notebook, devices, card_type, quota, owner_pid,"
-                " owner_started, owner_boot, requested_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (request_id, who.user, who.server, kernel_id, notebook, count, card_type, who.quota, who.process.pid,
-                 who.process.started, who.process.boot_id, now),
-            )
+            store.insert_request(db, store.RequestRow(
+                id=request_id, user=who.user, server=who.server, kernel_id=kernel_id, notebook=notebook, devices=count,
+                card_type=card_type, quota=who.quota, owner_pid=who.process.pid, owner_started=who.process.started,
+                owner_boot=who.process.boot_id, requested_at=now))
             self._pass(db)
             outcome = self._outcome(db, request_id)
         return _raised(outcome)
@@ -262,14 +219,15 @@ class Scheduler(SchedulerAPI):
         """Leave the queue. If the request was granted meanwhile, the lease is returned (and kept)."""
         with self._write() as db:
             row = self._own_request(db, request_id, caller)
-            db.execute("DELETE FROM requests WHERE id=?", (request_id,))
-            lease = self._lease(db, row["lease_id"]) if row and row["lease_id"] else None
+            store.delete_request(db, request_id)
+            granted = store.lease(db, row.lease_id) if row and row.lease_id else None
+            lease = granted.lease() if granted else None
             self._pass(db)  # others may go now
             return lease
 
-    def _own_request(self, db: sqlite3.Connection, request_id: str, caller: Caller | None) -> sqlite3.Row | None:
-        row = db.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone()
-        if row is not None and caller is not None and row["user"] != caller.user:
+    def _own_request(self, db: sqlite3.Connection, request_id: str, caller: Caller | None) -> store.RequestRow | None:
+        row = store.request(db, request_id)
+        if row is not None and caller is not None and row.user != caller.user:
             raise LeaseError(f"request {request_id} is not yours", status=403)
         return row
 
@@ -284,14 +242,14 @@ class Scheduler(SchedulerAPI):
         Returns False when the lease had already ended.
         """
         with self._write() as db:
-            row = db.execute("SELECT * FROM leases WHERE id=?", (lease_id,)).fetchone()
+            row = store.lease(db, lease_id)
             if row is None:
                 if user is not None:
                     raise LeaseError(f"no active lease {lease_id!r}: it has ended or never existed", status=404)
                 return False
-            if user is not None and row["user"] != user:
-                raise LeaseError(f"lease {lease_id} belongs to {row['user']}: only they can release it", status=403)
-            self._end(db, row, reason, time.time())
+            if user is not None and row.user != user:
+                raise LeaseError(f"lease {lease_id} belongs to {row.user}: only they can release it", status=403)
+            store.end_lease(db, row, clean_reason(reason), time.time())
             if crash:
                 self._mark_for_reset(db, row, crash)
             self._pass(db)
@@ -303,10 +261,7 @@ class Scheduler(SchedulerAPI):
         ref = ProcessRef.of(pid)
         with self._write() as db:
             self._own_lease(db, lease_id, caller)
-            db.execute(
-                "UPDATE leases SET kernel_pid=?, kernel_started=?, kernel_boot=?, kernel_gone_since=NULL WHERE id=?",
-                (ref.pid, ref.started, ref.boot_id, lease_id),
-            )
+            store.attach_kernel(db, lease_id, ref)
 
     @_serialized
     def detach_kernel(self, lease_id: str, *, crash: str | None = None, caller: Caller | None = None) -> bool:
@@ -319,52 +274,35 @@ class Scheduler(SchedulerAPI):
         who = self._caller(caller)
         with self._write() as db:
             self._own_lease(db, lease_id, caller)
-            cursor = db.execute(
-                "UPDATE leases SET kernel_pid=NULL, kernel_started=NULL, kernel_boot=NULL, kernel_gone_since=NULL,"
-                " owner_pid=?, owner_started=?, owner_boot=? WHERE id=?",
-                (who.process.pid, who.process.started, who.process.boot_id, lease_id),
-            )
-            if cursor.rowcount == 1 and crash:
-                self._mark_for_reset(db, db.execute("SELECT * FROM leases WHERE id=?", (lease_id,)).fetchone(), crash)
-            return cursor.rowcount == 1
+            detached = store.detach_kernel(db, lease_id, who.process)
+            row = store.lease(db, lease_id)
+            if detached and crash and row:
+                self._mark_for_reset(db, row, crash)
+            return detached
 
     @_serialized
     def lease_resets(self, lease_id: str, *, caller: Caller | None = None) -> list[PendingReset]:
         """The lease's cards still out for a reset (empty: its kernel may start)."""
         with store.snapshot(self.db) as db:
             self._own_lease(db, lease_id, caller)
-            rows = db.execute("SELECT resets.* FROM resets JOIN lease_devices USING (device_id) WHERE lease_devices.lease_id=?"
-                              " ORDER BY device_id", (lease_id,)).fetchall()
-        return [PendingReset(device_id=r["device_id"], reason=r["reason"], waiting_for=r["waiting_for"],
-                             done=r["done_at"] is not None, failed=r["failed"]) for r in rows]
+            return card_resets.pending(store.lease_resets(db, lease_id))
 
     @_serialized
     def get_lease(self, lease_id: str, *, viewer: str | None = None) -> Lease | None:
         """The lease if it is active (another user's in its public view, for a ``viewer``)."""
-        lease = self._lease(self.db, lease_id)
-        return lease and self._shown(lease, viewer)
+        row = store.lease(self.db, lease_id)
+        return reports.shown(row.lease(), viewer) if row else None
 
     @_serialized
     def ended_lease(self, lease_id: str, *, viewer: str | None = None) -> tuple[Lease, str] | None:
         """An ended lease from the history, with why it ended; None if it never existed (or is active)."""
-        row = self.db.execute("SELECT * FROM history WHERE lease_id=?", (lease_id,)).fetchone()
-        if row is None:
-            return None
-        lease = Lease(
-            id=row["lease_id"], user=row["user"], server=row["server"], kernel_id=row["kernel_id"],
-            card_type=row["card_type"], devices=tuple(LeasedDevice(**d) for d in json.loads(row["devices_json"])),
-            pid=row["pid"] or 0, requested_at=row["requested_at"], granted_at=row["granted_at"], notebook=row["notebook"],
-        )
-        return self._shown(lease, viewer), row["end_reason"]
+        row = store.ended_lease(self.db, lease_id)
+        return None if row is None else (reports.shown(row.lease(), viewer), row.end_reason)
 
     def _own_lease(self, db: sqlite3.Connection, lease_id: str, caller: Caller | None) -> None:
-        row = db.execute("SELECT user FROM leases WHERE id=?", (lease_id,)).fetchone()
-        if row is not None and caller is not None and row["user"] != caller.user:
-            raise LeaseError(f"lease {lease_id} belongs to {row['user']}: only they can change it", status=403)
-
-    @staticmethod
-    def _shown(lease: Lease, viewer: str | None) -> Lease:
-        return lease if viewer is None or lease.user == viewer else lease.public()
+        row = store.lease(db, lease_id)
+        if row is not None and caller is not None and row.user != caller.user:
+            raise LeaseError(f"lease {lease_id} belongs to {row.user}: only they can change it", status=403)
 
     # ------------------------------------------------------------------ reports
     # ``viewer``: the user a report is for. Their own leases and requests come in full, other users'
@@ -386,14 +324,10 @@ class Scheduler(SchedulerAPI):
         their pages back to the file system. Returns how many went."""
         self._pruned = time.monotonic()
         with self._write() as db:
-            gone = 0
-            if self.history_days > 0:
-                gone += db.execute("DELETE FROM history WHERE ended_at < ?", (time.time() - self.history_days * 86400,)).rowcount
-            if self.history_rows > 0:
-                gone += db.execute("DELETE FROM history WHERE lease_id IN (SELECT lease_id FROM history"
-                                   " ORDER BY ended_at DESC, lease_id DESC LIMIT -1 OFFSET ?)", (self.history_rows,)).rowcount
+            gone = store.prune_history(db, keep=self.history_rows, ended_before=(
+                time.time() - self.history_days * 86400 if self.history_days > 0 else None))
         if gone:
-            self.db.execute("PRAGMA incremental_vacuum")
+            store.give_back_space(self.db)
             log.info("jupyter-tt: pruned %d ended leases from the history", gone)
         return gone
 
@@ -403,59 +337,42 @@ class Scheduler(SchedulerAPI):
         The reset runs outside the scheduler's lock (it takes seconds): call this from a thread of its
         own, never from a scheduling pass. The next passes return each card once its heartbeat advances."""
         with self._lock:
-            pending = self.db.execute("SELECT device_id FROM resets WHERE done_at IS NULL AND failed IS NULL").fetchall()
+            pending = [r.device_id for r in store.resets(self.db) if r.done_at is None and r.failed is None]
             devices = {d.id: d for d in self.devices(fresh=True)} if pending else {}
-        done = []
-        for (device_id,) in pending:
-            device = devices.get(device_id)
-            if device is None:
-                self._reset_result(device_id, failed="the device is gone from the inventory")
-                continue
-            if device.holders:  # never under someone's open node: the reset would pull the card from under them
-                self._reset_result(device_id, waiting_for=f"process {', '.join(map(str, device.holders))} holds its node")
-                continue
-            error = reset_card(device_id, self.reset_tool)
-            if error:
-                log.error("jupyter-tt: could not reset device %d: %s", device_id, error)
-                self._reset_result(device_id, failed=f"could not reset it after its holder died: {error}")
-                continue
-            heartbeat = next((d.telemetry.heartbeat for d in self.devices(fresh=True) if d.id == device_id), None)
-            self._reset_result(device_id, done_at=time.monotonic(), heartbeat=heartbeat)
-            done.append(device_id)
-        return done
+
+        def heartbeat(device_id: int) -> int | None:
+            return next((d.telemetry.heartbeat for d in self.devices(fresh=True) if d.id == device_id), None)
+
+        return card_resets.run(pending, devices, tool=self.reset_tool, record=self._reset_result, heartbeat=heartbeat,
+                          now=time.monotonic)
 
     @_serialized
     def _reset_result(self, device_id: int, *, waiting_for: str | None = None, done_at: float | None = None,
                       heartbeat: int | None = None, failed: str | None = None) -> None:
         with self._write() as db:
-            db.execute("UPDATE resets SET waiting_for=?, done_at=?, heartbeat=?, failed=? WHERE device_id=?",
-                       (waiting_for, done_at, heartbeat, failed, device_id))
+            store.set_reset(db, device_id, waiting_for=waiting_for, done_at=done_at, heartbeat=heartbeat, failed=failed)
 
     @_serialized
     def retry_reset(self, device_id: int) -> bool:
         """Reset a card again whose reset failed (or that waits for one); False if it needs none."""
         with self._write() as db:
-            changed = db.execute("UPDATE resets SET waiting_for=NULL, done_at=NULL, heartbeat=NULL, failed=NULL"
-                                 " WHERE device_id=?", (device_id,)).rowcount
-        return bool(changed)
+            return store.set_reset(db, device_id)
 
     @_serialized
     def resets(self) -> dict[int, dict]:
         """Cards out of the pool for a reset, by device id: lease_id, reason, since, waiting_for, done_at, failed."""
         with store.snapshot(self.db) as db:
-            return {r["device_id"]: dict(r) for r in db.execute("SELECT * FROM resets").fetchall()}
+            return {r.device_id: {f: getattr(r, f) for f in r.__dataclass_fields__} for r in store.resets(db)}
 
     @_serialized
     def followed_pids(self) -> set[int]:
         """Every process a lease or a waiting request follows (the service watches them exit)."""
         with store.snapshot(self.db) as db:
-            rows = db.execute("SELECT owner_pid, kernel_pid FROM leases UNION ALL SELECT owner_pid, NULL FROM requests").fetchall()
-        return {p for row in rows for p in row if isinstance(p, int) and p > 0}
+            return store.followed_pids(db)
 
     @_serialized
     def leases(self, *, viewer: str | None = None) -> list[Lease]:
-        rows = self.db.execute("SELECT * FROM leases ORDER BY granted_at, id").fetchall()
-        return [self._shown(self._to_lease(r), viewer) for r in rows]
+        return [reports.shown(row.lease(), viewer) for row in store.leases(self.db)]
 
     @_serialized
     def queue(self, *, viewer: str | None = None) -> list[Waiting]:
@@ -465,45 +382,18 @@ class Scheduler(SchedulerAPI):
     @_serialized
     def history_page(self, limit: int = 100, *, before: str | None = None, viewer: str | None = None) -> Page:
         """``history`` with the cursor of the next page."""
-        limit = check_limit(limit)
-        ended_at, lease_id = _parse_cursor(before) if before else (float("inf"), "")
-        rows = self.db.execute("SELECT * FROM history WHERE ended_at < ? OR (ended_at = ? AND lease_id < ?)"
-                               " ORDER BY ended_at DESC, lease_id DESC LIMIT ?",
-                               (ended_at, ended_at, lease_id, limit)).fetchall()
-        entries = []
-        for r in rows:
-            entry = {**dict(r), "devices": [d["id"] for d in json.loads(r["devices_json"])]}
-            if viewer is not None and r["user"] != viewer:  # nor who ended it: a reason may name processes
-                entry.update(server="", kernel_id=None, notebook=None, pid=None, end_reason=_public_reason(r["end_reason"]))
-            entries.append(entry)
-        last = rows[-1] if len(rows) == limit else None
-        return Page(items=entries, next=last and _cursor(last["ended_at"], last["lease_id"]))
+        limit = reports.check_limit(limit)
+        rows = store.history(self.db, before=reports.parse_cursor(before) if before else (float("inf"), ""), limit=limit)
+        return reports.history_page(rows, limit=limit, viewer=viewer)
 
     @_serialized
     def usage_records_page(self, since: float = 0.0, *, after: str | None = None, limit: int = 1000) -> Page:
         """``limit`` of ``usage_records`` (oldest first) granted after the cursor ``after``, and the next cursor."""
-        limit = check_limit(limit)
-        since = float(since)
-        granted_at, lease_id = _parse_cursor(after) if after else (float("-inf"), "")
-        now = time.time()
-        rows = self.db.execute(
-            "SELECT * FROM (SELECT lease_id, user, card_type, devices_json, granted_at, ended_at, end_reason FROM history"
-            " WHERE ended_at > ? UNION ALL SELECT id, user, card_type, devices_json, granted_at, NULL, NULL FROM leases"
-            " WHERE ? < ?) WHERE granted_at > ? OR (granted_at = ? AND lease_id > ?) ORDER BY granted_at, lease_id LIMIT ?",
-            (since, since, now, granted_at, granted_at, lease_id, limit)).fetchall()
-        records = []
-        for row in rows:
-            devices = json.loads(row["devices_json"])
-            hours = max((row["ended_at"] or now) - max(row["granted_at"], since), 0.0) / 3600.0
-            chips = sum(d["chips"] for d in devices)
-            records.append(UsageRecord(
-                lease_id=row["lease_id"], user=row["user"], card_type=row["card_type"],
-                devices=tuple(d["id"] for d in devices), chips=chips, granted_at=row["granted_at"],
-                ended_at=row["ended_at"], end_reason=row["end_reason"],
-                device_hours=len(devices) * hours, chip_hours=chips * hours,
-            ))
-        last = rows[-1] if len(rows) == limit else None
-        return Page(items=records, next=last and _cursor(last["granted_at"], last["lease_id"]))
+        limit = reports.check_limit(limit)
+        since, now = float(since), time.time()
+        rows = store.usage(self.db, since=since, after=reports.parse_cursor(after) if after else (float("-inf"), ""),
+                           limit=limit, now=now)
+        return reports.usage_page(rows, since=since, limit=limit, now=now)
 
     def usage(self, since: float = 0.0) -> list[dict]:
         """Device-hours and chip-hours per user since ``since`` (epoch seconds), active leases included."""
@@ -513,40 +403,9 @@ class Scheduler(SchedulerAPI):
     def device_states(self, *, viewer: str | None = None) -> list[dict]:
         """Every device with its state (free, leased, resetting, unhealthy), holder, and unaccounted processes."""
         devices = self.devices(fresh=True)
-        rows = self.db.execute("SELECT * FROM leases").fetchall()
-        resets = {r["device_id"]: r for r in self.db.execute("SELECT * FROM resets").fetchall()}
-        by_device = {d.id: lease for lease in map(self._to_lease, rows) for d in lease.devices}
-        pids = {r["id"]: {p for p in (r["owner_pid"], r["kernel_pid"]) if p} for r in rows}  # who may hold the node
-        states = []
-        for device in devices:
-            lease = by_device.get(device.id)
-            covered = pids[lease.id] if lease else set()
-            unaccounted = [describe(pid) for pid in device.holders if not (lineage(pid) & covered)]
-            if viewer is not None:  # that another user holds a node is shown; their process, to root only
-                unaccounted = [{**p, "pid": None, "name": None, "cmdline": None} if p["user"] != viewer else p
-                               for p in unaccounted]
-            shown = lease and self._shown(lease, viewer)
-            reset = resets.get(device.id)
-            data = {**device.to_json(), "held_outside": not lease and bool(device.holders)}
-            if reset and reset["failed"]:
-                data.update(problem=reset["failed"], healthy=False)
-            state = "unhealthy" if not data["healthy"] else "resetting" if reset else "leased" if lease else "free"
-            states.append(
-                {
-                    **data,
-                    "state": state,
-                    "reset": None if not reset else {
-                        "reason": reset["reason"], "waiting_for": reset["waiting_for"], "failed": reset["failed"],
-                        "done": reset["done_at"] is not None,
-                    },
-                    "lease_id": lease.id if lease else None,
-                    "user": lease.user if lease else None,
-                    "kernel_id": shown.kernel_id if shown else None,
-                    "notebook": shown.notebook if shown else None,
-                    "unaccounted_processes": unaccounted,
-                }
-            )
-        return states
+        with store.snapshot(self.db) as db:
+            leases, out = store.leases(db), {r.device_id: r for r in store.resets(db)}
+        return reports.device_states(devices, leases, out, viewer=viewer)
 
     @_serialized
     def report(self, *, viewer: str | None = None) -> dict:
@@ -578,7 +437,7 @@ class Scheduler(SchedulerAPI):
 
     def _usable(self, db: sqlite3.Connection) -> list[Device]:
         """The devices a lease may ever get as things stand: healthy, and not failed in a reset."""
-        failed = {r[0] for r in db.execute("SELECT device_id FROM resets WHERE failed IS NOT NULL")}
+        failed = {r.device_id for r in store.resets(db) if r.failed is not None}
         return [d for d in self.devices() if d.healthy and d.id not in failed]
 
     def _never_met(self, count: int, card_type: str, usable: list[Device]) -> str | None:
@@ -625,183 +484,112 @@ class Scheduler(SchedulerAPI):
             f"Try again later, ask for fewer devices, or pick a kernel for another card type"
         )
 
-    def _held_by(self, db: sqlite3.Connection, user: str) -> int:
-        return db.execute(
-            "SELECT COUNT(*) FROM lease_devices JOIN leases ON leases.id = lease_devices.lease_id WHERE user=?",
-            (user,),
-        ).fetchone()[0]
-
     def _pass(self, db: sqlite3.Connection) -> list[str]:
         """Reclaim, then grant. Must run inside a write transaction. A row that cannot be read is
         logged and left alone: it never stops the pass for everyone else."""
         now, ticking = time.time(), time.monotonic()
         ended = []
-        for row in db.execute("SELECT * FROM leases").fetchall():
+        for row in store.leases(db):
             try:
                 reason = self._dead_reason(db, row, ticking)
             except (TypeError, ValueError) as e:
-                log.error("jupyter-tt: lease row %r is malformed (%s): left alone", row["id"], e)
+                log.error("jupyter-tt: lease row %r is malformed (%s): left alone", row.id, e)
                 continue
             if reason:
-                self._end(db, row, reason, now)
-                ended.append(row["id"])
+                store.end_lease(db, row, clean_reason(reason), now)
+                ended.append(row.id)
                 self._mark_for_reset(db, row, reason)  # its holder died with the card open
-        for row in db.execute("SELECT id, owner_pid, owner_started, owner_boot FROM requests").fetchall():
+        for request in store.requests(db):
             try:
-                alive = _ref(row["owner_pid"], row["owner_started"], row["owner_boot"]).alive()
+                alive = request.owner().alive()
             except (TypeError, ValueError) as e:
-                log.error("jupyter-tt: request row %r is malformed (%s): dropped", row["id"], e)
+                log.error("jupyter-tt: request row %r is malformed (%s): dropped", request.id, e)
                 alive = False
             if not alive:
-                db.execute("DELETE FROM requests WHERE id=?", (row["id"],))
-        self._check_resets(db, ticking)
+                store.delete_request(db, request.id)
+        card_resets.check(db, lambda: {d.id: d.telemetry.heartbeat for d in self.devices(fresh=True)}, now=ticking,
+                     verify_timeout=self.reset_verify_timeout)
         self._grant(db, now)
         return ended
 
-    def _mark_for_reset(self, db: sqlite3.Connection, row: sqlite3.Row, reason: str) -> None:
+    def _mark_for_reset(self, db: sqlite3.Connection, row: store.LeaseRow, reason: str) -> None:
         """With ``reset_after_crash``: the lease's cards are reset (``run_resets``) before anyone uses them again."""
         if self.reset_after_crash:
-            db.executemany(
-                "INSERT OR REPLACE INTO resets (device_id, lease_id, reason, since) VALUES (?,?,?,?)",
-                [(d["id"], row["id"], clean_reason(reason), time.time()) for d in json.loads(row["devices_json"])],
-            )
+            card_resets.mark(db, row, clean_reason(reason), now=time.time())
 
-    def _check_resets(self, db: sqlite3.Connection, now: float) -> None:
-        """Cards reset since: back to the pool once their heartbeat changed, unhealthy if it does not in time."""
-        rows = db.execute("SELECT * FROM resets WHERE done_at IS NOT NULL AND failed IS NULL").fetchall()
-        if not rows:
-            return
-        beats = {d.id: d.telemetry.heartbeat for d in self.devices(fresh=True)}
-        for row in rows:
-            beat = beats.get(row["device_id"])
-            if beat is not None and beat != row["heartbeat"]:
-                db.execute("DELETE FROM resets WHERE device_id=?", (row["device_id"],))
-                log.info("jupyter-tt: device %d is back in the pool after its reset", row["device_id"])
-            elif now - row["done_at"] > self.reset_verify_timeout:
-                db.execute("UPDATE resets SET failed=? WHERE device_id=?", (
-                    f"reset after {row['reason']}, but its firmware heartbeat did not advance within "
-                    f"{self.reset_verify_timeout:g} s: check the card, then `jupyter tt reset {row['device_id']}` tries again",
-                    row["device_id"]))
-
-    def _dead_reason(self, db: sqlite3.Connection, row: sqlite3.Row, now: float) -> str | None:
+    def _dead_reason(self, db: sqlite3.Connection, row: store.LeaseRow, now: float) -> str | None:
         """Why the lease has ended, or None while it lives. ``now`` is monotonic (clock steps do not count)."""
-        owner_alive = _ref(row["owner_pid"], row["owner_started"], row["owner_boot"]).alive()
-        if row["kernel_pid"] is None:
-            return None if owner_alive else f"process {row['owner_pid']} that asked for it exited"
-        if _ref(row["kernel_pid"], row["kernel_started"], row["kernel_boot"]).alive():
-            if row["kernel_gone_since"] is not None:
-                db.execute("UPDATE leases SET kernel_gone_since=NULL WHERE id=?", (row["id"],))
+        owner_alive = row.owner().alive()
+        kernel = row.kernel()
+        if kernel is None:
+            return None if owner_alive else f"process {row.owner_pid} that asked for it exited"
+        if kernel.alive():
+            if row.kernel_gone_since is not None:
+                store.set_kernel_gone(db, row.id, None)
             return None
         if not owner_alive:
-            return f"kernel process {row['kernel_pid']} and its server (pid {row['owner_pid']}) exited"
-        if row["kernel_gone_since"] is None:
-            db.execute("UPDATE leases SET kernel_gone_since=? WHERE id=?", (now, row["id"]))
+            return f"kernel process {row.kernel_pid} and its server (pid {row.owner_pid}) exited"
+        if row.kernel_gone_since is None:
+            store.set_kernel_gone(db, row.id, now)
             return None
-        if now - row["kernel_gone_since"] > self.restart_grace:
-            return f"kernel process {row['kernel_pid']} exited and was not restarted within {self.restart_grace:g} s"
+        if now - row.kernel_gone_since > self.restart_grace:
+            return f"kernel process {row.kernel_pid} exited and was not restarted within {self.restart_grace:g} s"
         return None
 
     def _grant(self, db: sqlite3.Connection, now: float) -> None:
         """Refuse the waiting requests a card turning unhealthy made impossible, then grant as ``queue.plan`` says."""
         usable = self._usable(db)
-        for row in db.execute("SELECT id, user, devices, card_type FROM requests WHERE lease_id IS NULL AND refused IS NULL").fetchall():
+        for request in store.requests(db, waiting=True):
             try:
-                problem = self._never_met(row["devices"], check_card_type(row["card_type"]), usable)
+                problem = self._never_met(request.devices, check_card_type(request.card_type), usable)
             except (TypeError, ValueError, RequestError) as e:
-                log.error("jupyter-tt: request row %r is malformed (%s): dropped", row["id"], e)
-                db.execute("DELETE FROM requests WHERE id=?", (row["id"],))
+                log.error("jupyter-tt: request row %r is malformed (%s): dropped", request.id, e)
+                store.delete_request(db, request.id)
                 continue
             if problem:  # it would wait for ever, and hold up those behind it
-                db.execute("UPDATE requests SET refused=? WHERE id=?", (problem, row["id"]))
-                log.info("jupyter-tt: request %s of %s can no longer be met: %s", row["id"], row["user"], problem)
-        rows, planned = self._plan(db, usable)
+                store.refuse_request(db, request.id, problem)
+                log.info("jupyter-tt: request %s of %s can no longer be met: %s", request.id, request.user, problem)
+        waiting, planned = self._plan(db, usable)
         for request_id, chosen in planned.grants.items():
-            row = rows[request_id]
-            lease_id = _new_id("lease")
-            devices = [
-                {"id": d.id, "path": d.path, "bdf": d.bdf, "card_type": d.card_type, "chips": d.chips} for d in chosen
-            ]
-            db.execute(
-                "INSERT INTO leases (id, user, server, kernel_id, notebook, card_type, devices_json, owner_pid,"
-                " owner_started, owner_boot, requested_at, granted_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (lease_id, row["user"], row["server"], row["kernel_id"], row["notebook"], row["card_type"], json.dumps(devices),
-                 row["owner_pid"], row["owner_started"], row["owner_boot"], row["requested_at"], now),
-            )
-            db.executemany("INSERT INTO lease_devices (device_id, lease_id) VALUES (?, ?)", [(d.id, lease_id) for d in chosen])
-            db.execute("UPDATE requests SET lease_id=? WHERE id=?", (lease_id, row["id"]))
+            devices = [{"id": d.id, "path": d.path, "bdf": d.bdf, "card_type": d.card_type, "chips": d.chips} for d in chosen]
+            store.insert_lease(db, lease_id=_new_id("lease"), request=waiting[request_id], devices=devices, granted_at=now)
 
-    def _held(self, db: sqlite3.Connection) -> Counter:
-        return Counter(dict(db.execute(
-            "SELECT user, COUNT(*) FROM lease_devices JOIN leases ON leases.id = lease_devices.lease_id GROUP BY user"
-        ).fetchall()))
-
-    def _plan(self, db: sqlite3.Connection, usable: list[Device] | None = None) -> tuple[dict[str, sqlite3.Row], Plan]:
+    def _plan(self, db: sqlite3.Connection, usable: list[Device] | None = None) -> tuple[dict[str, store.RequestRow], Plan]:
         """The waiting requests by id, and what a pass would grant and reserve now."""
-        rows = {r["id"]: r for r in db.execute("SELECT * FROM requests WHERE lease_id IS NULL AND refused IS NULL")}
-        taken = {r[0] for r in db.execute("SELECT device_id FROM lease_devices UNION SELECT device_id FROM resets")}
+        waiting = {r.id: r for r in store.requests(db, waiting=True)}
+        taken = store.taken_devices(db)
         # A node some process holds open outside any lease (opened before the service fenced it, or by
         # root) is not granted until they close it: its new holder would share the card.
         free = [d for d in self.devices() if d.id not in taken and not d.holders]
-        asks = [Ask(request_id=r["id"], user=r["user"], devices=r["devices"], card_type=r["card_type"],
-                          requested_at=r["requested_at"], quota=r["quota"] or 0) for r in rows.values()]
+        asks = [Ask(request_id=r.id, user=r.user, devices=r.devices, card_type=r.card_type, requested_at=r.requested_at,
+                    quota=r.quota or 0) for r in waiting.values()]
         usable = self._usable(db) if usable is None else usable
-        return rows, plan(asks, free=free, usable=usable, held=self._held(db))
+        return waiting, plan(asks, free=free, usable=usable, held=store.held(db))
 
     def _queue(self, db: sqlite3.Connection) -> list[Waiting]:
         """Waiting requests in the order they will be served (``queue.fair_order``), with what each keeps."""
-        held = self._held(db)
-        rows, planned = self._plan(db)
-        waiting = []
+        held = store.held(db)
+        waiting, planned = self._plan(db)
+        queued = []
         for i, request_id in enumerate(planned.order):
-            r = rows[request_id]
+            r = waiting[request_id]
             kept = planned.reservations.get(request_id)
-            waiting.append(Waiting(
-                r["id"], r["user"], r["kernel_id"], r["devices"], r["card_type"], i + 1, len(rows), r["requested_at"],
-                r["notebook"], over_quota=bool(r["quota"]) and held[r["user"]] + r["devices"] > r["quota"],
-                reserved=len(kept.devices) if kept else 0))
-        return waiting
+            queued.append(Waiting(
+                r.id, r.user, r.kernel_id, r.devices, r.card_type, i + 1, len(waiting), r.requested_at, r.notebook,
+                over_quota=bool(r.quota) and held[r.user] + r.devices > r.quota, reserved=len(kept.devices) if kept else 0))
+        return queued
 
     def _outcome(self, db: sqlite3.Connection, request_id: str) -> Lease | Waiting | RequestError:
-        row = db.execute("SELECT lease_id, refused FROM requests WHERE id=?", (request_id,)).fetchone()
-        if row is None:
+        request = store.request(db, request_id)
+        if request is None:
             raise LeaseError(f"request {request_id} is no longer queued (its process exited or it was cancelled)")
-        if row["refused"]:  # returned, not raised: the transaction that removes it must commit
-            db.execute("DELETE FROM requests WHERE id=?", (request_id,))
-            return RequestError(row["refused"])
-        if row["lease_id"]:
-            db.execute("DELETE FROM requests WHERE id=?", (request_id,))
-            lease = self._lease(db, row["lease_id"])
-            if lease is None:
+        if request.refused:  # returned, not raised: the transaction that removes it must commit
+            store.delete_request(db, request_id)
+            return RequestError(request.refused)
+        if request.lease_id:
+            store.delete_request(db, request_id)
+            granted = store.lease(db, request.lease_id)
+            if granted is None:
                 raise LeaseError(f"the lease granted to request {request_id} ended before it was picked up")
-            return lease
+            return granted.lease()
         return next(w for w in self._queue(db) if w.request_id == request_id)
-
-    def _end(self, db: sqlite3.Connection, row: sqlite3.Row, reason: str, now: float) -> None:
-        db.execute("DELETE FROM lease_devices WHERE lease_id=?", (row["id"],))
-        db.execute("DELETE FROM leases WHERE id=?", (row["id"],))
-        db.execute(
-            "INSERT OR REPLACE INTO history (lease_id, user, server, kernel_id, notebook, card_type, devices_json, pid,"
-            " requested_at, granted_at, ended_at, end_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (row["id"], row["user"], row["server"], row["kernel_id"], row["notebook"], row["card_type"], row["devices_json"],
-             row["kernel_pid"] or row["owner_pid"], row["requested_at"], row["granted_at"], now, clean_reason(reason)),
-        )
-
-    def _lease(self, db: sqlite3.Connection, lease_id: str) -> Lease | None:
-        row = db.execute("SELECT * FROM leases WHERE id=?", (lease_id,)).fetchone()
-        return self._to_lease(row) if row else None
-
-    @staticmethod
-    def _to_lease(row: sqlite3.Row) -> Lease:
-        return Lease(
-            id=row["id"],
-            user=row["user"],
-            server=row["server"],
-            kernel_id=row["kernel_id"],
-            card_type=row["card_type"],
-            devices=tuple(LeasedDevice(**d) for d in json.loads(row["devices_json"])),
-            pid=row["kernel_pid"] or row["owner_pid"],
-            requested_at=row["requested_at"],
-            granted_at=row["granted_at"],
-            notebook=row["notebook"],
-        )
-

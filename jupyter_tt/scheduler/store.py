@@ -11,17 +11,29 @@ kernel wakes the next writer the moment the lock is free and drops it when a hol
 SQLite's own busy handler would sleep and retry (up to 100 ms a try under contention).
 ``lease_devices`` has the device id as primary key: a device cannot be in two leases, whatever the
 code above does.
+
+Every statement on the state is a function here (the scheduler's modules hold none): each takes the
+connection of the transaction it runs in and returns rows as dataclasses (``LeaseRow``,
+``RequestRow``, ``HistoryRow``, ``ResetRow``). A row's fields are the columns as stored; what reads
+them (a process reference, the devices) is a method, so that one malformed row fails only where it
+is read, never the listing around it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import sqlite3
+from collections import Counter
+from dataclasses import dataclass, fields
+from typing import Self
 
 from ..errors import ConfigError
 from ..files import private_dir
+from .leases import Lease, LeasedDevice
+from .processes import BOOT_ID, ProcessRef
 
 SCHEMA_VERSION = 5
 #: Bytes the write-ahead log is cut back to after each checkpoint.
@@ -177,3 +189,318 @@ def snapshot(db: sqlite3.Connection):
         yield db
     finally:
         db.execute("COMMIT")
+
+
+# ---------------------------------------------------------------------- rows
+
+
+def process_ref(pid, started, boot) -> ProcessRef:
+    """A stored process. Rows written before boot ids were stored (schema 2) hold a wall-clock start
+    time: only the PID's existence can be checked for those. TypeError/ValueError when malformed."""
+    if boot is None:
+        return ProcessRef(int(pid), 0, BOOT_ID)
+    return ProcessRef(int(pid), int(started), boot)
+
+
+class _Row:
+    """A table's row as a dataclass of its columns."""
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> Self:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeaseRow(_Row):
+    id: str
+    user: str
+    server: str
+    kernel_id: str | None
+    notebook: str | None
+    card_type: str
+    devices_json: str
+    owner_pid: int
+    owner_started: float
+    owner_boot: str | None
+    kernel_pid: int | None
+    kernel_started: float | None
+    kernel_boot: str | None
+    kernel_gone_since: float | None
+    requested_at: float
+    granted_at: float
+
+    def devices(self) -> list[dict]:
+        return json.loads(self.devices_json)
+
+    def owner(self) -> ProcessRef:
+        return process_ref(self.owner_pid, self.owner_started, self.owner_boot)
+
+    def kernel(self) -> ProcessRef | None:
+        return None if self.kernel_pid is None else process_ref(self.kernel_pid, self.kernel_started, self.kernel_boot)
+
+    def lease(self) -> Lease:
+        return Lease(id=self.id, user=self.user, server=self.server, kernel_id=self.kernel_id, card_type=self.card_type,
+                     devices=tuple(LeasedDevice(**d) for d in self.devices()), pid=self.kernel_pid or self.owner_pid,
+                     requested_at=self.requested_at, granted_at=self.granted_at, notebook=self.notebook)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestRow(_Row):
+    id: str
+    user: str
+    server: str
+    kernel_id: str | None
+    notebook: str | None
+    devices: int
+    card_type: str
+    quota: int
+    owner_pid: int
+    owner_started: float
+    owner_boot: str | None
+    requested_at: float
+    lease_id: str | None = None
+    refused: str | None = None
+
+    def owner(self) -> ProcessRef:
+        return process_ref(self.owner_pid, self.owner_started, self.owner_boot)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryRow(_Row):
+    lease_id: str
+    user: str
+    server: str
+    kernel_id: str | None
+    notebook: str | None
+    card_type: str
+    devices_json: str
+    pid: int | None
+    requested_at: float
+    granted_at: float
+    ended_at: float
+    end_reason: str
+
+    def devices(self) -> list[dict]:
+        return json.loads(self.devices_json)
+
+    def lease(self) -> Lease:
+        return Lease(id=self.lease_id, user=self.user, server=self.server, kernel_id=self.kernel_id,
+                     card_type=self.card_type, devices=tuple(LeasedDevice(**d) for d in self.devices()),
+                     pid=self.pid or 0, requested_at=self.requested_at, granted_at=self.granted_at, notebook=self.notebook)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageRow(_Row):
+    """A lease as usage counts it: ended (from the history) or still held (``ended_at`` None)."""
+
+    lease_id: str
+    user: str
+    card_type: str
+    devices_json: str
+    granted_at: float
+    ended_at: float | None
+    end_reason: str | None
+
+    def devices(self) -> list[dict]:
+        return json.loads(self.devices_json)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResetRow(_Row):
+    device_id: int
+    lease_id: str
+    reason: str
+    since: float
+    waiting_for: str | None
+    done_at: float | None
+    heartbeat: int | None
+    failed: str | None
+
+
+# ---------------------------------------------------------------------- leases
+
+
+def leases(db: sqlite3.Connection) -> list[LeaseRow]:
+    return [LeaseRow.of(r) for r in db.execute("SELECT * FROM leases ORDER BY granted_at, id")]
+
+
+def lease(db: sqlite3.Connection, lease_id: str) -> LeaseRow | None:
+    row = db.execute("SELECT * FROM leases WHERE id=?", (lease_id,)).fetchone()
+    return LeaseRow.of(row) if row else None
+
+
+def insert_lease(db: sqlite3.Connection, *, lease_id: str, request: RequestRow, devices: list[dict], granted_at: float) -> None:
+    """A lease for ``request`` of ``devices`` (id, path, bdf, card_type, chips), and the request marked granted."""
+    db.execute(
+        "INSERT INTO leases (id, user, server, kernel_id, notebook, card_type, devices_json, owner_pid,"
+        " owner_started, owner_boot, requested_at, granted_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (lease_id, request.user, request.server, request.kernel_id, request.notebook, request.card_type,
+         json.dumps(devices), request.owner_pid, request.owner_started, request.owner_boot, request.requested_at,
+         granted_at),
+    )
+    db.executemany("INSERT INTO lease_devices (device_id, lease_id) VALUES (?, ?)", [(d["id"], lease_id) for d in devices])
+    db.execute("UPDATE requests SET lease_id=? WHERE id=?", (lease_id, request.id))
+
+
+def attach_kernel(db: sqlite3.Connection, lease_id: str, kernel: ProcessRef) -> None:
+    db.execute("UPDATE leases SET kernel_pid=?, kernel_started=?, kernel_boot=?, kernel_gone_since=NULL WHERE id=?",
+               (kernel.pid, kernel.started, kernel.boot_id, lease_id))
+
+
+def detach_kernel(db: sqlite3.Connection, lease_id: str, owner: ProcessRef) -> bool:
+    """The lease follows ``owner`` until a kernel is attached again; False if there is no such lease."""
+    return db.execute(
+        "UPDATE leases SET kernel_pid=NULL, kernel_started=NULL, kernel_boot=NULL, kernel_gone_since=NULL,"
+        " owner_pid=?, owner_started=?, owner_boot=? WHERE id=?",
+        (owner.pid, owner.started, owner.boot_id, lease_id),
+    ).rowcount == 1
+
+
+def set_kernel_gone(db: sqlite3.Connection, lease_id: str, since: float | None) -> None:
+    db.execute("UPDATE leases SET kernel_gone_since=? WHERE id=?", (since, lease_id))
+
+
+def end_lease(db: sqlite3.Connection, row: LeaseRow, reason: str, now: float) -> None:
+    """The lease's devices free, and the lease in the history with why it ended."""
+    db.execute("DELETE FROM lease_devices WHERE lease_id=?", (row.id,))
+    db.execute("DELETE FROM leases WHERE id=?", (row.id,))
+    db.execute(
+        "INSERT OR REPLACE INTO history (lease_id, user, server, kernel_id, notebook, card_type, devices_json, pid,"
+        " requested_at, granted_at, ended_at, end_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (row.id, row.user, row.server, row.kernel_id, row.notebook, row.card_type, row.devices_json,
+         row.kernel_pid or row.owner_pid, row.requested_at, row.granted_at, now, reason),
+    )
+
+
+def held(db: sqlite3.Connection, user: str | None = None) -> Counter:
+    """Devices held, by user (only ``user``'s, if given)."""
+    query = "SELECT user, COUNT(*) FROM lease_devices JOIN leases ON leases.id = lease_devices.lease_id"
+    if user is None:
+        return Counter(dict(db.execute(query + " GROUP BY user").fetchall()))
+    return Counter(dict(db.execute(query + " WHERE user=? GROUP BY user", (user,)).fetchall()))
+
+
+def taken_devices(db: sqlite3.Connection) -> set[int]:
+    """Devices in a lease or out for a reset."""
+    return {r[0] for r in db.execute("SELECT device_id FROM lease_devices UNION SELECT device_id FROM resets")}
+
+
+def followed_pids(db: sqlite3.Connection) -> set[int]:
+    """Every process a lease or a waiting request follows."""
+    rows = db.execute("SELECT owner_pid, kernel_pid FROM leases UNION ALL SELECT owner_pid, NULL FROM requests").fetchall()
+    return {p for row in rows for p in row if isinstance(p, int) and p > 0}
+
+
+# ---------------------------------------------------------------------- requests
+
+
+def insert_request(db: sqlite3.Connection, request: RequestRow) -> None:
+    db.execute(
+        "INSERT INTO requests (id, user, server, kernel_id, notebook, devices, card_type, quota, owner_pid,"
+        " owner_started, owner_boot, requested_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (request.id, request.user, request.server, request.kernel_id, request.notebook, request.devices,
+         request.card_type, request.quota, request.owner_pid, request.owner_started, request.owner_boot,
+         request.requested_at),
+    )
+
+
+def request(db: sqlite3.Connection, request_id: str) -> RequestRow | None:
+    row = db.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone()
+    return RequestRow.of(row) if row else None
+
+
+def requests(db: sqlite3.Connection, *, waiting: bool = False) -> list[RequestRow]:
+    """Every request (granted ones not yet picked up, refused ones not yet told), or only the waiting."""
+    where = " WHERE lease_id IS NULL AND refused IS NULL" if waiting else ""
+    return [RequestRow.of(r) for r in db.execute("SELECT * FROM requests" + where)]
+
+
+def waiting_count(db: sqlite3.Connection, user: str) -> int:
+    return db.execute("SELECT COUNT(*) FROM requests WHERE user=? AND lease_id IS NULL AND refused IS NULL",
+                      (user,)).fetchone()[0]
+
+
+def delete_request(db: sqlite3.Connection, request_id: str) -> None:
+    db.execute("DELETE FROM requests WHERE id=?", (request_id,))
+
+
+def refuse_request(db: sqlite3.Connection, request_id: str, why: str) -> None:
+    db.execute("UPDATE requests SET refused=? WHERE id=?", (why, request_id))
+
+
+# ---------------------------------------------------------------------- history
+
+
+def ended_lease(db: sqlite3.Connection, lease_id: str) -> HistoryRow | None:
+    row = db.execute("SELECT * FROM history WHERE lease_id=?", (lease_id,)).fetchone()
+    return HistoryRow.of(row) if row else None
+
+
+def history(db: sqlite3.Connection, *, before: tuple[float, str], limit: int) -> list[HistoryRow]:
+    """Ended leases, newest first, that ended before ``before`` (ended_at, lease_id)."""
+    ended_at, lease_id = before
+    rows = db.execute("SELECT * FROM history WHERE ended_at < ? OR (ended_at = ? AND lease_id < ?)"
+                      " ORDER BY ended_at DESC, lease_id DESC LIMIT ?", (ended_at, ended_at, lease_id, limit))
+    return [HistoryRow.of(r) for r in rows]
+
+
+def usage(db: sqlite3.Connection, *, since: float, after: tuple[float, str], limit: int, now: float) -> list[UsageRow]:
+    """Leases held at some time after ``since``, ended or not, oldest grant first, granted after ``after``."""
+    granted_at, lease_id = after
+    rows = db.execute(
+        "SELECT * FROM (SELECT lease_id, user, card_type, devices_json, granted_at, ended_at, end_reason FROM history"
+        " WHERE ended_at > ? UNION ALL SELECT id, user, card_type, devices_json, granted_at, NULL, NULL FROM leases"
+        " WHERE ? < ?) WHERE granted_at > ? OR (granted_at = ? AND lease_id > ?) ORDER BY granted_at, lease_id LIMIT ?",
+        (since, since, now, granted_at, granted_at, lease_id, limit))
+    return [UsageRow.of(r) for r in rows]
+
+
+def prune_history(db: sqlite3.Connection, *, ended_before: float | None, keep: int) -> int:
+    """Drop ended leases that ended before ``ended_before`` and beyond the newest ``keep`` (0: no bound)."""
+    gone = 0
+    if ended_before is not None:
+        gone += db.execute("DELETE FROM history WHERE ended_at < ?", (ended_before,)).rowcount
+    if keep > 0:
+        gone += db.execute("DELETE FROM history WHERE lease_id IN (SELECT lease_id FROM history"
+                           " ORDER BY ended_at DESC, lease_id DESC LIMIT -1 OFFSET ?)", (keep,)).rowcount
+    return gone
+
+
+def give_back_space(db: sqlite3.Connection) -> None:
+    """Return freed pages to the file system (outside a transaction)."""
+    db.execute("PRAGMA incremental_vacuum")
+
+
+# ---------------------------------------------------------------------- resets
+
+
+def resets(db: sqlite3.Connection) -> list[ResetRow]:
+    return [ResetRow.of(r) for r in db.execute("SELECT * FROM resets ORDER BY device_id")]
+
+
+def lease_resets(db: sqlite3.Connection, lease_id: str) -> list[ResetRow]:
+    rows = db.execute("SELECT resets.* FROM resets JOIN lease_devices USING (device_id) WHERE lease_devices.lease_id=?"
+                      " ORDER BY device_id", (lease_id,))
+    return [ResetRow.of(r) for r in rows]
+
+
+def mark_for_reset(db: sqlite3.Connection, device_ids: list[int], *, lease_id: str, reason: str, since: float) -> None:
+    db.executemany("INSERT OR REPLACE INTO resets (device_id, lease_id, reason, since) VALUES (?,?,?,?)",
+                   [(d, lease_id, reason, since) for d in device_ids])
+
+
+def set_reset(db: sqlite3.Connection, device_id: int, *, waiting_for: str | None = None, done_at: float | None = None,
+              heartbeat: int | None = None, failed: str | None = None) -> bool:
+    """Where a card's reset stands (all None: to be run again); False if the card is not out for one."""
+    return db.execute("UPDATE resets SET waiting_for=?, done_at=?, heartbeat=?, failed=? WHERE device_id=?",
+                      (waiting_for, done_at, heartbeat, failed, device_id)).rowcount == 1
+
+
+def end_reset(db: sqlite3.Connection, device_id: int) -> None:
+    """The card is back in the pool."""
+    db.execute("DELETE FROM resets WHERE device_id=?", (device_id,))
+
+
+def fail_reset(db: sqlite3.Connection, device_id: int, why: str) -> None:
+    """The card stays out of the pool, unhealthy, with why."""
+    db.execute("UPDATE resets SET failed=? WHERE device_id=?", (why, device_id))
