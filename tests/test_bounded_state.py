@@ -234,25 +234,54 @@ def test_each_ended_lease_gets_its_own_reason_in_its_event_however_many_ended_me
 def test_a_tick_whose_reset_start_fails_does_not_stop_the_next_ticks(tmp_path):
     import asyncio
 
-    from jupyter_tt.config import TTSettings
-    from jupyter_tt.scheduler.service import SchedulerService
+    from jupyter_tt.scheduler.loop import ReconcileLoop
 
-    service = SchedulerService(TTSettings(inventory="simulated:n300x2", watch_interval=0.02), str(tmp_path / "sock"),
-                               str(tmp_path / "state"))
     passes = []
 
-    def failing_start():
+    async def a_pass():
         passes.append(time.monotonic())
+        if len(passes) % 2:
+            raise RuntimeError("the scheduler did not answer")
+
+    def failing_start():
         raise RuntimeError("the resetter is gone")
 
-    service._start_resets = failing_start
-
     async def ticking():
-        ticker = asyncio.get_running_loop().create_task(service._tick())
+        loop = ReconcileLoop(a_pass, interval=0.02, run_resets=lambda: [])  # the loop the service and servers share
+        loop.start_resets = failing_start
+        loop.start()
         await asyncio.sleep(0.5)
-        ticker.cancel()
-        for lane in service._lanes.values():
-            lane.shutdown()
+        loop.stop()
 
     asyncio.run(ticking())
     assert len(passes) >= 3  # before, the first failure ended the ticking for good
+
+
+
+def test_asks_for_a_pass_while_one_runs_fold_into_one_more_and_none_starts_once_stop_began():
+    import asyncio
+
+    from jupyter_tt.scheduler.loop import ReconcileLoop
+
+    passes = []
+
+    async def a_pass():
+        passes.append(len(passes))
+        await asyncio.sleep(0.05)
+
+    async def asking():
+        loop = ReconcileLoop(a_pass, interval=60)
+        loop.start()
+        first = asyncio.get_running_loop().create_task(loop.run_once())
+        await asyncio.sleep(0.01)
+        for _ in range(5):  # five changes while the first pass runs
+            loop.soon()
+        await asyncio.sleep(0.3)
+        assert passes == [0, 1]
+        loop.stop()
+        loop.soon()
+        await loop.run_once()
+        await first
+        assert passes == [0, 1]
+
+    asyncio.run(asking())

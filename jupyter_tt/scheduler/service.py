@@ -34,8 +34,9 @@ import struct
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import psutil
 
 from ..config import TTSettings
 from ..devices import open_inventory
@@ -44,6 +45,7 @@ from . import protocol
 from .enforce import NodeGuard, can_change_owners
 from .fairness import Busy, FairLane, TokenBucket
 from .leases import Caller, Waiting
+from .loop import ReconcileLoop
 from .processes import ProcessRef, uid_of
 from .reset import available as why_no_reset
 from .scheduler import Scheduler, clean_reason
@@ -100,9 +102,9 @@ class SchedulerService:
                                    server=f"{socket.gethostname()}:service", mode="service", max_waiting=MAX_WAITING_PER_USER,
                                    reset_after_crash=resets, reset_tool=settings.reset_tool,
                                    history_days=settings.history_days, history_rows=settings.history_rows)
-        #: Resets take seconds: their own thread, so that the scheduler's worker keeps answering.
-        self._resetter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-tt-reset")
-        self._resetting: asyncio.Future | None = None
+        #: Passes every watch_interval and after changes; resets (seconds each) in their own thread.
+        self._passes = ReconcileLoop(self._reconcile, interval=settings.watch_interval, name="jupyter-tt scheduler",
+                                     run_resets=self.scheduler.run_resets if self.scheduler.reset_after_crash else None)
         self.guard = NodeGuard(state_dir, reason_not=(
             can_change_owners() if inventory.kind == "sysfs" else f"the {inventory.kind} inventory has no device nodes to fence"))
         self._readers = threading.local()  # a reader (its own SQLite connection) per reports thread
@@ -115,7 +117,6 @@ class SchedulerService:
         self._exited: set[int] = set()  # followed processes seen to exit (their leases end in the next passes)
         self._server: asyncio.AbstractServer | None = None
         self._stopped = asyncio.Event()
-        self._pass_pending = False
 
     @property
     def reader(self) -> Scheduler:
@@ -144,11 +145,11 @@ class SchedulerService:
                  len(self.scheduler.devices()), self.scheduler.state_dir, ", ".join(ended) or "none",
                  self.guard.describe()["enforcement"],
                  "cards are reset after a crash" if self.scheduler.reset_after_crash else (self.resets_off or "reset after a crash is off"))
-        ticker = asyncio.create_task(self._tick())
+        self._passes.start()
         try:
             await self._stopped.wait()
         finally:
-            ticker.cancel()
+            self._passes.stop()  # no pass from here on: one would fence the nodes again after they are closed
             self._server.close()
             await asyncio.sleep(0)  # let a pass that was already scheduled see the stop
             with contextlib.suppress(OSError):
@@ -164,7 +165,6 @@ class SchedulerService:
                          f", {len(closed)} changed" if closed else "")
             for lane in self._lanes.values():
                 lane.shutdown()
-            self._resetter.shutdown(wait=False, cancel_futures=True)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -183,40 +183,12 @@ class SchedulerService:
             finally:
                 probe.close()
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.watch_interval)
-            await self._reconcile()  # it logs its own failures: never the end of the ticking
-
     async def _reconcile(self) -> None:
-        self._pass_pending = False
+        """One pass (``ReconcileLoop``): end what dead processes held, grant, then follow and fence."""
         if self._stopped.is_set():
             return
-        try:
-            await self._call(self.scheduler.reconcile)
-            await self._after_change()
-            self._start_resets()
-        except Exception:  # a bad pass must not stop the next ones
-            log.exception("jupyter-tt scheduler: a reconcile pass failed")
-
-    def _start_resets(self) -> None:
-        """Run the pending resets in their own thread (one run at a time); a pass follows each run."""
-        if not self.scheduler.reset_after_crash or (self._resetting and not self._resetting.done()):
-            return
-        self._resetting = asyncio.get_running_loop().run_in_executor(self._resetter, self.scheduler.run_resets)
-
-        def finished(future: asyncio.Future) -> None:
-            if not future.cancelled() and future.exception():
-                log.error("jupyter-tt scheduler: resetting failed: %s", future.exception())
-            elif not future.cancelled() and future.result():
-                self._reconcile_soon()
-
-        self._resetting.add_done_callback(finished)
-
-    def _reconcile_soon(self) -> None:
-        if not self._pass_pending:
-            self._pass_pending = True
-            asyncio.get_running_loop().create_task(self._reconcile())
+        await self._call(self.scheduler.reconcile)
+        await self._after_change()
 
     async def _after_change(self) -> None:
         """Follow the processes the leases now name, and fence the nodes as the leases now say."""
@@ -247,7 +219,7 @@ class SchedulerService:
             try:
                 fd = os.pidfd_open(pid)
             except OSError:  # already gone: the next pass ends what it held
-                self._reconcile_soon()
+                self._passes.soon()
                 continue
             self._pidfds[pid] = fd
             loop.add_reader(fd, self._on_exit, pid)
@@ -256,7 +228,7 @@ class SchedulerService:
         # A pidfd stays readable once its process has exited: stop watching it, and pass now.
         self._unfollow(pid)
         self._exited.add(pid)
-        self._reconcile_soon()
+        self._passes.soon()
 
     def _unfollow(self, pid: int) -> None:
         fd = self._pidfds.pop(pid)
@@ -272,7 +244,8 @@ class SchedulerService:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             pid, uid, _ = peer_credentials(writer.get_extra_info("socket"))
-        except OSError:  # gone before it could be asked who it is
+            process = ProcessRef.of(pid)
+        except (OSError, psutil.Error):  # gone before it could be asked who it is (or before its process was read)
             writer.close()
             return
         if self._connections.get(uid, 0) >= MAX_CONNECTIONS_PER_USER:
@@ -283,7 +256,7 @@ class SchedulerService:
         self._connections[uid] = self._connections.get(uid, 0) + 1
         try:
             user = user_name(uid)
-            caller = Caller(user, ProcessRef.of(pid), quota=self.settings.quota_for(user), server=f"{socket.gethostname()}:{pid}")
+            caller = Caller(user, process, quota=self.settings.quota_for(user), server=f"{socket.gethostname()}:{pid}")
             while True:
                 try:
                     raw = await reader.readline()
@@ -344,7 +317,7 @@ class SchedulerService:
             if changed:
                 await self._follow_processes()
             if name in RESETTING:
-                self._start_resets()
+                self._passes.start_resets()
             return answer
         except TTError as e:
             if isinstance(e, Busy):  # a caller over budget waits on its own connection, rather than spin on refusals

@@ -211,14 +211,29 @@ class _Row:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LeaseRow(_Row):
-    id: str
+class _Granted(_Row):
+    """A row that names granted devices: id, path, bdf, card_type and chips of each, as JSON."""
+
+    devices_json: str
+
+    def devices(self) -> list[dict]:
+        return json.loads(self.devices_json)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Held(_Granted):
+    """The columns a lease keeps from its grant to the end of its history."""
+
     user: str
     server: str
     kernel_id: str | None
     notebook: str | None
     card_type: str
-    devices_json: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeaseRow(_Held):
+    id: str
     owner_pid: int
     owner_started: float
     owner_boot: str | None
@@ -228,9 +243,6 @@ class LeaseRow(_Row):
     kernel_gone_since: float | None
     requested_at: float
     granted_at: float
-
-    def devices(self) -> list[dict]:
-        return json.loads(self.devices_json)
 
     def owner(self) -> ProcessRef:
         return process_ref(self.owner_pid, self.owner_started, self.owner_boot)
@@ -266,22 +278,13 @@ class RequestRow(_Row):
 
 
 @dataclass(frozen=True, kw_only=True)
-class HistoryRow(_Row):
+class HistoryRow(_Held):
     lease_id: str
-    user: str
-    server: str
-    kernel_id: str | None
-    notebook: str | None
-    card_type: str
-    devices_json: str
     pid: int | None
     requested_at: float
     granted_at: float
     ended_at: float
     end_reason: str
-
-    def devices(self) -> list[dict]:
-        return json.loads(self.devices_json)
 
     def lease(self) -> Lease:
         return Lease(id=self.lease_id, user=self.user, server=self.server, kernel_id=self.kernel_id,
@@ -290,19 +293,15 @@ class HistoryRow(_Row):
 
 
 @dataclass(frozen=True, kw_only=True)
-class UsageRow(_Row):
+class UsageRow(_Granted):
     """A lease as usage counts it: ended (from the history) or still held (``ended_at`` None)."""
 
     lease_id: str
     user: str
     card_type: str
-    devices_json: str
     granted_at: float
     ended_at: float | None
     end_reason: str | None
-
-    def devices(self) -> list[dict]:
-        return json.loads(self.devices_json)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,7 +6,6 @@ import asyncio
 import os
 import time
 from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.serverapp import ServerApp
@@ -15,14 +14,12 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from .._version import __version__
 from ..config import TTSettings
 from ..scheduler import Scheduler, call, open_scheduler
+from ..scheduler.loop import ReconcileLoop
 from . import metrics
 from .events import SCHEMA_ID, SCHEMA_PATH, StateWatcher
 from .handlers import DevicesHandler, KernelDevicesHandler, LeaseHandler, LeasesHandler, QueueHandler, UsageHandler
 from .idle import IdleReclaimer, idle_kernel
 from .proxy import ServeProxyHandler
-
-#: Resets after a crash (personal mode): seconds each, never on the event loop nor in the calls' pool.
-_RESETS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-tt-reset")
 
 
 class JupyterTTApp(ExtensionApp):
@@ -67,13 +64,13 @@ class JupyterTTApp(ExtensionApp):
         self._emit = lambda data: event_logger.emit(schema_id=SCHEMA_ID, data=self.with_path(data))
         self.watcher = StateWatcher(self.scheduler)
         self._loop = IOLoop.current()
-        self._polling = self._poll_soon = False
-        self._resetting: Future | None = None
         self._idle = IdleReclaimer(timeout=0.0, grace=0.0)
         self._restarts: dict[str, asyncio.Future] = {}  # kernel id -> its restart on chosen devices
-        self._loop.add_callback(self._poll)  # reconcile at start: leases of processes that died while no server ran end now
-        self._watch = PeriodicCallback(self._poll, self.tt_settings.watch_interval * 1000)
-        self._watch.start()
+        # Personal mode with reset_after_crash: this server resets cards whose holder died (the service
+        # does it itself on a shared host).
+        resets = self.scheduler.run_resets if isinstance(self.scheduler, Scheduler) and self.scheduler.reset_after_crash else None
+        self._passes = ReconcileLoop(self._look, interval=self.tt_settings.watch_interval, run_resets=resets)
+        self._loop.add_callback(self._start_passes)
         self.scheduler.listeners.append(self._changed)
         # A short telemetry history per device for the JupyterLab panel's sparklines.
         self.telemetry_history: dict[int, deque] = {}
@@ -128,24 +125,17 @@ class JupyterTTApp(ExtensionApp):
     def _changed(self) -> None:
         # This process changed the state (a kernel got or gave back devices): report it now,
         # not at the next tick, so that short-lived leases are not missed. Called in worker threads.
-        if not self._poll_soon:
-            self._poll_soon = True
-            self._loop.add_callback(self._poll)
+        self._passes.soon()
 
-    async def _poll(self) -> None:
-        self._poll_soon = False
-        if self._polling:  # the last look has not come back yet: one at a time
-            return
-        self._polling = True
-        try:
-            for event in await call(self.watcher.look):
-                self._emit(event)
-            await self._reclaim_idle()
-        except Exception:  # a bad pass, or an unreachable scheduler, must not stop the next ones
-            self.log.exception("jupyter-tt: reconcile pass failed")
-        finally:
-            self._polling = False
-        self._start_resets()
+    async def _start_passes(self) -> None:
+        self._passes.start()
+        await self._passes.run_once()  # at start: leases of processes that died while no server ran end now
+
+    async def _look(self) -> None:
+        """A pass (``ReconcileLoop``): look at the state, say what changed, reclaim idle kernels."""
+        for event in await call(self.watcher.look):
+            self._emit(event)
+        await self._reclaim_idle()
 
     def idle_policy(self) -> tuple[float, float]:
         """(idle_timeout, idle_grace): the service's on a shared host, else this server's settings."""
@@ -183,14 +173,6 @@ class JupyterTTApp(ExtensionApp):
                 provisioner.release_reason = action.reason
             await km.shutdown_kernel(kernel_id)
 
-    def _start_resets(self) -> None:
-        """Personal mode with reset_after_crash: reset cards whose holder died, in a thread of their own
-        (a reset takes seconds); the service does this itself on a shared host."""
-        if not isinstance(self.scheduler, Scheduler) or not self.scheduler.reset_after_crash:
-            return
-        if self._resetting is None or self._resetting.done():
-            self._resetting = _RESETS.submit(self.scheduler.run_resets)
-
     async def _sample_telemetry(self) -> None:
         now = round(time.time(), 1)
         try:
@@ -204,8 +186,8 @@ class JupyterTTApp(ExtensionApp):
             samples.append([now, device["telemetry"]["temperature_c"], device["telemetry"]["power_w"]])
 
     async def stop_extension(self) -> None:
-        if getattr(self, "_watch", None) is None:  # initialize_settings failed: nothing started
+        if getattr(self, "_passes", None) is None:  # initialize_settings failed: nothing started
             return
-        self._watch.stop()
+        self._passes.stop()
         self._sample.stop()
         self.scheduler.listeners.remove(self._changed)
