@@ -1,4 +1,4 @@
-"""The serving engine: the loop (``core``), which tokens run each step (``scheduler``), what a step
+"""The serving engine: the loop (``core``), which tokens run each step (``batching``), what a step
 produces for each client (``output``: detokenizing and stops), token choice (``sampling``), and the
 contract every model backend implements (``runner``)."""
 

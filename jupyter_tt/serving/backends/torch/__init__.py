@@ -1,4 +1,4 @@
-"""The torch reference backend: ``model.py`` is the Llama model (and ``ModelArgs``), ``runner.py`` runs it."""
+"""The torch reference backend: ``model.py`` is the Llama model (its sizes, ``ModelArgs``, are ``serving/llama.py``'s), ``runner.py`` runs it."""
 
 from __future__ import annotations
 
