@@ -132,13 +132,15 @@ class SchedulerService:
         """Serve until SIGTERM or SIGINT (or ``stop()``); removes the socket on the way out."""
         loop = asyncio.get_running_loop()
         self._claim_socket_path()
-        self._server = await asyncio.start_unix_server(self._connection, path=str(self.socket_path), limit=protocol.MAX_LINE)
-        os.chmod(self.socket_path, 0o666)  # anyone may connect: who they are comes from the kernel
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
-        ended = await self._call(self.scheduler.reconcile)  # leases of processes that died while no service ran
+        # Before anyone can connect: end the leases of processes that died while no service ran, and
+        # fence every node as the leases say (a client that sees the socket sees fenced nodes).
+        ended = await self._call(self.scheduler.reconcile)
         await self._after_change()
+        self._server = await asyncio.start_unix_server(self._connection, path=str(self.socket_path), limit=protocol.MAX_LINE)
+        os.chmod(self.socket_path, 0o666)  # anyone may connect: who they are comes from the kernel
         inventory = self.scheduler.inventory.describe()
         log.info("jupyter-tt scheduler: serving %s (%s inventory%s, %d devices), state in %s; ended at start: %s; %s; %s",
                  self.socket_path, inventory["kind"], " SIMULATED" if inventory["simulated"] else "",
