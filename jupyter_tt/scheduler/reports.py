@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import asdict
 
 from ..devices import Device
 from ..errors import RequestError
@@ -88,7 +89,7 @@ def history_page(rows: list[store.HistoryRow], *, limit: int, viewer: str | None
     """A page of ended leases (newest first), with the cursor of the next."""
     entries = []
     for r in rows:
-        entry = {**{f: getattr(r, f) for f in r.__dataclass_fields__}, "devices": [d["id"] for d in r.devices()]}
+        entry = {**asdict(r), "devices": [d["id"] for d in r.devices()]}
         if viewer is not None and r.user != viewer:  # nor who ended it: a reason may name processes
             entry.update(server="", kernel_id=None, notebook=None, pid=None, end_reason=public_reason(r.end_reason))
         entries.append(entry)

@@ -27,6 +27,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict
 
 from ..devices import Device, InventoryBackend
 from ..errors import LeaseError, RequestError
@@ -362,7 +363,7 @@ class Scheduler(SchedulerAPI):
     def resets(self) -> dict[int, dict]:
         """Cards out of the pool for a reset, by device id: lease_id, reason, since, waiting_for, done_at, failed."""
         with store.snapshot(self.db) as db:
-            return {r.device_id: {f: getattr(r, f) for f in r.__dataclass_fields__} for r in store.resets(db)}
+            return {r.device_id: asdict(r) for r in store.resets(db)}
 
     @_serialized
     def followed_pids(self) -> set[int]:
