@@ -285,3 +285,18 @@ def test_asks_for_a_pass_while_one_runs_fold_into_one_more_and_none_starts_once_
         assert passes == [0, 1]
 
     asyncio.run(asking())
+
+
+def test_a_long_page_is_encoded_a_hundred_entries_at_a_time_into_the_same_json_as_one_call(tmp_path):
+    import json
+
+    from jupyter_tt.scheduler import protocol
+
+    s = scheduler_for(tmp_path / "state")
+    for n in range(250):
+        s.release(s.submit(1, notebook=f"n{n}.ipynb").id, reason=f"done (pid {n})")
+    page = s.history_page(250, viewer="bob")
+    line = protocol.answer_line(7, page)
+    whole = json.dumps({"id": 7, "result": protocol.encode(page)}, separators=(",", ":"))
+    assert line == (whole + "\n").encode()
+    assert protocol.decode(json.loads(line)["result"]) == page

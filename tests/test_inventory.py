@@ -1,8 +1,12 @@
 """Inventory backends: the sysfs reader on generated driver trees, and the simulated one."""
 
+import threading
+import time
+
 import pytest
 
 from jupyter_tt.devices import SimulatedInventory, SysfsInventory, open_inventory
+from jupyter_tt.devices.sample import InventorySample
 from jupyter_tt.errors import ConfigError
 from tests.support.sysfs_tree import Card, make_host
 
@@ -227,3 +231,78 @@ def test_an_inherited_tt_visible_devices_limits_the_server_but_a_leases_own_does
     assert TTSettings().visible_devices == ""
     monkeypatch.setenv("JUPYTER_TT_VISIBLE_DEVICES", "2,3")  # what its server passed on
     assert TTSettings().visible_devices == "2,3"
+
+
+class CountedReads(SimulatedInventory):
+    """Counts readings; ``gate`` (when set) holds each reading until it is opened."""
+
+    def __init__(self, spec="n300x2"):
+        super().__init__(spec)
+        self.reads = 0
+        self.gate: threading.Event | None = None
+        self.reading = threading.Event()
+
+    def devices(self):
+        self.reads += 1
+        self.reading.set()
+        if self.gate is not None:
+            assert self.gate.wait(10), "the test never let the reading finish"
+        return super().devices()
+
+
+def test_a_shared_reading_is_reused_while_recent_and_read_again_when_asked_fresh():
+    inventory = CountedReads()
+    sample = InventorySample(inventory)
+    first = sample.get(5.0)
+    assert sample.get(5.0) is first and inventory.reads == 1
+    assert sample.get() is not first and inventory.reads == 2  # max_age 0: a reading begun after the call
+
+
+def test_a_caller_that_may_not_wait_takes_the_last_reading_while_another_thread_reads_the_cards():
+    inventory = CountedReads()
+    sample = InventorySample(inventory)
+    last = sample.get()
+    inventory.gate, inventory.reading = threading.Event(), threading.Event()
+    reader = threading.Thread(target=sample.get)
+    reader.start()
+    try:
+        assert inventory.reading.wait(10)
+        started = time.monotonic()
+        assert sample.get(0.0, wait=False) is last  # not held up by the reading under way
+        assert time.monotonic() - started < 1
+    finally:
+        inventory.gate.set()
+        reader.join(10)
+    assert inventory.reads == 2
+
+
+def test_callers_that_asked_while_the_cards_were_read_share_the_next_reading_rather_than_each_read_them():
+    inventory = CountedReads()
+    sample = InventorySample(inventory)
+    inventory.gate = threading.Event()
+    first = threading.Thread(target=sample.get)
+    first.start()
+    assert inventory.reading.wait(10)
+    results = []
+    waiting = [threading.Thread(target=lambda: results.append(sample.get())) for _ in range(2)]
+    for thread in waiting:  # both ask while the first reading runs: it began too early for them
+        thread.start()
+    time.sleep(0.1)
+    inventory.gate.set()
+    for thread in [first, *waiting]:
+        thread.join(10)
+    assert inventory.reads == 2 and results[0] is results[1]
+
+
+def test_a_service_reader_reports_the_cards_as_the_passes_last_read_them_without_reading_them_itself(tmp_path):
+    from jupyter_tt.scheduler import Scheduler
+
+    inventory = CountedReads()
+    scheduler = Scheduler(inventory, str(tmp_path / "state"), user="root", mode="service")
+    scheduler.reconcile()  # a pass reads the cards
+    reader = scheduler.reader()
+    reader.report_age = 60.0  # as SchedulerService.reader sets it
+    read = inventory.reads
+    states = [reader.report()["devices"] for _ in range(3)]
+    assert inventory.reads == read and [d["id"] for d in states[0]] == [0, 1]
+    assert scheduler.report()["devices"] and inventory.reads == read + 1  # report_age 0 (personal mode): read now

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict
 
 from ..devices import Device
 from ..errors import RequestError
 from . import store
 from .leases import Lease, Page, UsageRecord
 from .processes import describe, lineage
+
+_PID_IN_PARENS = re.compile(r"\([^()]*\bpid\b[^()]*\)")
+_PIDS = re.compile(r"\b(pid|process(?:es)?)\s+\d[\d, ]*")
 
 #: The most entries one page of a list holds (history, usage records).
 MAX_PAGE = 1000
@@ -44,8 +46,8 @@ def public_reason(reason: str | None) -> str | None:
     """An end reason as other users see it: without process ids or what a process ran."""
     if reason is None:
         return None
-    reason = re.sub(r"\([^()]*\bpid\b[^()]*\)", "", reason)
-    return re.sub(r"\b(pid|process(?:es)?)\s+\d[\d, ]*", r"\1 ", reason).replace("  ", " ").strip()
+    reason = _PID_IN_PARENS.sub("", reason)
+    return _PIDS.sub(r"\1 ", reason).replace("  ", " ").strip()
 
 
 def shown(lease: Lease, viewer: str | None) -> Lease:
@@ -89,7 +91,7 @@ def history_page(rows: list[store.HistoryRow], *, limit: int, viewer: str | None
     """A page of ended leases (newest first), with the cursor of the next."""
     entries = []
     for r in rows:
-        entry = {**asdict(r), "devices": [d["id"] for d in r.devices()]}
+        entry = {**r.columns(), "devices": [d["id"] for d in r.devices()]}
         if viewer is not None and r.user != viewer:  # nor who ended it: a reason may name processes
             entry.update(server="", kernel_id=None, notebook=None, pid=None, end_reason=public_reason(r.end_reason))
         entries.append(entry)

@@ -27,9 +27,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
 
 from ..devices import Device, InventoryBackend
+from ..devices.sample import InventorySample
 from ..errors import LeaseError, RequestError
 from ..text import clean_label
 from . import reports, store
@@ -96,6 +96,9 @@ class Scheduler(SchedulerAPI):
 
     poll_interval = 0.2  # seconds between a waiter's looks at the queue
     inventory_ttl = 1.0  # seconds a device list is reused by scheduling passes
+    #: Seconds old the device reading of a report may be. 0: read now. The service's readers take the
+    #: one its passes keep (``SchedulerService.reader``), so that a report never waits on sysfs.
+    report_age = 0.0
 
     def __init__(
         self,
@@ -132,12 +135,12 @@ class Scheduler(SchedulerAPI):
         self.history_days, self.history_rows = history_days, history_rows
         self._pruned = float("-inf")
         self._lock = threading.RLock()
-        self._inventory_lock = threading.Lock()  # shared with ``reader()``: the inventory keeps health memory
+        #: The cards' last reading, shared with ``reader()``s: one thread reads the cards at a time.
+        self._sample = InventorySample(inventory)
         self.db = store.connect(state_dir, inventory.key)
         self._me: ProcessRef | None = None
         #: Called after a transaction of this process changed the state (the server emits events then).
         self.listeners: list[Callable[[], None]] = []
-        self._devices: tuple[float, list[Device]] = (float("-inf"), [])
 
     @property
     def me(self) -> ProcessRef:
@@ -149,15 +152,8 @@ class Scheduler(SchedulerAPI):
     def _caller(self, caller: Caller | None) -> Caller:
         return caller or Caller(self.user, self.me, self.quota, self.server)
 
-    @_serialized
     def devices(self, fresh: bool = False) -> list[Device]:
-        when, devices = self._devices
-        now = time.monotonic()
-        if fresh or now - when > self.inventory_ttl:
-            with self._inventory_lock:
-                devices = self.inventory.devices()
-            self._devices = (now, devices)
-        return devices
+        return self._sample.get(0.0 if fresh else self.inventory_ttl)
 
     def reader(self) -> Scheduler:
         """Another handle on the same state for reports: its own SQLite connection (query-only) and
@@ -167,7 +163,6 @@ class Scheduler(SchedulerAPI):
         view._lock = threading.RLock()
         view.db = store.connect(self.state_dir, self.inventory.key, query_only=True)
         view.listeners = []
-        view._devices = (float("-inf"), [])
         return view
 
     # ------------------------------------------------------------------ requests
@@ -363,7 +358,7 @@ class Scheduler(SchedulerAPI):
     def resets(self) -> dict[int, dict]:
         """Cards out of the pool for a reset, by device id: lease_id, reason, since, waiting_for, done_at, failed."""
         with store.snapshot(self.db) as db:
-            return {r.device_id: asdict(r) for r in store.resets(db)}
+            return {r.device_id: r.columns() for r in store.resets(db)}
 
     @_serialized
     def followed_pids(self) -> set[int]:
@@ -403,7 +398,7 @@ class Scheduler(SchedulerAPI):
     @_serialized
     def device_states(self, *, viewer: str | None = None) -> list[dict]:
         """Every device with its state (free, leased, resetting, unhealthy), holder, and unaccounted processes."""
-        devices = self.devices(fresh=True)
+        devices = self._sample.get(self.report_age, wait=not self.report_age)
         with store.snapshot(self.db) as db:
             leases, out = store.leases(db), {r.device_id: r for r in store.resets(db)}
         return reports.device_states(devices, leases, out, viewer=viewer)

@@ -124,6 +124,9 @@ class SchedulerService:
         reader = getattr(self._readers, "scheduler", None)
         if reader is None:
             reader = self._readers.scheduler = self.scheduler.reader()
+            # Reports show the cards as the passes last read them (every watch_interval, when older than
+            # inventory_ttl): a report never reads sysfs while another user's report runs beside it.
+            reader.report_age = self.settings.watch_interval + 2 * Scheduler.inventory_ttl
         return reader
 
     # ------------------------------------------------------------------ running
@@ -462,7 +465,7 @@ def main(socket_path: str, state_dir: str, config_file: str | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # The event loop, the lease lane and the reports lane share the GIL: hand it over every 0.5 ms rather
     # than 5, so that a lease operation waits for a long report's Python work by that much, not ten times it.
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(0.0001)
     service = SchedulerService(TTSettings(config=config), socket_path, state_dir)
     asyncio.run(service.serve())
     return 0

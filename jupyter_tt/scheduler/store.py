@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -207,7 +208,16 @@ class _Row:
 
     @classmethod
     def of(cls, row: sqlite3.Row) -> Self:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+        return cls(**{name: row[name] for name in _columns(cls)})  # type: ignore[arg-type]
+
+    def columns(self) -> dict:
+        """The row as a dict of its columns (all plain values: ``asdict`` without its deep copies)."""
+        return dict(vars(self))
+
+
+@functools.cache
+def _columns(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 @dataclass(frozen=True, kw_only=True)
