@@ -463,8 +463,9 @@ def main(socket_path: str, state_dir: str, config_file: str | None) -> int:
         loader = JSONFileConfigLoader if path.suffix == ".json" else PyFileConfigLoader
         config = loader(path.name, str(path.parent)).load_config()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    # The event loop, the lease lane and the reports lane share the GIL: hand it over every 0.5 ms rather
-    # than 5, so that a lease operation waits for a long report's Python work by that much, not ten times it.
+    # The event loop, the lease lane and the reports lane share the GIL. A thread back from a system call
+    # waits for a busy one to hand the GIL over, up to this interval each time: 0.1 ms rather than 5, so
+    # that a lease operation's hundred system calls wait for a long report's Python work by that much.
     sys.setswitchinterval(0.0001)
     service = SchedulerService(TTSettings(config=config), socket_path, state_dir)
     asyncio.run(service.serve())
