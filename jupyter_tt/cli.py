@@ -33,66 +33,68 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def cmd_devices(args) -> int:
+    from .scheduler import DeviceStatus
+
     scheduler = _scheduler()
     scheduler.reconcile()
     report = scheduler.report()
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.to_json(), indent=2))
         return 0
-    report = printable(report)  # users' labels and reasons: shown, never interpreted by the terminal
-    inv = report["inventory"]
-    if inv["simulated"]:
-        print(f"Inventory: {inv['label']}")
+    p = printable  # users' labels and reasons, process names: shown, never interpreted by the terminal
+    inv = report.inventory
+    if report.simulated:
+        print(f"Inventory: {p(inv['label'])}")
     else:
         where = [f"limited to {', '.join(inv['visible'])} (TTSettings.visible_devices)"] if inv.get("visible") else []
         where += ["in a container: the cards whose nodes it was given"] if inv.get("container") else []
-        print(f"Inventory: sysfs under {inv['root']}" + "".join(f"; {w}" for w in where))
+        print(p(f"Inventory: sysfs under {inv['root']}" + "".join(f"; {w}" for w in where)))
     if scheduler.mode == "service":
-        print(f"Scheduler: the host's service at {scheduler.state_dir}")
+        print(f"Scheduler: the host's service at {p(scheduler.state_dir)}")
     else:
-        print(f"Scheduler: personal (only your kernels share these devices), state in {scheduler.state_dir}")
-    print(f"Enforcement: {report['scheduler']['enforcement']}\n")
-    leases = {lease["id"]: lease for lease in report["leases"]}
+        print(f"Scheduler: personal (only your kernels share these devices), state in {p(scheduler.state_dir)}")
+    print(f"Enforcement: {p(report.scheduler.enforcement)}\n")
+    pids = {lease.id: lease.pid for lease in report.leases}
     rows = []
-    for d in report["devices"]:
-        t = d["telemetry"]
+    for state in report.devices:
+        d, t = state.device, state.device.telemetry
         holder = ""
-        if d["lease_id"]:
-            lease = leases.get(d["lease_id"], {})
-            kernel = f" kernel {d['kernel_id'][:8]}" if d["kernel_id"] else ""
-            holder = f"{d['user']}{kernel} (pid {lease.get('pid')})"
-        state = d["state"] + (" (held outside)" if d.get("held_outside") else "") + (" [sim]" if d["simulated"] else "")
+        if state.lease_id:
+            kernel = f" kernel {state.kernel_id[:8]}" if state.kernel_id else ""
+            holder = f"{state.user}{kernel} (pid {pids.get(state.lease_id) or None})"
+        shown = state.state + (" (held outside)" if state.held_outside else "") + (" [sim]" if d.simulated else "")
         rows.append([
-            d["id"], d["card_type"], d["bdf"], "-" if d["numa_node"] is None else d["numa_node"], state, holder,
-            _fmt(t["temperature_c"], "°C"), _fmt(t["power_w"], "W"), _fmt(t["aiclk_mhz"], "", 0),
-            d["firmware"].get("fw_bundle", "-"),
+            d.id, d.card_type, d.bdf, "-" if d.numa_node is None else d.numa_node, shown, holder,
+            _fmt(t.temperature_c, "°C"), _fmt(t.power_w, "W"), _fmt(t.aiclk_mhz, "", 0),
+            d.firmware.get("fw_bundle", "-"),
         ])
-    print(_table(rows, ["ID", "CARD", "BDF", "NUMA", "STATE", "HOLDER", "TEMP", "POWER", "AICLK", "FW"]))
-    resetting = [d for d in report["devices"] if d["state"] == "resetting"]
+    print(_table(p(rows), ["ID", "CARD", "BDF", "NUMA", "STATE", "HOLDER", "TEMP", "POWER", "AICLK", "FW"]))
+    resetting = [state for state in report.devices if state.state == DeviceStatus.RESETTING and state.reset]
     if resetting:
         print("\nResetting (out of the pool until its firmware beats again):")
-        for d in resetting:
-            waits = f"; waits: {d['reset']['waiting_for']}" if d["reset"]["waiting_for"] else ""
-            print(f"  device {d['id']}: after {d['reset']['reason']}{waits}")
-    problems = [d for d in report["devices"] if d["problem"]]
+        for state in resetting:
+            waits = f"; waits: {state.reset.waiting_for}" if state.reset.waiting_for else ""
+            print(p(f"  device {state.id}: after {state.reset.reason}{waits}"))
+    problems = [state.device for state in report.devices if state.device.problem]
     if problems:
         print("\nUnhealthy:")
         for d in problems:
-            print(f"  device {d['id']}: {d['problem']}")
-    if report["queue"]:
+            print(p(f"  device {d.id}: {d.problem}"))
+    if report.queue:
         print("\nQueue:")
-        for w in report["queue"]:
-            waited = time.time() - w["since"]
-            kept = f", {w['reserved']} free kept for it" if w.get("reserved") else ""
-            print(f"  {w['position']}. {w['user']} wants {w['devices']}× {w['card_type']} "
-                  f"(kernel {w['kernel_id'] or '-'}, waiting {waited:.0f} s{kept})")
-    if report["unaccounted_processes"]:
-        why = ("opened while a lease of theirs held it, or by root" if report["scheduler"]["enforcing"]
+        for w in report.queue:
+            waited = time.time() - w.since
+            kept = f", {w.reserved} free kept for it" if w.reserved else ""
+            print(p(f"  {w.position}. {w.user} wants {w.devices}× {w.card_type} "
+                    f"(kernel {w.kernel_id or '-'}, waiting {waited:.0f} s{kept})"))
+    held = [(state.id, process) for state in report.devices for process in state.unaccounted_processes]
+    if held:
+        why = ("opened while a lease of theirs held it, or by root" if report.scheduler.enforcing
                else "the scheduler coordinates kernels; here it cannot fence others")
         print(f"\nProcesses holding a device without a lease ({why}):")
-        for p in report["unaccounted_processes"]:
-            what = f"pid {p['pid']} {p['name'] or '?'}" if p["pid"] else "a process (root sees which)"
-            print(f"  device {p['device']}: {what} (user {p['user'] or '?'})")
+        for device_id, process in held:
+            what = f"pid {process.pid} {process.name or '?'}" if process.pid else "a process (root sees which)"
+            print(p(f"  device {device_id}: {what} (user {process.user or '?'})"))
     return 0
 
 
@@ -136,9 +138,9 @@ def cmd_usage(args) -> int:
         return 0
     usage = _scheduler().usage(since)
     if args.json:
-        print(json.dumps(usage, indent=2))
+        print(json.dumps([u.to_json() for u in usage], indent=2))
         return 0
-    rows = [[printable(u["user"]), u["leases"], f"{u['device_hours']:.3f}", f"{u['chip_hours']:.3f}"] for u in usage]
+    rows = [[printable(u.user), u.leases, f"{u.device_hours:.3f}", f"{u.chip_hours:.3f}"] for u in usage]
     print(_table(rows, ["USER", "LEASES", "DEVICE-HOURS", "CHIP-HOURS"]) if rows else "No leases recorded yet.")
     return 0
 

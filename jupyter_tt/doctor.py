@@ -247,11 +247,11 @@ class Doctor:
             report = ServiceClient(socket_path, timeout=10).report()
         except Exception as e:  # any failure to talk to it is the finding
             return Check("scheduler service", Status.FAIL, f"{socket_path} does not answer: {strip_control(str(e))[:300]}", start)
-        scheduler = report.get("scheduler", {})
-        if not scheduler.get("enforcing"):
-            return Check("scheduler service", Status.FAIL, f"{socket_path} answers, but {scheduler.get('enforcement')}",
+        scheduler = report.scheduler
+        if not scheduler.enforcing:
+            return Check("scheduler service", Status.FAIL, f"{socket_path} answers, but {scheduler.enforcement}",
                          "run the service as root, so that it can own the device nodes")
-        return Check("scheduler service", Status.PASS, f"{socket_path}: {scheduler.get('enforcement')}")
+        return Check("scheduler service", Status.PASS, f"{socket_path}: {scheduler.enforcement}")
 
     def heartbeats(self, cards) -> Check:
         if not cards:

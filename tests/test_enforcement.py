@@ -18,6 +18,7 @@ import threading
 
 import pytest
 
+from jupyter_tt.scheduler import protocol
 from jupyter_tt.scheduler.client import ServiceClient
 from tests.support.jupyter_servers import wait_until
 from tests.support.os_users import PYTHON, ask, holder, open_folder, tt
@@ -215,11 +216,11 @@ def test_a_node_opened_before_the_service_fenced_it_is_not_granted_while_its_hol
         proc, lease_id = holder(alice, svc)
         _, device = leased_node(alice, svc, loudbox, lease_id)
         assert device["id"] != 0  # card 0 would come first: it is held outside the scheduler
-        report = ask(bob, svc, "report")["result"]
-        card0 = next(d for d in report["devices"] if d["id"] == 0)
-        assert card0["held_outside"] and card0["lease_id"] is None
-        [seen] = ask(alice, svc, "report")["result"]["unaccounted_processes"]
-        assert seen["user"] == bob.name and seen["pid"] is None  # alice sees that bob holds it, not his process
+        report = protocol.decode(ask(bob, svc, "report")["result"])
+        card0 = next(d for d in report.devices if d.id == 0)
+        assert card0.held_outside and card0.lease_id is None
+        [seen] = [p for d in protocol.decode(ask(alice, svc, "report")["result"]).devices for p in d.unaccounted_processes]
+        assert seen.user == bob.name and seen.pid is None  # alice sees that bob holds it, not his process
         root_view = tt_root(svc, "devices")
         assert "free (held outside)" in root_view and f"pid {keeper.pid}" in root_view
         keeper.kill()

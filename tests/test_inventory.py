@@ -303,6 +303,6 @@ def test_a_service_reader_reports_the_cards_as_the_passes_last_read_them_without
     reader = scheduler.reader()
     reader.report_age = 60.0  # as SchedulerService.reader sets it
     read = inventory.reads
-    states = [reader.report()["devices"] for _ in range(3)]
-    assert inventory.reads == read and [d["id"] for d in states[0]] == [0, 1]
-    assert scheduler.report()["devices"] and inventory.reads == read + 1  # report_age 0 (personal mode): read now
+    states = [reader.report().devices for _ in range(3)]
+    assert inventory.reads == read and [d.id for d in states[0]] == [0, 1]
+    assert scheduler.report().devices and inventory.reads == read + 1  # report_age 0 (personal mode): read now

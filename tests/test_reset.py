@@ -46,7 +46,8 @@ def killed_holder(tree, state_dir) -> tuple[str, int]:
 
 
 def state_of(s, device_id):
-    return next(d for d in s.device_states() if d["id"] == device_id)
+    """The device as the REST API shows it."""
+    return next(d.to_json() for d in s.device_states() if d.id == device_id)
 
 
 def test_a_killed_holders_card_is_reset_alone_and_leased_again_only_once_its_heartbeat_advances(card_host, state_dir):
@@ -136,7 +137,7 @@ def test_a_released_lease_needs_no_reset(card_host, state_dir):
     s.release(lease.id)
     s.reconcile()
     assert s.run_resets() == [] and ran(card_host) == []
-    assert {d["state"] for d in s.device_states()} == {"free"}
+    assert {d.state for d in s.device_states()} == {"free"}
 
 
 def test_without_reset_after_crash_a_killed_holders_card_goes_straight_back(card_host, state_dir):
@@ -218,7 +219,7 @@ def test_a_lease_released_after_a_crash_has_its_cards_reset_before_anyone_else_g
     s = scheduler(card_host, state_dir)
     lease = s.acquire(2)
     s.release(lease.id, reason="kernel died and the restart limit was reached", crash=CRASH)
-    assert {d["state"] for d in s.device_states()} == {"resetting"}
+    assert {d.state for d in s.device_states()} == {"resetting"}
     waiting = s.submit(1)
     assert isinstance(waiting, Waiting)
     assert sorted(s.run_resets()) == [0, 1]
@@ -287,7 +288,7 @@ def test_the_scheduler_service_resets_a_killed_holders_card_and_leases_it_again(
         def state():  # the service's own view, over its socket
             from jupyter_tt.scheduler.client import ServiceClient
 
-            return next(d["state"] for d in ServiceClient(str(svc.socket)).report()["devices"] if d["id"] == card)
+            return next(d.state for d in ServiceClient(str(svc.socket)).report().devices if d.id == card)
 
         wait_until(lambda: ran(card_host) == [reset_of(card)], timeout=30, message="the service to reset the card")
         wait_until(lambda: state() == "free", timeout=30, message="the card back in the pool")

@@ -234,7 +234,7 @@ def test_unhealthy_devices_are_skipped_and_reported(tmp_path, state_dir):
     tree = make_host(tmp_path, [Card(temperature_c=99.0), Card(), Card()])
     s = Scheduler(SysfsInventory(str(tree.root)), state_dir, user="alice")
     assert s.acquire(2).device_ids == [1, 2]
-    states = {d["id"]: d["state"] for d in s.device_states()}
+    states = {d.id: d.state for d in s.device_states()}
     assert states == {0: "unhealthy", 1: "leased", 2: "leased"}
 
 
@@ -247,11 +247,12 @@ def test_a_device_held_open_outside_any_lease_is_reported_and_not_granted_until_
         lease = s.acquire(1)
         assert lease.device_ids == [1]  # device 0 would come first, but a process outside any lease holds it
         report = s.report()
-        assert [(p["device"], p["pid"]) for p in report["unaccounted_processes"]] == [(0, stray_pid)]
-        assert report["unaccounted_processes"][0]["name"] == "sleep"
-        assert {d["id"]: (d["state"], d["held_outside"]) for d in report["devices"]} == {0: ("free", True), 1: ("leased", False)}
+        assert [(d.id, p.pid) for d in report.devices for p in d.unaccounted_processes] == [(0, stray_pid)]
+        assert report.devices[0].unaccounted_processes[0].name == "sleep"
+        assert {d.id: (d.state, d.held_outside) for d in report.devices} == {0: ("free", True), 1: ("leased", False)}
+        assert report.to_json()["unaccounted_processes"][0]["device"] == 0  # the API's list names the device
         tree.set(1, holders=[os.getpid()])  # the lessee's own process holds its node: accounted for
-        assert [p["pid"] for p in s.report()["unaccounted_processes"]] == [stray_pid]
+        assert [p.pid for d in s.report().devices for p in d.unaccounted_processes] == [stray_pid]
         s.release(lease.id)
         with pytest.raises(WaitTimeout):
             s.acquire(2, timeout=0.5)  # device 0 is still held
@@ -269,10 +270,10 @@ def test_usage_counts_device_hours_per_user(state_dir):
     a.db.execute("UPDATE leases SET granted_at = granted_at - 1800 WHERE id=?", (lease.id,))
     a.release(lease.id)
     b.acquire(1)
-    usage = {u["user"]: u for u in a.usage()}
-    assert usage["alice"]["device_hours"] == pytest.approx(1.0, abs=0.01)
-    assert usage["alice"]["chip_hours"] == pytest.approx(2.0, abs=0.02)
-    assert usage["bob"]["leases"] == 1 and usage["bob"]["device_hours"] < 0.01
+    usage = {u.user: u for u in a.usage()}
+    assert usage["alice"].device_hours == pytest.approx(1.0, abs=0.01)
+    assert usage["alice"].chip_hours == pytest.approx(2.0, abs=0.02)
+    assert usage["bob"].leases == 1 and usage["bob"].device_hours < 0.01
 
 
 def test_different_inventories_do_not_share_state(state_dir):

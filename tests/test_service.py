@@ -163,8 +163,8 @@ def test_the_socket_is_open_to_everyone_and_the_state_to_no_one(service):
     assert oct(svc.state_dir.stat().st_mode & 0o777) == "0o700"
     from jupyter_tt.scheduler.client import ServiceClient
 
-    where = ServiceClient(str(svc.socket)).report()["scheduler"]  # the report says where each is
-    assert (where["state_dir"], where["socket"]) == (str(svc.state_dir), str(svc.socket))
+    where = ServiceClient(str(svc.socket)).report().scheduler  # the report says where each is
+    assert (where.state_dir, where.socket) == (str(svc.state_dir), str(svc.socket))
 
 
 def test_a_proc_that_hides_other_users_processes_ends_no_lease(service, alice, bob):

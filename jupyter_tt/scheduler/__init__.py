@@ -11,12 +11,24 @@ import threading
 from ..config import TTSettings
 from ..devices import open_inventory
 from .api import SchedulerAPI, call
-from .leases import Caller, DeviceRequest, Lease, LeasedDevice, PendingReset, Waiting
+from .leases import (
+    Caller,
+    DeviceRequest,
+    DeviceState,
+    DeviceStatus,
+    Lease,
+    LeasedDevice,
+    PendingReset,
+    Report,
+    UsageTotal,
+    Waiting,
+)
 from .placement import ANY, check_card_type, most_at_once, place
 from .scheduler import Scheduler
 
-__all__ = ["ANY", "Caller", "DeviceRequest", "Lease", "LeasedDevice", "PendingReset", "Scheduler", "SchedulerAPI", "Waiting", "call", "check_card_type",
-           "most_at_once", "open_scheduler", "place"]
+__all__ = ["ANY", "Caller", "DeviceRequest", "DeviceState", "DeviceStatus", "Lease", "LeasedDevice", "PendingReset",
+           "Report", "Scheduler", "SchedulerAPI", "UsageTotal", "Waiting", "call", "check_card_type", "most_at_once",
+           "open_scheduler", "place"]
 
 _shared: dict[tuple, SchedulerAPI] = {}
 _lock = threading.Lock()

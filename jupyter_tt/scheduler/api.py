@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import SchedulerUnavailable, TTError, WaitTimeout
-from .leases import Lease, Page, PendingReset, UsageRecord, Waiting
+from .leases import Lease, Page, PendingReset, Report, UsageRecord, UsageTotal, Waiting
 from .placement import ANY
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class SchedulerAPI(abc.ABC):
         return self.history_page(limit, before=before).items
 
     @abc.abstractmethod
-    def usage(self, since: float = 0.0) -> list[dict]: ...
+    def usage(self, since: float = 0.0) -> list[UsageTotal]: ...
 
     @abc.abstractmethod
     def usage_records_page(self, since: float = 0.0, *, after: str | None = None, limit: int = 1000) -> Page: ...
@@ -138,7 +138,7 @@ class SchedulerAPI(abc.ABC):
     def retry_reset(self, device_id: int) -> bool: ...
 
     @abc.abstractmethod
-    def report(self) -> dict: ...
+    def report(self) -> Report: ...
 
     @abc.abstractmethod
     def timeout_message(self, waiting: Waiting, timeout: float | None) -> str: ...

@@ -19,7 +19,7 @@ from ..devices import Device
 from ..errors import SchedulerUnavailable, TTError
 from . import protocol
 from .api import SchedulerAPI
-from .leases import Lease, Page, PendingReset, Waiting
+from .leases import Lease, Page, PendingReset, Report, UsageTotal, Waiting
 from .placement import ANY
 
 
@@ -180,7 +180,7 @@ class ServiceClient(SchedulerAPI):
     def history_page(self, limit: int = 100, *, before: str | None = None) -> Page:
         return self._call("history", limit=limit, before=before)
 
-    def usage(self, since: float = 0.0) -> list[dict]:
+    def usage(self, since: float = 0.0) -> list[UsageTotal]:
         return self._call("usage", since=since)
 
     def usage_records_page(self, since: float = 0.0, *, after: str | None = None, limit: int = 1000) -> Page:
@@ -189,7 +189,7 @@ class ServiceClient(SchedulerAPI):
     def retry_reset(self, device_id: int) -> bool:
         return self._call("retry_reset", device_id=device_id)
 
-    def report(self) -> dict:
+    def report(self) -> Report:
         return self._call("report")
 
     def timeout_message(self, waiting: Waiting, timeout: float | None) -> str:

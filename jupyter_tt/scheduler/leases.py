@@ -1,5 +1,6 @@
-"""The scheduler's typed contract: what a lease, a waiting request, a usage record and a pending
-reset are, as every layer sees them (the scheduler, the service's protocol, its client, the API).
+"""The scheduler's typed contract: what a lease, a waiting request, a usage record, a pending reset
+and a report of the devices are, as every layer sees them (the scheduler, the service's protocol,
+its client, the API). ``to_json`` gives each one's shape in the REST API (``api_schemas/``).
 
 They live apart from ``scheduler.py`` so that the API and the wire format depend on these, not on
 the scheduler that makes them.
@@ -7,8 +8,10 @@ the scheduler that makes them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
 
+from ..devices import Device
 from ..errors import RequestError, TTError
 from .placement import ANY, check_card_type
 from .processes import ProcessRef
@@ -190,15 +193,135 @@ class PendingReset:
         return f"device {self.device_id} is {'checked after' if self.done else 'in'} its reset"
 
 
-def usage_totals(records: list[UsageRecord]) -> list[dict]:
+@dataclass(frozen=True, kw_only=True)
+class UsageTotal:
+    """One user's use of devices within a period (``jupyter tt usage``)."""
+
+    user: str
+    leases: int
+    device_hours: float
+    chip_hours: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def usage_totals(records: list[UsageRecord]) -> list[UsageTotal]:
     """Per user: leases, device-hours and chip-hours of ``records``, the heaviest user first."""
-    totals: dict[str, dict] = {}
+    totals: dict[str, UsageTotal] = {}
     for r in records:
-        entry = totals.setdefault(r.user, {"user": r.user, "leases": 0, "device_hours": 0.0, "chip_hours": 0.0})
-        entry["leases"] += 1
-        entry["device_hours"] += r.device_hours
-        entry["chip_hours"] += r.chip_hours
-    return sorted(totals.values(), key=lambda e: -e["device_hours"])
+        was = totals.get(r.user) or UsageTotal(user=r.user, leases=0, device_hours=0.0, chip_hours=0.0)
+        totals[r.user] = replace(was, leases=was.leases + 1, device_hours=was.device_hours + r.device_hours,
+                                 chip_hours=was.chip_hours + r.chip_hours)
+    return sorted(totals.values(), key=lambda t: -t.device_hours)
+
+
+class DeviceStatus(StrEnum):
+    """Where a device stands (a report's ``state``)."""
+
+    FREE = "free"
+    LEASED = "leased"
+    RESETTING = "resetting"  # out of the pool until its reset after a crash is done and checked
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeldOpen:
+    """A process that holds a device node outside its lease. Another user's is shown without its
+    pid, name and command line (``hidden``): only root and its own user see those."""
+
+    pid: int | None
+    name: str | None
+    user: str | None
+    cmdline: str | None
+
+    def hidden(self) -> HeldOpen:
+        return replace(self, pid=None, name=None, cmdline=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResetStatus:
+    """A device's reset after a crash, while it lasts."""
+
+    reason: str  # how the holder ended
+    waiting_for: str | None  # why it has not run yet
+    failed: str | None
+    done: bool  # reset: the scheduler waits for the firmware's heartbeat to advance
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceState:
+    """One device as a report shows it: the card, where it stands, and who holds it."""
+
+    device: Device  # its ``problem`` says why a failed reset left it unhealthy
+    state: DeviceStatus
+    held_outside: bool  # free, but a process holds its node open: it is not granted until they close it
+    reset: ResetStatus | None = None
+    lease_id: str | None = None
+    user: str | None = None
+    kernel_id: str | None = None  # these two: the viewer's own lease only
+    notebook: str | None = None
+    unaccounted_processes: tuple[HeldOpen, ...] = ()
+
+    @property
+    def id(self) -> int:
+        return self.device.id
+
+    def to_json(self) -> dict:
+        return {
+            **self.device.to_json(),
+            "held_outside": self.held_outside,
+            "state": self.state.value,
+            "reset": asdict(self.reset) if self.reset else None,
+            "lease_id": self.lease_id,
+            "user": self.user,
+            "kernel_id": self.kernel_id,
+            "notebook": self.notebook,
+            "unaccounted_processes": [asdict(p) for p in self.unaccounted_processes],
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerInfo:
+    """Which scheduler answers, and whether it fences device nodes."""
+
+    mode: str  # "personal" or "service"
+    state_dir: str
+    enforcing: bool
+    enforcement: str  # what fencing there is, or why there is none
+    socket: str | None = None  # the service's
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        if self.socket is None:
+            del data["socket"]
+        return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    """Everything about the host's devices in one document (``GET /jupyter-tt/api/devices``), as one
+    viewer may see it: other users' leases and requests in their public view."""
+
+    inventory: dict  # the inventory's ``describe()``
+    scheduler: SchedulerInfo
+    devices: tuple[DeviceState, ...]
+    leases: tuple[Lease, ...]
+    queue: tuple[Waiting, ...]
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self.inventory.get("simulated"))
+
+    def to_json(self) -> dict:
+        return {
+            "inventory": dict(self.inventory),
+            "scheduler": self.scheduler.to_json(),
+            "devices": [d.to_json() for d in self.devices],
+            "unaccounted_processes": [{**asdict(p), "device": d.id} for d in self.devices for p in d.unaccounted_processes],
+            "leases": [lease.to_json() for lease in self.leases],
+            "queue": [w.to_json() for w in self.queue],
+        }
 
 
 @dataclass(frozen=True, kw_only=True)

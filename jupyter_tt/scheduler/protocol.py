@@ -1,22 +1,26 @@
 """The scheduler service's wire format: one JSON object per line, over a Unix stream socket.
 
 A request is ``{"id": N, "op": "submit", "args": {...}}``; its answer ``{"id": N, "result": ...}``
-or ``{"id": N, "error": {"type": "RequestError", "message": "...", "status": 409}}``. Leases and
-waiting requests, usage records and pending resets travel tagged (``{"$lease": {...}}``,
-``{"$waiting": {...}}``, ``{"$usage": {...}}``, ``{"$reset": {...}}``, ``{"$page": {...}}``) so that the client
-hands its callers the same dataclasses the scheduler returns. Nothing here says who the caller is:
+or ``{"id": N, "error": {"type": "RequestError", "message": "...", "status": 409}}``. The contract's
+dataclasses (``leases.py``: leases, waiting requests, usage records and totals, pending resets,
+reports) travel tagged with their name (``{"$lease": {...}}``, see ``TAGS``; pages as ``{"$page": {...}}``)
+and are built again from their fields' types, so that the client hands its callers the same
+dataclasses the scheduler returns. Nothing here says who the caller is:
 the service takes that from the socket (``SO_PEERCRED``).
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
+import types
+import typing
 from dataclasses import fields, is_dataclass
 from typing import Any
 
 from .. import errors
-from .leases import Lease, LeasedDevice, Page, PendingReset, UsageRecord, Waiting
+from .leases import DeviceState, Lease, Page, PendingReset, Report, UsageRecord, UsageTotal, Waiting
 
 #: The longest request line the service reads.
 MAX_LINE = 1 << 20
@@ -32,16 +36,17 @@ ERRORS = {cls.__name__: cls for cls in (errors.TTError, errors.ConfigError, erro
                                         errors.LeaseError, errors.SchedulerUnavailable)}
 
 
+#: The dataclasses that cross the socket, each tagged with its name: ``{"$lease": {...}}``.
+TAGS: dict[str, type] = {"$lease": Lease, "$waiting": Waiting, "$usage": UsageRecord, "$reset": PendingReset,
+                         "$report": Report, "$device_state": DeviceState, "$usage_total": UsageTotal}
+_TAG_OF = {cls: tag for tag, cls in TAGS.items()}
+
+
 def encode(value: Any) -> Any:
     """A result as JSON-able data."""
-    if isinstance(value, Lease):
-        return {"$lease": _plain(value)}
-    if isinstance(value, Waiting):
-        return {"$waiting": _plain(value)}
-    if isinstance(value, UsageRecord):
-        return {"$usage": _plain(value)}
-    if isinstance(value, PendingReset):
-        return {"$reset": _plain(value)}
+    tag = _TAG_OF.get(type(value))
+    if tag is not None:
+        return {tag: _plain(value)}
     if isinstance(value, Page):
         return {"$page": {"items": encode(value.items), "next": value.next}}
     if isinstance(value, (tuple, list)):
@@ -68,22 +73,38 @@ def _fields(cls: type) -> tuple[str, ...]:
 def decode(value: Any) -> Any:
     """The inverse of ``encode``."""
     if isinstance(value, dict):
-        if "$lease" in value:
-            data = dict(value["$lease"])
-            data["devices"] = tuple(LeasedDevice(**d) for d in data["devices"])
-            return Lease(**data)
-        if "$waiting" in value:
-            return Waiting(**value["$waiting"])
-        if "$usage" in value:
-            return UsageRecord(**{**value["$usage"], "devices": tuple(value["$usage"]["devices"])})
-        if "$reset" in value:
-            return PendingReset(**value["$reset"])
-        if "$page" in value:
-            return Page(items=decode(value["$page"]["items"]), next=value["$page"]["next"])
+        if len(value) == 1:
+            [(tag, data)] = value.items()
+            if tag in TAGS:
+                return _built(TAGS[tag], data)
+            if tag == "$page":
+                return Page(items=decode(data["items"]), next=data["next"])
         return {k: decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [decode(v) for v in value]
     return value
+
+
+def _built(kind: Any, data: Any) -> Any:
+    """``data`` (``_plain``'s) as a ``kind`` again: a dataclass from its fields' types, nested ones too."""
+    if data is None:
+        return None
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):  # X | None
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        return tuple(_built(item, d) for d in data)
+    if isinstance(kind, type) and is_dataclass(kind):
+        hints = _hints(kind)
+        return kind(**{k: _built(hints[k], v) for k, v in data.items()})
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return kind(data)
+    return data
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def line(message: dict) -> bytes:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 
 from ..devices import Device
 from ..errors import RequestError
 from . import store
-from .leases import Lease, Page, UsageRecord
+from .leases import DeviceState, DeviceStatus, HeldOpen, Lease, Page, ResetStatus, UsageRecord
 from .processes import describe, lineage
 
 _PID_IN_PARENS = re.compile(r"\([^()]*\bpid\b[^()]*\)")
@@ -55,7 +56,7 @@ def shown(lease: Lease, viewer: str | None) -> Lease:
 
 
 def device_states(devices: list[Device], leases: list[store.LeaseRow], resets: Mapping[int, store.ResetRow], *,
-                  viewer: str | None) -> list[dict]:
+                  viewer: str | None) -> list[DeviceState]:
     """Every device with its state (free, leased, resetting, unhealthy), holder, and unaccounted processes."""
     pairs = [(row, row.lease()) for row in leases]
     by_device = {d.id: (row, lease) for row, lease in pairs for d in lease.devices}
@@ -63,27 +64,27 @@ def device_states(devices: list[Device], leases: list[store.LeaseRow], resets: M
     for device in devices:
         row, lease = by_device.get(device.id, (None, None))
         covered = {p for p in (row.owner_pid, row.kernel_pid) if p} if row else set()  # who may hold the node
-        unaccounted = [describe(pid) for pid in device.holders if not (lineage(pid) & covered)]
+        unaccounted = [HeldOpen(**describe(pid)) for pid in device.holders if not (lineage(pid) & covered)]
         if viewer is not None:  # that another user holds a node is shown; their process, to root only
-            unaccounted = [{**p, "pid": None, "name": None, "cmdline": None} if p["user"] != viewer else p
-                           for p in unaccounted]
+            unaccounted = [p.hidden() if p.user != viewer else p for p in unaccounted]
         seen = lease and shown(lease, viewer)
         reset = resets.get(device.id)
-        data = {**device.to_json(), "held_outside": not lease and bool(device.holders)}
         if reset and reset.failed:
-            data.update(problem=reset.failed, healthy=False)
-        state = "unhealthy" if not data["healthy"] else "resetting" if reset else "leased" if lease else "free"
-        states.append({
-            **data,
-            "state": state,
-            "reset": None if not reset else {"reason": reset.reason, "waiting_for": reset.waiting_for,
-                                             "failed": reset.failed, "done": reset.done_at is not None},
-            "lease_id": lease.id if lease else None,
-            "user": lease.user if lease else None,
-            "kernel_id": seen.kernel_id if seen else None,
-            "notebook": seen.notebook if seen else None,
-            "unaccounted_processes": unaccounted,
-        })
+            device = replace(device, problem=reset.failed)
+        state = (DeviceStatus.UNHEALTHY if not device.healthy else DeviceStatus.RESETTING if reset
+                 else DeviceStatus.LEASED if lease else DeviceStatus.FREE)
+        states.append(DeviceState(
+            device=device,
+            state=state,
+            held_outside=not lease and bool(device.holders),
+            reset=None if not reset else ResetStatus(reason=reset.reason, waiting_for=reset.waiting_for,
+                                                     failed=reset.failed, done=reset.done_at is not None),
+            lease_id=lease.id if lease else None,
+            user=lease.user if lease else None,
+            kernel_id=seen.kernel_id if seen else None,
+            notebook=seen.notebook if seen else None,
+            unaccounted_processes=tuple(unaccounted),
+        ))
     return states
 
 

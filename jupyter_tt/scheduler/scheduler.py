@@ -35,7 +35,19 @@ from ..text import clean_label
 from . import reports, store
 from . import resets as card_resets
 from .api import SchedulerAPI
-from .leases import Caller, DeviceRequest, Lease, Page, PendingReset, Waiting, usage_totals
+from .leases import (
+    Caller,
+    DeviceRequest,
+    DeviceState,
+    Lease,
+    Page,
+    PendingReset,
+    Report,
+    SchedulerInfo,
+    UsageTotal,
+    Waiting,
+    usage_totals,
+)
 from .placement import ANY, check_card_type, most_at_once
 from .processes import ProcessRef
 from .queue import Ask, Plan, plan
@@ -391,12 +403,12 @@ class Scheduler(SchedulerAPI):
                            limit=limit, now=now)
         return reports.usage_page(rows, since=since, limit=limit, now=now)
 
-    def usage(self, since: float = 0.0) -> list[dict]:
+    def usage(self, since: float = 0.0) -> list[UsageTotal]:
         """Device-hours and chip-hours per user since ``since`` (epoch seconds), active leases included."""
         return usage_totals(self.usage_records(since))
 
     @_serialized
-    def device_states(self, *, viewer: str | None = None) -> list[dict]:
+    def device_states(self, *, viewer: str | None = None) -> list[DeviceState]:
         """Every device with its state (free, leased, resetting, unhealthy), holder, and unaccounted processes."""
         devices = self._sample.get(self.report_age, wait=not self.report_age)
         with store.snapshot(self.db) as db:
@@ -404,19 +416,17 @@ class Scheduler(SchedulerAPI):
         return reports.device_states(devices, leases, out, viewer=viewer)
 
     @_serialized
-    def report(self, *, viewer: str | None = None) -> dict:
+    def report(self, *, viewer: str | None = None) -> Report:
         """Everything about the devices in one document (``GET /jupyter-tt/api/devices``)."""
-        states = self.device_states(viewer=viewer)
-        return {
-            "inventory": self.inventory.describe(),
-            "scheduler": {"mode": self.mode, "state_dir": self.state_dir, "enforcing": False,
-                          "enforcement": "coordination only: in personal mode, leases are agreed among this user's own "
-                                         "processes; the host's scheduler service fences device nodes"},
-            "devices": states,
-            "unaccounted_processes": [{**p, "device": s["id"]} for s in states for p in s["unaccounted_processes"]],
-            "leases": [lease.to_json() for lease in self.leases(viewer=viewer)],
-            "queue": [w.to_json() for w in self.queue(viewer=viewer)],
-        }
+        return Report(
+            inventory=self.inventory.describe(),
+            scheduler=SchedulerInfo(mode=self.mode, state_dir=self.state_dir, enforcing=False, enforcement=(
+                "coordination only: in personal mode, leases are agreed among this user's own processes; the host's "
+                "scheduler service fences device nodes")),
+            devices=tuple(self.device_states(viewer=viewer)),
+            leases=tuple(self.leases(viewer=viewer)),
+            queue=tuple(self.queue(viewer=viewer)),
+        )
 
     # ------------------------------------------------------------------ internals
 

@@ -34,6 +34,7 @@ import struct
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -44,7 +45,7 @@ from ..errors import ConfigError, LeaseError, RequestError, TTError
 from . import protocol
 from .enforce import NodeGuard, can_change_owners
 from .fairness import Busy, FairLane, TokenBucket
-from .leases import Caller, Waiting
+from .leases import Caller, SchedulerInfo, Waiting
 from .loop import ReconcileLoop
 from .processes import ProcessRef, uid_of
 from .reset import available as why_no_reset
@@ -402,9 +403,8 @@ class SchedulerService:
 
     def op_report(self, caller, uid):
         report = self.reader.report(viewer=self._viewer(caller, uid))
-        report["scheduler"] = {"mode": "service", "state_dir": self.scheduler.state_dir, "socket": str(self.socket_path),
-                               **self.guard.describe()}
-        return report
+        return replace(report, scheduler=SchedulerInfo(mode="service", state_dir=self.scheduler.state_dir,
+                                                       socket=str(self.socket_path), **self.guard.describe()))
 
     def op_retry_reset(self, caller, uid, device_id):
         if uid != 0:

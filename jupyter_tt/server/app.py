@@ -13,7 +13,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from .._version import __version__
 from ..config import TTSettings
-from ..scheduler import Scheduler, call, open_scheduler
+from ..scheduler import DeviceStatus, Scheduler, call, open_scheduler
 from ..scheduler.loop import ReconcileLoop
 from . import metrics
 from .events import SCHEMA_ID, SCHEMA_PATH, StateWatcher
@@ -156,7 +156,8 @@ class JupyterTTApp(ExtensionApp):
                 kernels[kid] = idle_kernel(kid, km.get_kernel(kid))
             except KeyError:  # shut down meanwhile
                 continue
-        free = Counter(d["card_type"] for d in (self.watcher.report or {}).get("devices", []) if d["state"] == "free")
+        report = self.watcher.report
+        free = Counter(s.device.card_type for s in (report.devices if report else ()) if s.state == DeviceStatus.FREE)
         actions = self._idle.decide(list(self.watcher.leases.values()), kernels, list(self.watcher.queue.values()), free)
         for action in actions:
             lease, kernel_id = action.lease, action.lease.kernel_id
@@ -181,9 +182,9 @@ class JupyterTTApp(ExtensionApp):
             self.log.exception("jupyter-tt: reading telemetry failed")
             return
         self.watcher.report = report  # also what /metrics reports until the next change
-        for device in report["devices"]:
-            samples = self.telemetry_history.setdefault(device["id"], deque(maxlen=self.tt_settings.telemetry_samples))
-            samples.append([now, device["telemetry"]["temperature_c"], device["telemetry"]["power_w"]])
+        for state in report.devices:
+            samples = self.telemetry_history.setdefault(state.id, deque(maxlen=self.tt_settings.telemetry_samples))
+            samples.append([now, state.device.telemetry.temperature_c, state.device.telemetry.power_w])
 
     async def stop_extension(self) -> None:
         if getattr(self, "_passes", None) is None:  # initialize_settings failed: nothing started

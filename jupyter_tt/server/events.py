@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..scheduler import Lease, SchedulerAPI, Waiting
+from ..scheduler import Lease, Report, SchedulerAPI, Waiting
 
 #: Ended leases whose reasons one look asks for (the rest say "ended"): a look stays a few calls long
 #: when a whole class's kernels end at once.
@@ -28,7 +28,7 @@ class StateWatcher:
         self.queue: dict[str, Waiting] = {}
         #: The devices document /metrics reports: renewed by every look and by the server's
         #: telemetry samples.
-        self.report: dict | None = None
+        self.report: Report | None = None
         self.states: dict[int, str] | None = None  # device id -> state at the last look
 
     def look(self) -> list[dict]:
@@ -59,7 +59,7 @@ class StateWatcher:
         # Device states change without a lease event too: a card out for a reset after a crash (its
         # lease lives on through the kernel's restart), back from it, or unhealthy.
         self.report = self.scheduler.report()
-        states = {d["id"]: d["state"] for d in self.report["devices"]}
+        states = {d.id: d.state.value for d in self.report.devices}
         changed = sorted(i for i, state in states.items() if self.states is not None and self.states.get(i) != state)
         if changed:
             events.append({"action": "device-state", "devices": changed, "states": [states[i] for i in changed],

@@ -46,7 +46,7 @@ class DevicesHandler(TTHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        report = await call(self.scheduler.report)
+        report = (await call(self.scheduler.report)).to_json()
         history = self.extensionapp.telemetry_history
         report["devices"] = [self.extensionapp.with_path(device) for device in report["devices"]]
         for device in report["devices"]:
@@ -100,7 +100,7 @@ class UsageHandler(TTHandler):
             raise web.HTTPError(400, "since must be a time in seconds since the epoch, e.g. ?since=1767225600") from None
         usage = await call(self.scheduler.usage, since)
         # ``user``: whom this server's leases are accounted to (the panel shows their share).
-        self.finish(json.dumps({"since": since, "user": self.scheduler.user, "usage": usage}))
+        self.finish(json.dumps({"since": since, "user": self.scheduler.user, "usage": [u.to_json() for u in usage]}))
 
 
 class KernelDevicesHandler(TTHandler):

@@ -21,8 +21,7 @@ class DeviceCollector:
         report = self.app.watcher.report
         if report is None:  # no look yet
             return
-        states = report["devices"]
-        simulated = "true" if report["inventory"]["simulated"] else "false"
+        simulated = "true" if report.simulated else "false"
         labels = ["device", "bdf", "card_type", "simulated"]
         gauges = {
             "temperature_c": GaugeMetricFamily("jupyter_tt_device_temperature_celsius", "ASIC temperature", labels=labels),
@@ -34,24 +33,26 @@ class DeviceCollector:
         unaccounted = GaugeMetricFamily(
             "jupyter_tt_device_unaccounted_processes", "Processes holding the device without a lease", labels=labels
         )
-        for state in states:
-            values = [str(state["id"]), state["bdf"], state["card_type"], simulated]
+        for state in report.devices:
+            device = state.device
+            values = [str(device.id), device.bdf, device.card_type, simulated]
             for key, gauge in gauges.items():
-                if state["telemetry"].get(key) is not None:
-                    gauge.add_metric(values, state["telemetry"][key])
-            leased.add_metric(values, 1 if state["lease_id"] else 0)
-            healthy.add_metric(values, 1 if state["healthy"] else 0)
-            unaccounted.add_metric(values, len(state["unaccounted_processes"]))
+                value = getattr(device.telemetry, key)
+                if value is not None:
+                    gauge.add_metric(values, value)
+            leased.add_metric(values, 1 if state.lease_id else 0)
+            healthy.add_metric(values, 1 if device.healthy else 0)
+            unaccounted.add_metric(values, len(state.unaccounted_processes))
         yield from gauges.values()
         yield from (leased, healthy, unaccounted)
 
-        leases = report["leases"]
+        leases = report.leases
         per_user = GaugeMetricFamily("jupyter_tt_leased_devices", "Devices leased, per user", labels=["user"])
-        for user, n in Counter(lease["user"] for lease in leases for _ in lease["devices"]).items():
+        for user, n in Counter(lease.user for lease in leases for _ in lease.devices).items():
             per_user.add_metric([user], n)
         yield per_user
         yield GaugeMetricFamily("jupyter_tt_leases", "Active leases on the host", value=len(leases))
-        yield GaugeMetricFamily("jupyter_tt_queue_requests", "Requests waiting for devices", value=len(report["queue"]))
+        yield GaugeMetricFamily("jupyter_tt_queue_requests", "Requests waiting for devices", value=len(report.queue))
 
 
 collector = DeviceCollector()
