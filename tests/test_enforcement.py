@@ -14,7 +14,9 @@ import os
 import stat
 import subprocess
 import sys
+import textwrap
 import threading
+import time
 
 import pytest
 
@@ -273,3 +275,60 @@ def test_a_lease_is_answered_only_once_its_node_opens_for_its_user(service, loud
         churner.join(timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
+
+
+def test_a_lease_granted_in_a_pass_is_answered_only_once_its_node_opens_for_its_user(service, loudbox, alice, bob):
+    svc = fenced_service(service, loudbox)
+    # alice waits for a card that bob's process holds, asking on four connections at once; bob's process
+    # dies, and the pass its exit wakes grants her the card. Before, that pass fenced the node in a later
+    # turn of the lease lane, and one of her questions, queued meanwhile, was answered in between.
+    code = f"""
+    import os, threading
+    from jupyter_tt.errors import LeaseError
+    from jupyter_tt.scheduler import Lease
+    from jupyter_tt.scheduler.client import ServiceClient
+    waiting = ServiceClient({str(svc.socket)!r}).submit(4)
+    print(waiting.request_id, flush=True)
+    failed, opened = [], []
+
+    def ask():
+        c = ServiceClient({str(svc.socket)!r})
+        while True:
+            try:
+                lease = c.check(waiting.request_id)
+            except LeaseError:  # another of her connections was answered with the lease
+                return
+            if isinstance(lease, Lease):
+                break
+        for d in lease.devices:  # at once, as a kernel started with the lease's TT_VISIBLE_DEVICES does
+            try:
+                open(os.path.join({str(loudbox.root)!r}, "dev/tenstorrent", str(d.id)), "r+b").close()
+                opened.append(d.id)
+            except PermissionError:
+                failed.append(d.id)
+
+    askers = [threading.Thread(target=ask) for _ in range(4)]
+    for t in askers:
+        t.start()
+    for t in askers:
+        t.join(30)
+    print(len(failed), len(opened), flush=True)
+    """
+    failures = 0
+    for _ in range(6):
+        keeper, _ = holder(bob, svc, count=4)
+        asker = alice.popen([PYTHON, "-c", textwrap.dedent(code)])
+        try:
+            assert asker.stdout.readline().startswith("req-")
+            time.sleep(0.3)  # her four connections ask on
+            keeper.kill()
+            keeper.wait()
+            out, err = asker.communicate(timeout=60)
+            assert asker.returncode == 0, err
+            failed, opened = map(int, out.split()[-2:])
+            assert opened + failed == 4, out  # the one connection answered with the lease opened its four
+            failures += failed
+        finally:
+            keeper.kill()
+            asker.kill()
+    assert failures == 0

@@ -141,8 +141,8 @@ class SchedulerService:
                 loop.add_signal_handler(sig, self.stop)
         # Before anyone can connect: end the leases of processes that died while no service ran, and
         # fence every node as the leases say (a client that sees the socket sees fenced nodes).
-        ended = await self._call(self.scheduler.reconcile)
-        await self._after_change()
+        ended = await self._call(self._pass)
+        await self._follow_processes()
         self._server = await asyncio.start_unix_server(self._connection, path=str(self.socket_path), limit=protocol.MAX_LINE)
         os.chmod(self.socket_path, 0o666)  # anyone may connect: who they are comes from the kernel
         inventory = self.scheduler.inventory.describe()
@@ -190,17 +190,19 @@ class SchedulerService:
                 probe.close()
 
     async def _reconcile(self) -> None:
-        """One pass (``ReconcileLoop``): end what dead processes held, grant, then follow and fence."""
+        """One pass (``ReconcileLoop``): end what dead processes held, grant and fence; then follow the holders."""
         if self._stopped.is_set():
             return
-        await self._call(self.scheduler.reconcile)
-        await self._after_change()
-
-    async def _after_change(self) -> None:
-        """Follow the processes the leases now name, and fence the nodes as the leases now say."""
+        await self._call(self._pass)
         await self._follow_processes()
+
+    def _pass(self) -> list[str]:
+        """A pass, and the nodes fenced as its leases say, in one turn of the lease lane: as with every
+        operation that changes the leases, no other call is answered in between."""
+        ended = self.scheduler.reconcile()
         if self.guard.enforcing:
-            await self._call(self._fence)
+            self._fence()
+        return ended
 
     def _nodes(self) -> dict[int, Path]:
         inventory = self.scheduler.inventory
