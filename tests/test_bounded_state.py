@@ -4,6 +4,7 @@ The same attacks with real OS users against the service are in test_service.py."
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -246,8 +247,17 @@ def test_a_tick_whose_reset_start_fails_does_not_stop_the_next_ticks(tmp_path):
     def failing_start():
         raise RuntimeError("the resetter is gone")
 
+    failures: list[logging.LogRecord] = []
+
+    class Recorded(logging.Handler):
+        def emit(self, record):
+            failures.append(record)
+
+    owners_log = logging.getLogger("jupyter_tt.tests.a_servers_own_log")
+    owners_log.addHandler(Recorded())
+
     async def ticking():
-        loop = ReconcileLoop(a_pass, interval=0.02, run_resets=lambda: [])  # the loop the service and servers share
+        loop = ReconcileLoop(a_pass, interval=0.02, run_resets=lambda: [], log=owners_log)  # the loop the service and servers share
         loop.start_resets = failing_start
         loop.start()
         await asyncio.sleep(0.5)
@@ -255,6 +265,7 @@ def test_a_tick_whose_reset_start_fails_does_not_stop_the_next_ticks(tmp_path):
 
     asyncio.run(ticking())
     assert len(passes) >= 3  # before, the first failure ended the ticking for good
+    assert failures and all("a reconcile pass failed" in f.getMessage() for f in failures)  # in the owner's log
 
 
 

@@ -21,11 +21,14 @@ log = logging.getLogger("jupyter_tt.scheduler")
 class ReconcileLoop:
     """``run_pass``: one pass, as its owner does it (the service: reconcile, follow processes, fence
     nodes; a Jupyter server: look at the state, emit events, reclaim idle kernels). ``run_resets``:
-    the scheduler's ``run_resets`` where this process resets cards after a crash, else None."""
+    the scheduler's ``run_resets`` where this process resets cards after a crash, else None. ``log``:
+    where failures go (a Jupyter server passes its own log, so they appear in its format)."""
 
     def __init__(self, run_pass: Callable[[], Awaitable[None]], *, interval: float,
-                 run_resets: Callable[[], list[int]] | None = None, name: str = "jupyter-tt"):
+                 run_resets: Callable[[], list[int]] | None = None, name: str = "jupyter-tt",
+                 log: logging.Logger | logging.LoggerAdapter = log):
         self._run_pass, self.interval, self._run_resets, self.name = run_pass, interval, run_resets, name
+        self.log = log
         self._resetter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-tt-reset") if run_resets else None
         self._resetting: asyncio.Future | None = None
         self._running = False
@@ -54,7 +57,7 @@ class ReconcileLoop:
                     await self._run_pass()
                     self.start_resets()
                 except Exception:  # a bad pass, an unreachable scheduler or a lost resetter: never the end of the passes
-                    log.exception("%s: a reconcile pass failed", self.name)
+                    self.log.exception("%s: a reconcile pass failed", self.name)
                 if not self._again or self._stopped:
                     break
         finally:
@@ -84,7 +87,7 @@ class ReconcileLoop:
             if future.cancelled():
                 return
             if future.exception():
-                log.error("%s: resetting failed: %s", self.name, future.exception())
+                self.log.error("%s: resetting failed: %s", self.name, future.exception())
             elif future.result():
                 self.soon()
 

@@ -69,7 +69,8 @@ class JupyterTTApp(ExtensionApp):
         # Personal mode with reset_after_crash: this server resets cards whose holder died (the service
         # does it itself on a shared host).
         resets = self.scheduler.run_resets if isinstance(self.scheduler, Scheduler) and self.scheduler.reset_after_crash else None
-        self._passes = ReconcileLoop(self._look, interval=self.tt_settings.watch_interval, run_resets=resets)
+        self._passes = ReconcileLoop(self._look, interval=self.tt_settings.watch_interval, run_resets=resets,
+                                     log=self.log)
         self._loop.add_callback(self._start_passes)
         self.scheduler.listeners.append(self._changed)
         # A short telemetry history per device for the JupyterLab panel's sparklines.
