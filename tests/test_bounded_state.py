@@ -298,7 +298,7 @@ def test_asks_for_a_pass_while_one_runs_fold_into_one_more_and_none_starts_once_
     asyncio.run(asking())
 
 
-def test_a_long_page_is_encoded_a_hundred_entries_at_a_time_into_the_same_json_as_one_call(tmp_path):
+def test_a_long_page_is_encoded_a_hundred_entries_at_a_time_into_the_same_json_as_one_call(tmp_path, monkeypatch):
     import json
 
     from jupyter_tt.scheduler import protocol
@@ -307,7 +307,21 @@ def test_a_long_page_is_encoded_a_hundred_entries_at_a_time_into_the_same_json_a
     for n in range(250):
         s.release(s.submit(1, notebook=f"n{n}.ipynb").id, reason=f"done (pid {n})")
     page = s.history_page(250, viewer="bob")
-    line = protocol.answer_line(7, page)
     whole = json.dumps({"id": 7, "result": protocol.encode(page)}, separators=(",", ":"))
+    longest = []  # per call of the C encoder, the longest list it was given, at any depth
+    encoder = json.dumps
+
+    def longest_list(value):
+        inner = value if isinstance(value, list) else value.values() if isinstance(value, dict) else ()
+        return max([len(value) if isinstance(value, list) else 0, *map(longest_list, inner)])
+
+    def dumps(value, **kwargs):
+        longest.append(longest_list(value))
+        return encoder(value, **kwargs)
+
+    monkeypatch.setattr(protocol.json, "dumps", dumps)
+    line = protocol.answer_line(7, page)
+    monkeypatch.undo()
     assert line == (whole + "\n").encode()
+    assert 0 < max(longest) <= protocol.DUMPS_CHUNK
     assert protocol.decode(json.loads(line)["result"]) == page

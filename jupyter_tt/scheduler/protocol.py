@@ -117,9 +117,15 @@ def _dumps(value: Any) -> str:
     for that long (each hundred takes a fraction of a millisecond)."""
     if isinstance(value, list) and len(value) > DUMPS_CHUNK:
         return "[" + ",".join(_dumps(value[i:i + DUMPS_CHUNK])[1:-1] for i in range(0, len(value), DUMPS_CHUNK)) + "]"
-    if isinstance(value, dict) and any(isinstance(v, list) and len(v) > DUMPS_CHUNK for v in value.values()):
+    if _holds_long_list(value):  # a page arrives as {"$page": {"items": [...]}}
         return "{" + ",".join(f"{json.dumps(str(k))}:{_dumps(v)}" for k, v in value.items()) + "}"
     return json.dumps(value, separators=(",", ":"))
+
+
+def _holds_long_list(value: Any) -> bool:
+    """Is ``value`` a dict with a list longer than ``DUMPS_CHUNK`` in it, at any depth of dicts?"""
+    return isinstance(value, dict) and any(
+        (isinstance(v, list) and len(v) > DUMPS_CHUNK) or _holds_long_list(v) for v in value.values())
 
 
 def answer_line(request_id: Any, result: Any) -> bytes:
