@@ -145,6 +145,31 @@ def cmd_usage(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from .caches import GIB, Caches
+    from .config import TTSettings
+    from .text import printable
+
+    caches = Caches.from_settings(TTSettings())
+    if args.clear:
+        removed = caches.clear()
+        print(f"removed {len(removed)} entries ({sum(e.size for e in removed) / GIB:.1f} GiB) from {caches.root}")
+        return 0
+    entries = caches.entries()
+    if args.json:
+        print(json.dumps({"root": str(caches.root), "limit_bytes": caches.limit_bytes,
+                          "entries": [e.to_json() for e in entries]}, indent=1))
+        return 0
+    bound = f"{caches.limit_bytes / GIB:g} GiB" if caches.limit_bytes else "no bound"
+    print(f"{caches.root}: {sum(e.size for e in entries) / GIB:.2f} GiB in {len(entries)} entries ({bound}; "
+          f"least recently used first)")
+    rows = [[e.kind.value, e.key, f"{e.size / GIB:.2f}", time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used)),
+             "yes" if e.held else "", printable(json.dumps(e.about))[:80]] for e in entries]
+    if rows:
+        print(_table(rows, ["kind", "key", "GiB", "last used", "in use", "for"]))
+    return 0
+
+
 def cmd_reset(args) -> int:
     scheduler = _scheduler()
     if not scheduler.retry_reset(args.device):
@@ -241,19 +266,38 @@ def cmd_serve(args) -> int:
 
 
 def _exec_engine(args) -> int:
-    """``jupyter tt serve --engine llama.cpp|vllm``: this process becomes the engine's server, with the same
-    key handling (the key in its environment, off its command line)."""
-    from .serving.engines import engine_name, external_launch
+    """``jupyter tt serve --engine llama.cpp|vllm``, with the same key handling (the key in the engine's
+    environment, off its command line). llama.cpp starts in a second: this process becomes it. vLLM takes
+    minutes: this process stays in front of it, showing its start as a checklist (``startup.supervise``)."""
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    from .files import private_dir
+    from .serving.engines import EngineName, engine_name, external_launch
+    from .serving.notebook import hold_cache, start_timeout
+    from .serving.startup import supervise
 
     engine_args = args.engine_args[1:] if args.engine_args[:1] == ["--"] else args.engine_args
     api_key = args.api_key or os.environ.get("JUPYTER_TT_API_KEY") or ""
-    launch = external_launch(engine_name(args.engine), args.model, args.backend, args.port, api_key, engine_args,
+    name = engine_name(args.engine)
+    launch = external_launch(name, args.model, args.backend, args.port, api_key, engine_args,
                              served_name=args.served_model_name)
     command = [part if part != "127.0.0.1" else args.host for part in launch.command]
     env = {**os.environ, **({k: v for k, v in launch.env.items() if v})}
-    sys.stdout.flush()
-    os.execve(command[0], command, env)
-    return 1  # not reached
+    if name is EngineName.LLAMA_CPP:
+        sys.stdout.flush()
+        os.execve(command[0], command, env)
+    timeout = start_timeout(None, launch.startup_timeout)
+    env["VLLM_ENGINE_READY_TIMEOUT_S"] = str(int(timeout))
+    runtime = private_dir(jupyter_runtime_dir(), "Jupyter's runtime folder", setting="JUPYTER_RUNTIME_DIR")
+    hold = hold_cache(launch)
+    label = name.value + (f" on {launch.env['MESH_DEVICE']}" if launch.env.get("MESH_DEVICE") else "")
+    try:
+        return supervise(command, env, url=f"http://{args.host}:{args.port}/v1/models",
+                         headers={"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout=timeout,
+                         log_path=str(runtime / f"jupyter-tt-serve-{args.port}.log"), label=label)
+    finally:
+        if hold is not None:
+            hold.close()
 
 
 def _numbers(text: str, kind=int) -> list:
@@ -389,6 +433,11 @@ def parser() -> argparse.ArgumentParser:
                        help="one row per lease (held ones too, with an empty ended_at), for billing or reports: "
                             + ", ".join(USAGE_CSV_COLUMNS))
     u.set_defaults(func=cmd_usage)
+
+    c = sub.add_parser("cache", help="this user's caches of compiled kernels and converted weights, and their bound")
+    c.add_argument("--json", action="store_true", help="the entries as JSON")
+    c.add_argument("--clear", action="store_true", help="remove every entry no process uses")
+    c.set_defaults(func=cmd_cache)
 
     r = sub.add_parser("reset", help="reset again a card whose reset after a crash failed (root on a shared host)")
     r.add_argument("device", type=int, help="the device number, N of /dev/tenstorrent/N")

@@ -150,6 +150,18 @@ class TTSettings(Configurable):
         100_000, help="Most ended leases the history keeps (the oldest go first); bounds the state's size."
     ).tag(config=True)
 
+    cache_dir = Unicode(
+        help="Where a lease's processes keep tt-metal's compiled kernels (TT_METAL_CACHE, one folder per device "
+        "set) and converted weights (TT_CACHE_PATH for tt_transformers and vLLM, one folder per model; the ttnn "
+        "backend's, one per checkpoint, ttnn version, mesh and weight format). A folder of this user's (0700), never "
+        "the model's. Default: $XDG_CACHE_HOME/jupyter-tt (~/.cache/jupyter-tt). Env: JUPYTER_TT_CACHE_DIR.",
+    ).tag(config=True)
+    cache_limit_gb = Float(
+        help="Most GiB the cache folder (cache_dir) may hold: past it, the least recently used entries that no "
+        "process uses are removed when an entry is taken. 0: no bound. Default 100 (an 8B model's converted "
+        "weights take about 9 GiB per mesh). Env: JUPYTER_TT_CACHE_LIMIT_GB.",
+    ).tag(config=True)
+
     watch_interval = Float(
         1.0, help="Seconds between the server's reconcile passes (reclaiming dead leases, emitting events)."
     ).tag(config=True)
@@ -174,6 +186,21 @@ class TTSettings(Configurable):
             return os.environ["JUPYTER_TT_VISIBLE_DEVICES"]
         # A lease's own TT_VISIBLE_DEVICES (a kernel's, or `jupyter tt run`'s) is not a limit of the host.
         return "" if os.environ.get("JUPYTER_TT_LEASE") else os.environ.get("TT_VISIBLE_DEVICES", "")
+
+    @default("cache_dir")
+    def _default_cache_dir(self):
+        return os.environ.get("JUPYTER_TT_CACHE_DIR", "")
+
+    @default("cache_limit_gb")
+    def _default_cache_limit_gb(self):
+        value = os.environ.get("JUPYTER_TT_CACHE_LIMIT_GB", "100")
+        try:
+            limit = float(value)
+        except ValueError:
+            limit = -1.0
+        if not limit >= 0:
+            raise ConfigError(f"JUPYTER_TT_CACHE_LIMIT_GB={value!r}: give a number of GiB (0 for no bound)")
+        return limit
 
     @default("scheduler")
     def _default_scheduler(self):
@@ -211,4 +238,6 @@ class TTSettings(Configurable):
             "JUPYTER_TT_SYSFS_ROOT": self.sysfs_root,
             "JUPYTER_TT_VISIBLE_DEVICES": self.visible_devices,
             "JUPYTER_TT_STATE_DIR": self.state_dir,
+            "JUPYTER_TT_CACHE_DIR": self.cache_dir,
+            "JUPYTER_TT_CACHE_LIMIT_GB": f"{self.cache_limit_gb:g}",
         }

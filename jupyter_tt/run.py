@@ -14,7 +14,10 @@ import signal
 import subprocess
 import sys
 
+from .caches import Caches, lease_environment
 from .config import TTSettings
+from .errors import TTError
+from .kernels.mesh import mesh_device_name
 from .scheduler import open_scheduler
 from .scheduler.placement import ANY
 
@@ -37,6 +40,16 @@ def run_with_devices(command: list[str], count: int, card_type: str = ANY, *, ti
         return 130
     env = {**os.environ, **settings.environment(), "TT_VISIBLE_DEVICES": ",".join(lease.bdfs),
            "JUPYTER_TT_LEASE": lease.id}
+    holds: list = []
+    if lease.devices:  # tt-metal's caches in this user's folder, for this device set (jupyter_tt.caches)
+        card_type = lease.card_types[0] if len(lease.card_types) == 1 else "mixed"
+        try:
+            cache_env, holds = lease_environment(Caches.from_settings(settings), lease.bdfs,
+                                                 mesh_device_name(card_type, len(lease.devices), lease.chips),
+                                                 os.environ.get("HF_MODEL"))
+            env |= cache_env
+        except TTError as e:
+            _say(f"no cache folder for the lease ({e}); tt-metal uses its own default")
     described = ", ".join(f"{d.id} ({d.card_type} {d.bdf})" for d in lease.devices) or "none"
     _say(f"{lease.id}: device{'s' if len(lease.devices) != 1 else ''} {described}; running {' '.join(command)}")
     status = "could not start"
@@ -60,3 +73,5 @@ def run_with_devices(command: list[str], count: int, card_type: str = ANY, *, ti
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         scheduler.release(lease.id, reason=f"command of `jupyter tt run` {status}")
+        for hold in holds:
+            hold.close()

@@ -14,9 +14,11 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     for var, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"), ("JUPYTER_RUNTIME_DIR", "runtime")]:
         monkeypatch.setenv(var, str(home / sub))
     monkeypatch.setenv("JUPYTER_TT_STATE_DIR", str(home / "tt-state"))
+    monkeypatch.setenv("JUPYTER_TT_CACHE_DIR", str(home / "cache"))
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
     for var in ("JUPYTER_TT_INVENTORY", "JUPYTER_TT_SYSFS_ROOT", "JUPYTER_TT_LEASE", "TT_VISIBLE_DEVICES", "JUPYTER_TT_VISIBLE_DEVICES",
-                "JUPYTERHUB_USER"):
+                "JUPYTERHUB_USER", "JUPYTER_TT_CACHE_LIMIT_GB", "TT_METAL_CACHE", "TT_CACHE_PATH", "HF_MODEL",
+                "JUPYTER_TT_SERVE_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
 
 

@@ -12,7 +12,6 @@ proxy, the process tree), never the text.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 import os
@@ -26,15 +25,13 @@ import psutil
 import pytest
 from jupyter_client.manager import start_new_kernel
 
-from jupyter_tt.devices import SysfsInventory, open_inventory
-from jupyter_tt.errors import LeaseError, TTError
-from jupyter_tt.scheduler import Scheduler
+from jupyter_tt.errors import TTError
+from jupyter_tt.kernels.mesh import Runner, mesh_plans
 from jupyter_tt.serving.checkpoint import resolve
-from jupyter_tt.serving.engines import EngineName, TTDevices, external_launch, llama_cpp_launch, vllm_launch
+from jupyter_tt.serving.engines import TTDevices, llama_cpp_launch, vllm_launch
 from jupyter_tt.serving.notebook import serve
 from tests.support.jupyter_servers import free_port, wait_until
 from tests.support.kernels import run
-from tests.support.sysfs_tree import make_host
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import llama_server  # noqa: E402
@@ -223,54 +220,13 @@ def test_a_missing_vllm_and_arguments_that_would_take_the_server_out_of_serves_h
         serve(engine_args=["--threads", "1"])
 
 
-@pytest.mark.parametrize("cards, card_type, mesh, expected", [
-    (1, "n150", (1, 1), "N150"), (1, "n300", (1, 2), "N300"), (4, "n150", (1, 4), "N150x4"),
-    (4, "n300", (2, 4), "T3K"), (2, "n300", (1, 4), "(1, 4)"), (2, "n150", (1, 2), "(1, 2)"),
-])
-def test_tenstorrents_vllm_gets_the_leases_devices_mesh_and_key_in_the_form_it_reads(cards, card_type, mesh, expected):
-    bdfs = tuple(f"0000:0{4 + i}:00.0" for i in range(cards))
-    launch = vllm_launch("meta-llama/Llama-3.1-8B-Instruct", "llama", 8123, "secret-key", python=sys.executable,
-                         devices=TTDevices(bdfs=bdfs, card_type=card_type, mesh=mesh), engine_args=["--max-model-len", "8192"])
-    assert launch.env["MESH_DEVICE"] == expected
-    if expected.startswith("("):  # tt-vllm-plugin reads any other mesh as a literal (rows, cols) tuple
-        assert ast.literal_eval(expected) == mesh
-    assert launch.env["TT_VISIBLE_DEVICES"] == ",".join(bdfs)  # PCI addresses: tt-umd's own reading, no renumbering
-    assert launch.env | {"VLLM_API_KEY": "secret-key"} == launch.env  # the key in vLLM's variable, not on the line
-    assert (launch.env["VLLM_USE_V1"], launch.env["HF_MODEL"]) == ("1", "meta-llama/Llama-3.1-8B-Instruct")
-    assert "secret-key" not in " ".join(launch.command)
-    assert launch.command[2:4] == ["serve", "meta-llama/Llama-3.1-8B-Instruct"]
-    assert launch.command[-2:] == ["--max-model-len", "8192"] and "--kv-cache-memory-bytes" not in launch.command
-    assert launch.startup_timeout >= 3600  # a cold start compiles kernels
-
-
-def test_vllm_on_ttnn_runs_on_exactly_the_kernels_lease_and_refuses_one_with_nothing_to_run_on(tmp_path, monkeypatch):
-    tree = make_host(tmp_path / "root", "loudbox")  # a stand-in sysfs tree of four n300: no card here
-    scheduler = Scheduler(SysfsInventory(str(tree.root)), tmp_path / "state", user="alice")
-    scheduler.acquire(1)  # someone else's card, to be left alone
-    held = scheduler.acquire(2)
-    for name, value in {"JUPYTER_TT_INVENTORY": "sysfs", "JUPYTER_TT_SYSFS_ROOT": str(tree.root),
-                        "JUPYTER_TT_STATE_DIR": str(tmp_path / "state"), "JUPYTER_TT_SCHEDULER": "personal",
-                        "JUPYTER_TT_LEASE": held.id, "JUPYTER_TT_VLLM_PYTHON": sys.executable}.items():
-        monkeypatch.setenv(name, value)
-    launch = external_launch(EngineName.VLLM, "meta-llama/Llama-3.1-8B-Instruct", "ttnn", 8123, "k")
-    assert launch.env["TT_VISIBLE_DEVICES"] == ",".join(held.bdfs) and len(held.bdfs) == 2
-    assert launch.env["MESH_DEVICE"] == "(1, 4)"
-    scheduler.release(held.id)
-    with pytest.raises(LeaseError, match=f"lease {held.id} has ended"):
-        external_launch(EngineName.VLLM, "meta-llama/Llama-3.1-8B-Instruct", "ttnn", 8123, "k")
-    simulated = Scheduler(open_inventory("simulated:n300x4"), tmp_path / "simulated", user="alice").acquire(1)
-    monkeypatch.setenv("JUPYTER_TT_INVENTORY", "simulated:n300x4")
-    monkeypatch.setenv("JUPYTER_TT_STATE_DIR", str(tmp_path / "simulated"))
-    monkeypatch.setenv("JUPYTER_TT_LEASE", simulated.id)
-    with pytest.raises(LeaseError, match="simulated inventory: there is no Wormhole device to open"):
-        external_launch(EngineName.VLLM, "meta-llama/Llama-3.1-8B-Instruct", "ttnn", 8123, "k")
-
-
 @needs_vllm
 def test_vllm_accepts_every_option_we_pass_and_reads_the_key_from_its_environment(vllm_python):
     cpu = vllm_launch("some/model", "m", 8123, "secret-key", python=vllm_python)
-    tt = vllm_launch("some/model", "m", 8123, "secret-key", python=vllm_python,
-                     devices=TTDevices(bdfs=("0000:04:00.0",), card_type="n300", mesh=(1, 2)))
+    n300 = mesh_plans("n300", 1, 2)[Runner.VLLM]
+    tt = vllm_launch("meta-llama/Llama-3.1-8B-Instruct", "m", 8123, "secret-key", python=vllm_python,
+                     devices=TTDevices(devices=(("0000:04:00.0", 2),), card_type="n300", mesh=n300))
+    assert {"--max-model-len", "--max-num-batched-tokens", "--additional-config"} <= set(tt.command)
     shown = subprocess.run([*cpu.command[:3], "--help=all"], capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr[-2000:]
     options = set(re.findall(r"--[a-z][a-z0-9-]+", shown.stdout))
@@ -285,13 +241,17 @@ def test_the_vllm_engine_shows_its_start_answers_through_the_proxy_with_its_key_
         vllm_kernel, servers):
     server = servers()
     km, client = vllm_kernel
-    out, _, error = run(client, "import jupyter_tt, json; llm = jupyter_tt.serve(engine='vllm'); "
+    out, displays, error = run(client, "import jupyter_tt, json; llm = jupyter_tt.serve(engine='vllm'); "
                                 "print(json.dumps([llm.base_url, llm.process.pid, llm.api_key, llm.proxy_path, "
                                 "llm.served_name, llm.backend]))", timeout=900)
     assert error is None, error
     base_url, pid, key, proxy_path, served_name, label = json.loads(out.strip().splitlines()[-1])
     assert (served_name, label) == ("smollm2-135m-instruct", "vllm")
-    assert re.search(r"^vllm: starting \(\d+ s\): ", out, re.M), out  # vLLM takes minutes: the kernel says so
+    # vLLM takes minutes: the cell shows its start as a checklist, read from vLLM's own log lines, updated in place.
+    shown = [d["text/plain"] for d in displays if "text/plain" in d and d["text/plain"].startswith("vllm: starting")]
+    assert len(shown) >= 2 and "text/html" in displays[0], displays[:2]
+    assert any("[x] engine started" in t and "[ ] API answering" in t for t in shown), shown
+    assert all(f"[x] {phase}" in shown[-1] for phase in ("engine started", "weights loaded", "API answering")), shown[-1]
     tree = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
     assert len(tree) >= 2 and key not in " ".join(psutil.Process(pid).cmdline())  # the API server and its engine core
     answers_with_its_key_only(server, base_url, key, proxy_path, served_name)

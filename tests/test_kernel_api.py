@@ -8,7 +8,7 @@ from jupyter_client.manager import start_new_kernel
 import jupyter_tt
 from jupyter_tt.devices import SysfsInventory
 from jupyter_tt.errors import LeaseError, TTError
-from jupyter_tt.kernels.current import mesh_shape
+from jupyter_tt.kernels.mesh import mesh_plans, mesh_shape
 from jupyter_tt.scheduler import Scheduler, open_scheduler
 from tests.support.kernels import run
 from tests.support.sysfs_tree import make_host
@@ -37,11 +37,17 @@ def test_lease_inside_the_kernel_describes_its_devices(kernel):
     out, displays, error = run(client, "import jupyter_tt, json; lease = jupyter_tt.lease(); print(json.dumps(lease.to_json())); lease")
     assert error is None, error
     lease = json.loads(out)
-    assert lease["card_types"] == ["n300"] and lease["chips"] == 8 and lease["mesh_shape"] == [2, 4]
+    assert lease["card_types"] == ["n300"] and lease["chips"] == 8 and lease["mesh_shape"] == [1, 8]
     assert lease["simulated"] is True and lease["active"] is True
     assert lease["id"] == km.provisioner.lease.id
+    # Every runner opens a LoudBox as tt_transformers and vllm-tt-plugin do: one row of 8, 1-D fabric, "T3K".
+    assert set(lease["meshes"]) == {"open_mesh_device()", "jupyter-tt", "tt-transformers", "vllm"}
+    for runner, plan in lease["meshes"].items():
+        assert (plan["shape"], plan["fabric"], plan["mesh_device"]) == ([1, 8], "FABRIC_1D", "T3K"), runner
+    assert lease["meshes"]["vllm"]["opened_by"] == "vllm-tt-plugin"
     html = displays[-1]["text/html"]
-    assert "SIMULATED" in html and lease["id"] in html and "mesh 2×4" in html
+    assert "SIMULATED" in html and lease["id"] in html and "mesh 1×8, fabric FABRIC_1D, MESH_DEVICE=T3K" in html
+    assert "<code>tt-transformers</code></td><td>1×8</td><td>FABRIC_1D</td>" in html
 
 
 def test_open_mesh_device_on_a_simulated_lease_says_why_and_what_to_do(kernel):
@@ -69,12 +75,16 @@ def test_shutting_down_a_jupyter_client_kernel_frees_its_lease(kernel, state_dir
     assert scheduler.history()[0]["end_reason"] == "kernel shut down"
 
 
-@pytest.mark.parametrize(
-    "card_type, cards, shape", [("n150", 1, (1, 1)), ("n300", 1, (1, 2)), ("n300", 2, (1, 4)), ("n300", 4, (2, 4))]
-)
-def test_mesh_shape_follows_the_leased_chips(card_type, cards, shape):
+@pytest.mark.parametrize("card_type, cards, shape, fabric, name", [
+    ("n150", 1, (1, 1), None, "N150"), ("n300", 1, (1, 2), "FABRIC_1D", "N300"), ("n150", 4, (1, 4), "FABRIC_1D", "N150x4"),
+    ("n300", 2, (1, 4), "FABRIC_1D", "(1, 4)"), ("n300", 4, (1, 8), "FABRIC_1D", "T3K"),
+])
+def test_a_lease_opens_as_one_row_of_its_chips_with_fabric_only_when_there_are_several(card_type, cards, shape, fabric,
+                                                                                       name):
     chips = cards * (2 if card_type == "n300" else 1)
     assert mesh_shape(card_type, chips) == shape
+    plans = mesh_plans(card_type, cards, chips)
+    assert {(p.shape, p.fabric, p.mesh_device) for p in plans.values()} == {(shape, fabric, name)}
 
 
 def test_open_mesh_device_without_ttnn_says_how_to_install_it(tmp_path, state_dir, monkeypatch):

@@ -16,21 +16,13 @@ from ..config import TTSettings
 from ..devices.sfpi import installed_ttnn_sfpi
 from ..errors import LeaseError, TTError
 from ..scheduler import Lease, open_scheduler
+from .mesh import MeshPlan, Runner, close_mesh, mesh_plans, mesh_shape, open_mesh
 
 NO_LEASE = (
     "this kernel holds no Tenstorrent devices (JUPYTER_TT_LEASE is not set). Pick a kernel that asks for "
     "some, such as 'Python 3 (1× n300, 2 chips)', or install one: "
     "jupyter tt kernelspec install --devices 1 --card-type n300 --name tt-n300"
 )
-
-
-def mesh_shape(card_type: str, chips: int) -> tuple[int, int]:
-    """The ttnn mesh for a lease's chips: n150 → 1×1, n300 → 1×2, four n300 (a LoudBox) → 2×4."""
-    if chips == 8 and card_type == "n300":
-        return (2, 4)
-    if chips == 32:
-        return (4, 8)  # a Galaxy
-    return (1, chips)
 
 
 @dataclass(frozen=True)
@@ -43,27 +35,43 @@ class KernelLease(Lease):
 
     @property
     def mesh_shape(self) -> tuple[int, int]:
-        return mesh_shape(self.card_types[0] if len(self.card_types) == 1 else "mixed", self.chips)
+        """The mesh every runner opens this lease's chips as: one row of them (a LoudBox 1×8)."""
+        return mesh_shape(self._card_type, self.chips)
+
+    @property
+    def _card_type(self) -> str:
+        return self.card_types[0] if len(self.card_types) == 1 else "mixed"
+
+    @property
+    def meshes(self) -> dict[Runner, MeshPlan]:
+        """How each runner opens this lease: ``open_mesh_device()``, the ttnn backend (jupyter-tt and
+        tt-transformers) and vLLM (whose TT plugin opens it): shape, fabric and ``MESH_DEVICE``."""
+        return mesh_plans(self._card_type, len(self.devices), self.chips)
+
+    def _mesh_summary(self) -> str:
+        plan = self.meshes[Runner.NOTEBOOK]
+        fabric = f"fabric {plan.fabric}" if plan.fabric else "no fabric (one chip)"
+        return f"mesh {plan.shape[0]}×{plan.shape[1]}, {fabric}, MESH_DEVICE={plan.mesh_device}"
 
     def to_json(self) -> dict:
         return {
             **super().to_json(),
             "devices": [asdict(d) for d in self.devices],
             "mesh_shape": list(self.mesh_shape),
+            "meshes": {r.value: plan.to_json() for r, plan in self.meshes.items()},
             "simulated": self.simulated,
             "active": self.active,
             "end_reason": self.end_reason,
         }
 
     def __repr__(self) -> str:
-        rows, cols = self.mesh_shape
         state = "active" if self.active else f"ENDED ({self.end_reason})"
         sim = " [SIMULATED]" if self.simulated else ""
         devices = ", ".join(f"{d.id}:{d.card_type}@{d.bdf}" for d in self.devices)
-        return f"<Lease {self.id}{sim} {state}: {len(self.devices)} device(s) [{devices}], {self.chips} chips, mesh {rows}x{cols}>"
+        return (f"<Lease {self.id}{sim} {state}: {len(self.devices)} device(s) [{devices}], {self.chips} chips, "
+                f"{self._mesh_summary()} (every runner)>")
 
     def _repr_html_(self) -> str:
-        rows, cols = self.mesh_shape
         badge = (
             '<span style="background:#b45309;color:white;padding:1px 6px;border-radius:3px">SIMULATED</span> '
             if self.simulated
@@ -75,11 +83,19 @@ class KernelLease(Lease):
             f"<td>{html.escape(str(d.chips))}</td><td><code>{html.escape(d.path)}</code></td></tr>"
             for d in self.devices
         )
+        meshes = "".join(
+            f"<tr><td><code>{html.escape(p.runner.value)}</code></td><td>{p.shape[0]}×{p.shape[1]}</td>"
+            f"<td>{html.escape(p.fabric or 'none')}</td><td><code>{html.escape(p.mesh_device)}</code></td>"
+            f"<td>{html.escape(p.opened_by)}</td></tr>"
+            for p in self.meshes.values()
+        )
         return (
             f"<div class='jupyter-tt-lease'>{badge}<b>Lease {html.escape(self.id)}</b> · {html.escape(self.user)} · "
-            f"{state} · {html.escape(str(self.chips))} chips · mesh {html.escape(str(rows))}×{html.escape(str(cols))}"
+            f"{state} · {html.escape(str(self.chips))} chips · {html.escape(self._mesh_summary())}"
             "<table><thead><tr><th>device</th><th>card</th><th>PCI BDF</th><th>chips</th><th>node</th></tr></thead>"
-            f"<tbody>{body}</tbody></table></div>"
+            f"<tbody>{body}</tbody></table>"
+            "<table><thead><tr><th>runner</th><th>opens</th><th>fabric</th><th>MESH_DEVICE</th><th>opened by</th></tr>"
+            f"</thead><tbody>{meshes}</tbody></table></div>"
         )
 
 
@@ -104,7 +120,7 @@ def lease() -> KernelLease:
                        end_reason=reason)
 
 
-_open_meshes: list = []
+_open_meshes: list[tuple[object, MeshPlan]] = []
 
 
 def check_device_lease() -> KernelLease:
@@ -141,11 +157,19 @@ def check_ttnn_backend() -> KernelLease:
 
 
 def open_mesh_device(**kwargs):
-    """Open this kernel's leased devices with ttnn as one mesh (n150 1×1, n300 1×2, LoudBox 2×4).
+    """Open this kernel's leased devices with ttnn as one mesh, as tt_transformers and vLLM open them:
+    one row of all the chips (n150 1×1, n300 1×2, a LoudBox 1×8), with 1-D fabric set first when there
+    is more than one chip (``jupyter_tt.lease().meshes`` shows it).
 
-    Keyword arguments go to ``ttnn.open_mesh_device``. The mesh is closed by ``close_mesh_device``
-    or when the kernel exits. Raises LeaseError on a simulated or ended lease and TTError without ttnn.
+    Keyword arguments go to ``ttnn.open_mesh_device`` (e.g. ``trace_region_size``). The mesh is closed
+    by ``close_mesh_device`` or when the kernel exits; either disables the fabric again. Raises
+    LeaseError on a simulated or ended lease and TTError without ttnn.
     """
+    return open_lease_mesh(Runner.NOTEBOOK, **kwargs)
+
+
+def open_lease_mesh(runner: Runner, **options):
+    """The lease's mesh as ``runner`` opens it (``mesh.open_mesh``), closed at exit if nobody closes it."""
     current = check_ttnn_backend()
     try:
         import ttnn
@@ -153,22 +177,23 @@ def open_mesh_device(**kwargs):
         raise TTError(f"ttnn is installed but does not import ({e}): reinstall it, or use the torch backend") from e
     # ttnn enumerates what TT_VISIBLE_DEVICES shows: it must be exactly this lease's devices.
     os.environ["TT_VISIBLE_DEVICES"] = ",".join(current.bdfs)
-    rows, cols = current.mesh_shape
-    mesh = ttnn.open_mesh_device(ttnn.MeshShape(rows, cols), **kwargs)
-    _open_meshes.append(mesh)
+    plan = current.meshes[runner]
+    mesh = open_mesh(ttnn, plan, **options)
+    _open_meshes.append((mesh, plan))
     return mesh
 
 
 def close_mesh_device(mesh) -> None:
-    """Close a mesh from ``open_mesh_device`` (safe to call twice)."""
-    if mesh in _open_meshes:
-        _open_meshes.remove(mesh)
-        import ttnn
+    """Close a mesh from ``open_mesh_device`` and disable its fabric (safe to call twice)."""
+    for entry in list(_open_meshes):
+        if entry[0] is mesh:
+            _open_meshes.remove(entry)
+            import ttnn
 
-        ttnn.close_mesh_device(mesh)
+            close_mesh(ttnn, mesh, entry[1])
 
 
 @atexit.register
 def _close_all() -> None:
-    for mesh in list(_open_meshes):
+    for mesh, _plan in list(_open_meshes):
         close_mesh_device(mesh)

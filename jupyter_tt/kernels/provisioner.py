@@ -3,7 +3,8 @@
 jupyter_client calls, for each kernel:
 
 - ``pre_launch`` before every start and restart: we get (or keep) the lease, waiting in the queue if
-  needed, and give the kernel ``TT_VISIBLE_DEVICES`` (the leased BDFs) and ``JUPYTER_TT_LEASE``;
+  needed, and give the kernel ``TT_VISIBLE_DEVICES`` (the leased BDFs), ``JUPYTER_TT_LEASE`` and its
+  caches' folders (``TT_METAL_CACHE``, ``TT_CACHE_PATH``: ``jupyter_tt.caches``);
 - ``launch_kernel``: the lease now follows the kernel process; a failed launch releases it;
 - ``post_launch``: we hook the restarter's "dead" event, after which jupyter_client cleans up nothing;
 - ``cleanup(restart)``: a restart keeps the devices, anything else releases them (shutdown, culling).
@@ -21,14 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Float, Int, Unicode, validate
 
+from ..caches import Caches, lease_environment
 from ..config import TTSettings
 from ..errors import ConfigError, TTError, WaitTimeout
 from ..scheduler import DeviceRequest, Lease, SchedulerAPI, Waiting, call, open_scheduler
+from .mesh import mesh_device_name
 
 #: The least a restart waits for its cards' reset: the tool takes seconds, then the firmware's
 #: heartbeat gets up to reset_verify_timeout (30 s). A kernelspec's short queue wait does not cut it.
@@ -55,6 +59,9 @@ class TTProvisioner(LocalProvisioner):
     _died: int | None = None
     _stopping = _asked = False
     _forced: str | None = None
+    #: The lease's cache entries, held while it lasts, and the variables they gave the kernel.
+    _cache_holds: Sequence = ()
+    _cache_env: tuple | None = None
 
     def __init__(self, **kwargs: Any):
         known = {"devices", "card_type", "wait_timeout"}
@@ -114,9 +121,34 @@ class TTProvisioner(LocalProvisioner):
         env["TT_VISIBLE_DEVICES"] = ",".join(self.lease.bdfs) if self.lease else ""
         if self.lease:
             env["JUPYTER_TT_LEASE"] = self.lease.id
+            env.update(await self._cache_environment(env.get("HF_MODEL")))
         else:
             env.pop("JUPYTER_TT_LEASE", None)
         return kwargs
+
+    async def _cache_environment(self, model: str | None) -> dict[str, str]:
+        """TT_METAL_CACHE (and TT_CACHE_PATH where the kernel's environment names its model) for the lease,
+        held while the lease lasts: see ``jupyter_tt.caches``."""
+        lease = self.lease
+        assert lease is not None
+        if self._cache_env is not None and self._cache_env[0] == (lease.id, model):
+            return self._cache_env[1]
+        self._let_go_of_caches()
+        card_type = lease.card_types[0] if len(lease.card_types) == 1 else "mixed"
+        mesh_device = mesh_device_name(card_type, len(lease.devices), lease.chips)
+        try:
+            env, self._cache_holds = await call(lease_environment, Caches.from_settings(self.settings), lease.bdfs,
+                                                mesh_device, model)
+        except TTError as e:  # the kernel still starts: tt-metal then uses its own default folder
+            self.log.warning("Kernel %s: no cache folder for its lease (%s)", self.kernel_id, e)
+            return {}
+        self._cache_env = ((lease.id, model), env)
+        return env
+
+    def _let_go_of_caches(self) -> None:
+        for hold in self._cache_holds:
+            hold.close()
+        self._cache_holds, self._cache_env = (), None
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any):
         try:
@@ -276,5 +308,6 @@ class TTProvisioner(LocalProvisioner):
         lease, self.lease = self.lease, None
         if lease is None:
             return
+        self._let_go_of_caches()
         if await call((await self.scheduler()).release, lease.id, reason=reason, crash=crash):
             self.log.info("Kernel %s released %s (%s)", self.kernel_id, lease.id, reason)

@@ -8,6 +8,7 @@ that came with it. The embedded default ``smollm2-135m-instruct`` is the GGUF fi
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 from dataclasses import dataclass, field
@@ -76,6 +77,47 @@ def load_checkpoint(name_or_path: str = DEFAULT_MODEL, progress: bool = True) ->
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
     """Only the tokenizer of a checkpoint (for clients and benchmarks; no weights are read)."""
     return _load_tokenizer(resolve(name_or_path))
+
+
+def checkpoint_digest(source: str | Path, memo: Path | None = None) -> str:
+    """The sha256 of a checkpoint's contents (a file, or a folder's config, tokenizer and weight files),
+    what caches of its conversions are keyed by. Hashing a large model takes a while, so with ``memo``
+    (a private folder) each file's digest is kept by its path, size, time and inode, and read back
+    while those are unchanged."""
+    import hashlib
+
+    path = Path(source)
+    files = [path] if path.is_file() else sorted(
+        f for f in path.iterdir() if f.is_file() and (f.suffix in (".safetensors", ".json", ".gguf", ".model")))
+    total = hashlib.sha256()
+    for f in files:
+        total.update(f.name.encode() + b"\0" + _file_digest(f, memo).encode())
+    return total.hexdigest()
+
+
+def _file_digest(path: Path, memo: Path | None) -> str:
+    import hashlib
+    import os
+
+    info = path.stat()
+    stamp = f"{path.resolve()}:{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
+    remembered = memo / hashlib.sha256(stamp.encode()).hexdigest()[:32] if memo is not None else None
+    if remembered is not None:
+        with contextlib.suppress(OSError):
+            value = remembered.read_text().strip()
+            if len(value) == 64:
+                return value
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    if remembered is not None:
+        from ..files import open_private
+
+        with contextlib.suppress(OSError, TTError), os.fdopen(open_private(remembered), "w") as out:
+            out.write(value)
+    return value
 
 
 # ----------------------------------------------------------------------------- GGUF

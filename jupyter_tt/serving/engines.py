@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
+from ..caches import CacheKind, tt_weights_key
 from ..errors import TTError
+from ..kernels.mesh import MeshPlan
 
 
 class EngineName(str, Enum):
@@ -50,6 +53,8 @@ class Launch:
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 300.0
+    #: the cache entry (kind, key, about) the engine writes into, held for as long as it runs
+    cache: tuple[CacheKind, str, dict] | None = None
 
 
 #: Options an external engine may not be given through ``engine_args``: serve() sets them, and the
@@ -128,13 +133,50 @@ def check_engine_args(engine_args: Sequence[str]) -> list[str]:
 #: vLLM on the CPU: its KV cache (vLLM's CPU default takes a quarter of the host's memory; a shared
 #: host's kernels each get this much unless engine_args say otherwise).
 VLLM_CPU_KV_CACHE_BYTES = 2**30
-#: Tenstorrent's vLLM as tt-vllm-plugin's serve.sh starts it (tt-inference-server, tt-vllm-plugin/serve.sh).
+#: vLLM on cards as tt-inference-server starts every model (``workflows/model_spec.py``
+#: ``DeviceModelSpec._infer_data``, at 11ac526, 2026-08-22): 32 sequences, blocks of 64.
 VLLM_TT_ARGS = ("--max-num-seqs", "32", "--block-size", "64")
-#: MESH_DEVICE names for the boards a lease holds: tt-inference-server's BOARD_TYPE_COUNT_TO_DEVICE
-#: (workflows/device_utils.py) and DEVICE_TO_MESH_STR (utils/device_utils.py). tt-vllm-plugin's
-#: get_mesh_grid (tt_vllm_plugin/worker/tt_worker.py) maps them to (1, 1), (1, 2), (1, 4), (1, 8),
-#: and reads any other mesh as a literal tuple, e.g. "(1, 4)" for two n300.
-TT_MESH_DEVICES = {("n150", 1): "N150", ("n300", 1): "N300", ("n150", 4): "N150x4", ("n300", 4): "T3K"}
+#: tt-inference-server's environment for every vLLM model (``ModelSpec.__post_init__``, same commit).
+#: vLLM 0.25.1 itself no longer reads VLLM_RPC_TIMEOUT; the plugin's README still sets it, and a vLLM
+#: of tenstorrent's fork (the 0.9.0 images) does.
+VLLM_TT_ENV = {"VLLM_RPC_TIMEOUT": "900000", "VLLM_CONFIGURE_LOGGING": "1", "TORCHDYNAMO_DISABLE": "1"}
+
+
+@dataclass(frozen=True)
+class TTModelSpec:
+    """One Wormhole row of tt-inference-server's model spec for a model family."""
+
+    max_context: int  # --max-model-len and --max-num-batched-tokens
+    trace_region_size: int | None = None  # {"tt": {"trace_region_size": ...}}; None: the plugin's 50 MB
+    env: tuple[tuple[str, str], ...] = ()
+
+
+#: tt-inference-server ``workflows/model_specs/prod/llm.yaml`` at 11ac526 (2026-08-22), the Llama
+#: templates' N150, N300 and T3K rows, by model family (the repo's name without "-Instruct") and
+#: MESH_DEVICE. One change: Llama-3.1-8B on one N150 gets 32768, not 65536, because tt-metal's
+#: ``models/tt_transformers/tt/generator_vllm.py`` (0015d62, the newest read) refuses an 8B on one
+#: Wormhole chip above 32768 ("Set --max_model_len to 32768 or lower"); the spec's dev catalog
+#: (``model_specs/dev/llm.yaml``) says 32768 too.
+TT_MODEL_SPECS: dict[tuple[str, str], TTModelSpec] = {
+    ("llama-3.1-8b", "N150"): TTModelSpec(32768, 52_000_000),
+    ("llama-3.1-8b", "N300"): TTModelSpec(131072, 70_000_000),
+    ("llama-3.1-8b", "T3K"): TTModelSpec(131072, 117_000_000),
+    ("llama-3.2-1b", "N150"): TTModelSpec(131072),
+    ("llama-3.2-1b", "N300"): TTModelSpec(131072),
+    ("llama-3.2-1b", "T3K"): TTModelSpec(131072),
+    ("llama-3.2-3b", "N150"): TTModelSpec(131072, 10_000_000),
+    ("llama-3.2-3b", "N300"): TTModelSpec(131072),
+    ("llama-3.2-3b", "T3K"): TTModelSpec(131072),
+    **{(family, "T3K"): TTModelSpec(131072, 30_000_000, (("MAX_PREFILL_CHUNK_SIZE", "32"),
+                                                           ("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")))
+       for family in ("llama-3.3-70b", "llama-3.1-70b", "deepseek-r1-distill-llama-70b")},
+}
+
+
+def model_family(model: str) -> str:
+    """``meta-llama/Llama-3.1-8B-Instruct`` or ``/models/Llama-3.1-8B-Instruct`` -> ``llama-3.1-8b``."""
+    name = model.rstrip("/").rsplit("/", 1)[-1].lower()
+    return name[: -len("-instruct")] if name.endswith("-instruct") else name
 
 
 def find_vllm_python() -> str:
@@ -186,30 +228,82 @@ def hf_folder(gguf: Path, python: str, cache: Path | None = None, timeout: float
     return out
 
 
-def tt_mesh_device(card_type: str, cards: int, mesh: tuple[int, int]) -> str:
-    """``MESH_DEVICE`` for Tenstorrent's vLLM on a lease of ``cards`` boards of ``card_type``."""
-    return TT_MESH_DEVICES.get((card_type, cards)) or f"({mesh[0]}, {mesh[1]})"
-
-
 @dataclass(frozen=True)
 class TTDevices:
-    """What Tenstorrent's vLLM needs of the kernel's lease: its devices and the mesh over them."""
+    """What Tenstorrent's vLLM needs of the kernel's lease: its devices (PCI address, chips) and the mesh."""
 
-    bdfs: tuple[str, ...]
+    devices: tuple[tuple[str, int], ...]
     card_type: str
-    mesh: tuple[int, int]
+    mesh: MeshPlan
+
+    @property
+    def visible_devices(self) -> str:
+        """``TT_VISIBLE_DEVICES`` with each card's address once per chip: vllm-tt-plugin counts entries as
+        chips (``worker.py`` ``_resolve_mesh_grid``), tt-umd opens each card once however often it is
+        listed (``PCIDevice::enumerate_devices`` collects them in a ``std::set``), and with a card's
+        address ttnn sees all its chips: one n300 listed twice opens (1, 2), a LoudBox's four, (1, 8)."""
+        return ",".join(bdf for bdf, chips in self.devices for _ in range(chips))
+
+
+def vllm_tt_config(model: str, mesh_device: str, engine_args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The command-line options and environment tt-inference-server's model spec gives ``model`` on
+    ``mesh_device``, less whatever ``engine_args`` sets itself (its ``--additional-config`` is merged
+    over ours, key by key)."""
+    spec = TT_MODEL_SPECS.get((model_family(model), mesh_device))
+    given = {a.split("=", 1)[0].replace("_", "-") for a in engine_args if a.startswith("--")}
+    args: list[str] = []
+    for option, value in zip(VLLM_TT_ARGS[::2], VLLM_TT_ARGS[1::2]):
+        if option not in given:
+            args += [option, value]
+    if spec is None:
+        return args, {}
+    for option in ("--max-model-len", "--max-num-batched-tokens"):
+        if option not in given:
+            args += [option, str(spec.max_context)]
+    if spec.trace_region_size and "--additional-config" not in given:
+        args += ["--additional-config", json.dumps({"tt": {"trace_region_size": spec.trace_region_size}})]
+    return args, dict(spec.env)
+
+
+def merge_additional_config(model: str, mesh_device: str, engine_args: list[str]) -> list[str]:
+    """``engine_args`` with a user's ``--additional-config`` merged over the spec's ``tt`` options."""
+    spec = TT_MODEL_SPECS.get((model_family(model), mesh_device))
+    out = []
+    i = 0
+    while i < len(engine_args):
+        arg = engine_args[i]
+        name, _, inline = arg.partition("=")
+        if name.replace("_", "-") == "--additional-config" and spec and spec.trace_region_size:
+            value = inline if inline else (engine_args[i + 1] if i + 1 < len(engine_args) else "{}")
+            i += 1 if inline else 2
+            try:
+                theirs = json.loads(value)
+            except ValueError:
+                raise TTError(f"--additional-config is not JSON: {value[:200]}") from None
+            if not isinstance(theirs, dict) or not isinstance(theirs.get("tt", {}), dict):
+                raise TTError('--additional-config is a JSON object, e.g. \'{"tt": {"trace_region_size": 70000000}}\'')
+            merged = {**theirs, "tt": {"trace_region_size": spec.trace_region_size, **theirs.get("tt", {})}}
+            out += ["--additional-config", json.dumps(merged)]
+            continue
+        out.append(arg)
+        i += 1
+    return out
 
 
 def vllm_launch(model: str, served_name: str, port: int, api_key: str, *, python: str,
-                devices: TTDevices | None = None, engine_args: Sequence[str] = ()) -> Launch:
+                devices: TTDevices | None = None, engine_args: Sequence[str] = (),
+                weights_cache: str | None = None) -> Launch:
     """vLLM's OpenAI server for ``model`` (a Hugging Face folder or repo id) at 127.0.0.1:``port``.
 
-    Without ``devices``, vLLM's CPU platform. With them, Tenstorrent's vLLM on exactly those devices:
-    ``TT_VISIBLE_DEVICES`` (their PCI addresses, as tt-umd reads them), ``MESH_DEVICE`` (the mesh
-    tt-vllm-plugin opens), ``HF_MODEL`` (where its TT model implementations load weights from) and
-    ``VLLM_USE_V1=1`` (the plugin runs only on vLLM's v1 engine), as tt-vllm-plugin's serve.sh and
-    tt-inference-server's run_vllm_api_server.py set them.
+    Without ``devices``, vLLM's CPU platform. With them, Tenstorrent's vLLM with vllm-tt-plugin on
+    exactly those devices, as tt-inference-server's ``run_vllm_api_server.py`` starts it:
+    ``TT_VISIBLE_DEVICES`` (each card once per chip, see ``TTDevices``), ``MESH_DEVICE`` (the name
+    the plugin and tt_transformers read), ``HF_MODEL`` (where tt_transformers loads weights from),
+    ``TT_CACHE_PATH`` (``weights_cache``: its converted weights, in this user's cache), and the model
+    spec's ``--max-model-len``, ``--max-num-batched-tokens`` and trace region (``TT_MODEL_SPECS``),
+    each of which ``engine_args`` may set otherwise.
     """
+    engine_args = check_engine_args(engine_args)
     command = [
         python, str(Path(__file__).with_name("vllm_cli.py")), "serve", model, "--served-model-name", served_name,
         "--host", "127.0.0.1", "--port", str(port),
@@ -220,12 +314,19 @@ def vllm_launch(model: str, served_name: str, port: int, api_key: str, *, python
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"  # both of a small host's cores compute; the server thread shares
         timeout = 600.0  # 1.5-2.5 minutes on 2 cores: it compiles its graphs at every start
     else:
-        command += list(VLLM_TT_ARGS)
-        env |= {"TT_VISIBLE_DEVICES": ",".join(devices.bdfs), "VLLM_USE_V1": "1", "HF_MODEL": model,
-                "MESH_DEVICE": tt_mesh_device(devices.card_type, len(devices.bdfs), devices.mesh)}
+        name = devices.mesh.mesh_device
+        args, spec_env = vllm_tt_config(model, name, engine_args)
+        engine_args = merge_additional_config(model, name, engine_args)
+        command += args
+        env |= VLLM_TT_ENV | spec_env | {"TT_VISIBLE_DEVICES": devices.visible_devices, "MESH_DEVICE": name,
+                                         "HF_MODEL": model}
+        if weights_cache:
+            env["TT_CACHE_PATH"] = weights_cache
         timeout = 3600.0  # a cold start compiles kernels (tt serve waits an hour by default)
-    return Launch(engine=EngineName.VLLM, command=command + check_engine_args(engine_args), env=env,
-                  startup_timeout=timeout)
+    # vLLM's own bound on its engine core's start (VLLM_ENGINE_READY_TIMEOUT_S, 600 s in 0.25.1) must
+    # not end a cold start on a card before ours does.
+    env["VLLM_ENGINE_READY_TIMEOUT_S"] = str(int(timeout))
+    return Launch(engine=EngineName.VLLM, command=command + engine_args, env=env, startup_timeout=timeout)
 
 
 def external_launch(name: EngineName, model: str, backend: str, port: int, api_key: str,
@@ -249,13 +350,29 @@ def external_launch(name: EngineName, model: str, backend: str, port: int, api_k
     devices = None
     if backend == "ttnn":
         from ..kernels.current import check_device_lease
+        from ..kernels.mesh import Runner
 
         held = check_device_lease()
-        devices = TTDevices(bdfs=tuple(held.bdfs), card_type=held.card_types[0], mesh=held.mesh_shape)
+        devices = TTDevices(devices=tuple((d.bdf, d.chips) for d in held.devices), card_type=held.card_types[0],
+                            mesh=held.meshes[Runner.VLLM])
     python = find_vllm_python()
     if model in EMBEDDED or model.endswith(".gguf"):
         source, served = str(hf_folder(resolve(model), python)), model if model in EMBEDDED else Path(model).stem
     else:  # a Hugging Face folder, or a repo id vLLM fetches
         source, served = model, Path(model).name if os.path.isdir(model) else model
-    return vllm_launch(source, served_name or served, port, api_key, python=python, devices=devices,
-                       engine_args=engine_args)
+    cache = weights_cache = None
+    if devices is not None:
+        cache, weights_cache = tt_weights_entry(source, devices.mesh.mesh_device)
+    launch = vllm_launch(source, served_name or served, port, api_key, python=python, devices=devices,
+                         engine_args=engine_args, weights_cache=weights_cache)
+    return replace(launch, cache=cache)
+
+
+def tt_weights_entry(model: str, mesh_device: str) -> tuple[tuple[CacheKind, str, dict], str]:
+    """The cache entry for tt_transformers' converted weights of ``model`` on ``mesh_device`` (its
+    ``TT_CACHE_PATH``, in this user's cache, never the model's folder): (what to hold while it runs, its path)."""
+    from ..caches import Caches
+    from ..config import TTSettings
+
+    key, about = tt_weights_key(model, mesh_device)
+    return (CacheKind.TT_WEIGHTS, key, about), str(Caches.from_settings(TTSettings()).folder(CacheKind.TT_WEIGHTS, key))

@@ -33,8 +33,10 @@ from jupyter_core.paths import jupyter_runtime_dir
 
 from ..errors import TTError
 from ..files import open_private, private_dir
+from ..text import printable
 from .backends import DEFAULT_BACKEND, get_backend
 from .engines import EngineName, engine_name, external_launch
+from .startup import Checklist
 
 
 def registry_path(port: int, runtime_dir: str | None = None) -> str:
@@ -86,6 +88,7 @@ class LLM:
         self.base_url = f"http://127.0.0.1:{port}/v1"
         #: The server's key: OpenAI clients send it as their api_key (``Authorization: Bearer``).
         self.api_key = api_key
+        self._cache_hold = None  # the cache entry an engine on cards writes into, held while it runs
 
     def _signal(self, sig: int) -> None:
         with contextlib.suppress(OSError):
@@ -137,6 +140,9 @@ class LLM:
                 os.killpg(self.process.pid, signal.SIGKILL)
         if self in _servers:
             _servers.remove(self)
+        if self._cache_hold is not None:
+            self._cache_hold.close()
+            self._cache_hold = None
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -165,11 +171,16 @@ def serve(
     engine: str = "builtin",
     port: int | None = None,
     weights: str | None = None,
-    timeout: float = 300.0,
+    timeout: float | None = None,
     ttnn_impl: str | None = None,
     engine_args: Sequence[str] = (),
 ) -> LLM:
     """Serve ``model`` from this kernel on 127.0.0.1; returns when it answers (or raises TTError with its log).
+
+    ``timeout``: seconds the start may take, whatever they are (default: ``JUPYTER_TT_SERVE_TIMEOUT``,
+    else 300 on a CPU and an hour on cards, where a cold start compiles kernels). A start on cards,
+    and any external engine's, shows a checklist of its phases in the cell (``startup.Checklist``);
+    a failed one is named with its fix.
 
     ``engine``: "builtin" (jupyter-tt's own, the default), "llama.cpp" (llama.cpp's ``llama-server`` on
     the GGUF file, from ``JUPYTER_TT_LLAMA_SERVER`` or PATH) or "vllm" (vLLM, run with
@@ -202,18 +213,61 @@ def serve(
         finally:
             sock.close()  # the server holds its own copy
         label, owned = backend, True  # the socket was bound here before the server started: whoever answers is it
+        bound, hold = (CARD_START_TIMEOUT if backend == "ttnn" else CPU_START_TIMEOUT), None
+        checklist = Checklist(f"jupyter-tt ({backend})") if backend == "ttnn" else None
     else:
         if port is None:
             with _listen(None) as probe:
                 port = probe.getsockname()[1]
         launch = external_launch(name, model, backend, port, api_key, engine_args)
-        process, log_path = _spawn(launch.command, port, launch.env, own_group=True)
-        label, owned, timeout = name.value, False, max(timeout, launch.startup_timeout)
+        bound = start_timeout(timeout, launch.startup_timeout)
+        env = launch.env | ({"VLLM_ENGINE_READY_TIMEOUT_S": str(int(bound))} if name is EngineName.VLLM else {})
+        hold = hold_cache(launch)
+        try:
+            process, log_path = _spawn(launch.command, port, env, own_group=True)
+        except BaseException:
+            if hold is not None:
+                hold.close()
+            raise
+        label, owned = name.value, False
         if launch.env.get("MESH_DEVICE"):
             label += f" on {launch.env['MESH_DEVICE']}"
+        checklist = Checklist(label)
     llm = LLM(process, port, model, label, log_path, api_key, own_group=not owned)
+    llm._cache_hold = hold
     _servers.append(llm)
-    return _wait_until_ready(llm, timeout, owned)
+    return _wait_until_ready(llm, start_timeout(timeout, bound), owned, checklist)
+
+
+#: How long a start may take by default: on a CPU, and on cards (a cold start compiles kernels for
+#: minutes; tt serve waits an hour, TT_SERVE_READY_TIMEOUT).
+CPU_START_TIMEOUT, CARD_START_TIMEOUT = 300.0, 3600.0
+
+
+def start_timeout(timeout: float | None, default: float) -> float:
+    """``timeout`` as given (shorter or longer than the default alike); else ``JUPYTER_TT_SERVE_TIMEOUT``;
+    else the engine's ``default``. TTError for a bound that is not a positive number of seconds."""
+    value: object = timeout
+    if value is None:
+        value = os.environ.get("JUPYTER_TT_SERVE_TIMEOUT") or default
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise TTError(f"a start's timeout is a positive number of seconds, not {value!r} (timeout= or "
+                      f"JUPYTER_TT_SERVE_TIMEOUT)")
+    return seconds
+
+
+def hold_cache(launch):
+    """Hold the cache entry an engine writes into (``Launch.cache``) while it runs, or None."""
+    if launch.cache is None:
+        return None
+    from ..caches import Caches
+    from ..config import TTSettings
+
+    return Caches.from_settings(TTSettings()).use(*launch.cache)[1]
 
 
 def _spawn(command: list[str], port: int, env: dict[str, str], *, pass_fds=(), own_group: bool = False):
@@ -252,43 +306,93 @@ def _listens(pid: int, port: int) -> bool:
     return False
 
 
-def _wait_until_ready(llm: LLM, timeout: float, owned: bool) -> LLM:
+def _wait_until_ready(llm: LLM, timeout: float, owned: bool, checklist: Checklist | None) -> LLM:
     """Until the server answers with our key (``owned``: the port is known to be its; else an external
-    engine, which must be seen listening there first, so that the key goes to no one else, and whose
-    slow start is shown every 15 s)."""
+    engine, which must be seen listening there first, so that the key goes to no one else). With a
+    ``checklist``, its phases are read from the server's log as it writes it and shown in the cell."""
     process, started = llm.process, time.monotonic()
-    deadline, shown = started + timeout, started
-    while True:
-        if process.poll() is not None:
-            _servers.remove(llm)
-            tail = open(llm.log_path, errors="replace").read()[-1500:]
-            message = next((line for line in reversed(tail.splitlines()) if line.startswith("jupyter tt serve:")), tail)
-            raise TTError(f"the model server exited while starting: {message}")
+    deadline = started + timeout
+    shown = _Shown(checklist)
+    with open(llm.log_path, errors="replace") as log:
+        while True:
+            if checklist is not None:
+                for line in log.readlines():
+                    checklist.feed(line)
+                shown.update()
+            if process.poll() is not None:
+                _servers.remove(llm)
+                llm.close()
+                tail = open(llm.log_path, errors="replace").read()[-1500:]
+                own = next((line for line in reversed(tail.splitlines()) if line.startswith("jupyter tt serve:")), None)
+                failure = checklist.failure(own or printable(tail.strip().splitlines()[-1] if tail.strip() else "no output")) \
+                    if checklist is not None else None
+                raise TTError(f"the model server exited while starting: {failure or own or tail}; its log is {llm.log_path}")
+            try:
+                if (owned or _listens(process.pid, llm.port)) and \
+                        httpx.get(f"{llm.base_url}/models", headers=llm.headers, timeout=1).status_code == 200:
+                    _register_server(llm)
+                    if checklist is not None:
+                        checklist.answering()
+                        shown.update(final=True)
+                    return llm
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                llm.close()
+                where = f" ({', '.join(p.value for p, st in checklist.phases.items() if st.started and not st.done)})" \
+                    if checklist is not None else ""
+                raise TTError(f"the model server did not answer within {timeout:g} s{where}; its log is {llm.log_path}. "
+                              f"A cold start on cards compiles kernels for minutes: give serve(timeout=...) more, or "
+                              f"set JUPYTER_TT_SERVE_TIMEOUT")
+            time.sleep(0.25)
+
+
+def _register_server(llm: LLM) -> None:
+    from ..scheduler.processes import ProcessRef
+
+    ref = ProcessRef.of(llm.process.pid)
+    _register(llm.port, {"port": llm.port, "pid": ref.pid, "started": ref.started, "boot_id": ref.boot_id,
+                         "api_key": llm.api_key, "model": llm.model, "backend": llm.backend, "kernel_pid": os.getpid()})
+
+
+class _Shown:
+    """A checklist in the cell, updated in place (``display_id``); outside IPython, a line per change."""
+
+    def __init__(self, checklist: Checklist | None):
+        self.checklist, self.handle, self.at = checklist, None, 0.0
+        self.last: list[str] = []
+        if checklist is None:
+            return
         try:
-            if (owned or _listens(process.pid, llm.port)) and \
-                    httpx.get(f"{llm.base_url}/models", headers=llm.headers, timeout=1).status_code == 200:
-                from ..scheduler.processes import ProcessRef
+            from IPython import get_ipython
 
-                ref = ProcessRef.of(process.pid)
-                _register(llm.port, {"port": llm.port, "pid": ref.pid, "started": ref.started, "boot_id": ref.boot_id,
-                                     "api_key": llm.api_key, "model": llm.model, "backend": llm.backend,
-                                     "kernel_pid": os.getpid()})
-                return llm
-        except httpx.HTTPError:
-            pass
-        now = time.monotonic()
-        if now > deadline:
-            llm.close()
-            raise TTError(f"the model server did not answer within {timeout:g} s; its log is {llm.log_path}")
-        if not owned and now - shown >= 15:  # an external engine: vLLM takes minutes, say what it is doing
-            shown = now
-            last = (open(llm.log_path, errors="replace").read()[-300:].strip().splitlines() or ["(no output yet)"])[-1]
-            print(f"{llm.backend}: starting ({now - started:.0f} s): {_printable(last)[:160]}", flush=True)
-        time.sleep(0.25)
+            self.ipython = get_ipython() is not None
+        except ImportError:
+            self.ipython = False
+
+    def update(self, final: bool = False) -> None:
+        c = self.checklist
+        if c is None:
+            return
+        text = c.text()
+        state = [m for m, _, _ in c.rows()]
+        if not self.ipython:
+            if state != self.last:
+                print(text, flush=True)
+                self.last = state
+            return
+        if state == self.last and not final and time.monotonic() - self.at < 1.0:
+            return
+        from IPython.display import display
+
+        bundle = {"text/plain": text, "text/html": c.html()}
+        if self.handle is None:
+            self.handle = display(bundle, raw=True, display_id=True)
+        else:
+            self.handle.update(bundle, raw=True)
+        self.last, self.at = state, time.monotonic()
 
 
-def _printable(text: str) -> str:
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 @atexit.register

@@ -37,6 +37,8 @@ def build_engine(
     spec = get_backend(backend)
     weights, implementation = spec.check(weights, ttnn_impl)
     spec.preflight(implementation)  # before minutes of loading: a simulated lease, no lease, no ttnn or openvino
+    if spec.name == "ttnn":  # a start on cards takes minutes: its phases, for the checklist (startup.py)
+        print(f"jupyter tt serve: loading {model}", flush=True)
     checkpoint = load_checkpoint(model, progress=progress)
     runner = spec.make_runner(checkpoint, weights=weights, kv_cache_bytes=kv_cache_mb * 2**20,
                               max_num_seqs=max_num_seqs, implementation=implementation)

@@ -12,7 +12,7 @@ def run(client, code, timeout=30):
         kind, content = msg["msg_type"], msg["content"]
         if kind == "stream":
             stdout += content["text"]
-        elif kind in ("display_data", "execute_result"):
+        elif kind in ("display_data", "execute_result", "update_display_data"):
             displays.append(content["data"])
         elif kind == "error":
             error = content

@@ -33,6 +33,9 @@ class GoldenMesh:
     def get_num_devices(self) -> int:
         return self.shape[0] * self.shape[1]
 
+    def get_submeshes(self) -> list:
+        return []
+
 
 class Shards:
     """A tensor on a golden mesh: one torch tensor per device (the same object where replicated)."""
@@ -97,6 +100,7 @@ class GoldenTTNN:
         self._real = _real if _real is not None else ttnn
         self._prefix = _prefix
         self.calls = _calls if _calls is not None else collections.Counter()
+        self.fabric = "DISABLED"
 
     def __getattr__(self, name: str):
         qualified = self._prefix + name
@@ -147,6 +151,11 @@ class GoldenTTNN:
     def host_open_mesh_device(self, mesh_shape=(1, 1), **_):
         return GoldenMesh(tuple(mesh_shape))
 
+    def host_set_fabric_config(self, config, *args, **kwargs):
+        """Recorded, not run: the stand-in has no fabric (``fabric`` says what the last call asked for)."""
+        self.calls[("set_fabric_config", "recorded")] += 1
+        self.fabric = config.name
+
     def host_close_mesh_device(self, mesh):
         pass
 
@@ -167,6 +176,18 @@ class GoldenTTNN:
         value = self._real.get_golden_function(self._real.from_torch)(tensor, dtype, layout=layout)
         if value is tensor:
             value = tensor.clone()
+        return self._placed(value, dtype, layout, device, mesh_mapper)
+
+    def host_as_tensor(self, tensor, dtype=None, *, layout=None, device=None, mesh_mapper=None, cache_file_name=None,
+                       **kwargs):
+        """The real ``ttnn.as_tensor`` on the host, whole (its cache files, written and read by ttnn), then
+        placed on the golden mesh as ``from_torch`` places it."""
+        self.calls[("as_tensor", "ttnn on the host")] += 1
+        real = self._real
+        host = real.as_tensor(tensor, dtype, layout=layout, cache_file_name=cache_file_name)
+        return self._placed(real.to_torch(host), dtype, layout, device, mesh_mapper)
+
+    def _placed(self, value, dtype, layout, device, mesh_mapper) -> Shards:
         if dtype in (self._real.bfloat8_b, self._real.bfloat4_b):
             value = value.to(torch.bfloat16)  # lossless: a block float's values have at most 8 significant bits
         if value.ndim == 2 and value.is_floating_point() and layout == self._real.TILE_LAYOUT:

@@ -14,7 +14,8 @@ Shaped after tt-metal's ``models/tt_transformers``:
   rotate-half as a matmul with a fixed ±1 matrix (so every user may be at its own position);
 - on a mesh, tensor parallelism: QKV and the MLP's gate/up split by columns (heads), the output and
   down projections by rows, then ``all_reduce``. Where the heads do not divide among the chips
-  (the embedded model's 3 KV heads on an n300), every chip holds the whole model.
+  (the embedded model's 3 KV heads on an n300), every chip holds the whole model. The mesh is one
+  row of chips (a LoudBox 1×8, as tt_transformers opens it) and the reduction runs along it.
 
 ``runner.py`` drives it for the engine. The code runs against the ``ttnn`` module it is given: the real one on a card, or
 ``golden.GoldenTTNN``, which runs every op through ttnn's golden function on the CPU.
@@ -61,7 +62,8 @@ class TtnnLlama:
     """The model's tensors on a mesh and its two forward passes (prefill of one sequence, batched decode)."""
 
     def __init__(self, ttnn, mesh, args: ModelArgs, weights: dict, *, num_blocks: int, block_size: int = 32,
-                 max_seq_len: int, max_batch: int = 32, weight_format: str = "accuracy"):
+                 max_seq_len: int, max_batch: int = 32, weight_format: str = "accuracy", cache=None):
+        """``cache``: a ``weights.WeightCache`` to load the converted weights from, or fill (None: convert)."""
         if block_size % TILE:
             raise ValueError(f"block_size must be a multiple of {TILE} (one tile), not {block_size}")
         if args.dim % TILE or args.head_dim % TILE:
@@ -74,14 +76,19 @@ class TtnnLlama:
         self.scale = args.head_dim**-0.5
         attn_dtype, mlp_dtype, head_dtype = (getattr(ttnn, name) for name in WEIGHT_FORMATS[weight_format])
 
-        def put(t, dtype=ttnn.bfloat16, layout=ttnn.TILE_LAYOUT, shard=None):
+        def put(t, dtype=ttnn.bfloat16, layout=ttnn.TILE_LAYOUT, shard=None, name=None):
+            """A tensor on the mesh; a named weight goes through ttnn's cache (``ttnn.as_tensor``) when there is one."""
             mapper = ttnn.ShardTensorToMesh(mesh, dim=shard) if shard is not None else ttnn.ReplicateTensorToMesh(mesh)
+            if cache is not None and name is not None:
+                return ttnn.as_tensor(t.contiguous(), dtype=dtype, layout=layout, device=mesh,
+                                      memory_config=ttnn.DRAM_MEMORY_CONFIG, mesh_mapper=mapper,
+                                      cache_file_name=cache.file_name(name))
             return ttnn.from_torch(t.contiguous(), dtype=dtype, layout=layout, device=mesh,
                                    memory_config=ttnn.DRAM_MEMORY_CONFIG, mesh_mapper=mapper)
 
         split = self.tp if self.tp > 1 else None
         col, row = (-1, -2) if split else (None, None)
-        norm = lambda w: put(w.reshape(1, 1, -1, TILE), layout=ttnn.ROW_MAJOR_LAYOUT)  # noqa: E731
+        norm = lambda w, name: put(w.reshape(1, 1, -1, TILE), layout=ttnn.ROW_MAJOR_LAYOUT, name=name)  # noqa: E731
         d = args.head_dim
         self.layers = []
         for i in range(args.n_layers):
@@ -93,21 +100,24 @@ class TtnnLlama:
                 for c in range(self.tp)
             ]
             cache = torch.zeros(num_blocks + 1, args.n_kv_heads, block_size, d)
+            p = f"layers.{i}."
             self.layers.append(Layer(
-                attn_norm=norm(w("input_layernorm")),
-                wqkv=put(torch.cat(groups).T, attn_dtype, shard=col),
-                wo=put(w("self_attn.o_proj").T, attn_dtype, shard=row),
-                ffn_norm=norm(w("post_attention_layernorm")),
-                w1=put(w("mlp.gate_proj").T, mlp_dtype, shard=col),
-                w3=put(w("mlp.up_proj").T, mlp_dtype, shard=col),
-                w2=put(w("mlp.down_proj").T, mlp_dtype, shard=row),
+                attn_norm=norm(w("input_layernorm"), p + "attn_norm"),
+                wqkv=put(torch.cat(groups).T, attn_dtype, shard=col, name=p + "wqkv"),
+                wo=put(w("self_attn.o_proj").T, attn_dtype, shard=row, name=p + "wo"),
+                ffn_norm=norm(w("post_attention_layernorm"), p + "ffn_norm"),
+                w1=put(w("mlp.gate_proj").T, mlp_dtype, shard=col, name=p + "w1"),
+                w3=put(w("mlp.up_proj").T, mlp_dtype, shard=col, name=p + "w3"),
+                w2=put(w("mlp.down_proj").T, mlp_dtype, shard=row, name=p + "w2"),
                 k_cache=put(cache, shard=1 if split else None),
                 v_cache=put(cache, shard=1 if split else None),
             ))
         embed = weights["model.embed_tokens.weight"].float()
-        self.embed = put(embed, layout=ttnn.ROW_MAJOR_LAYOUT)
-        self.norm = norm(weights["model.norm.weight"].float())
-        self.lm_head = put(weights.get("lm_head.weight", embed).float().T, head_dtype)
+        self.embed = put(embed, layout=ttnn.ROW_MAJOR_LAYOUT, name="embed")
+        self.norm = norm(weights["model.norm.weight"].float(), "norm")
+        self.lm_head = put(weights.get("lm_head.weight", embed).float().T, head_dtype, name="lm_head")
+        if cache is not None:
+            cache.finish()
         cos, sin = precompute_rope(args, max_seq_len)
         self.cos, self.sin = put(cos, layout=ttnn.ROW_MAJOR_LAYOUT), put(sin, layout=ttnn.ROW_MAJOR_LAYOUT)
         half = d // 2
@@ -174,8 +184,12 @@ class TtnnLlama:
         return ttnn.linear(x, self.lm_head, dtype=ttnn.float32)
 
     def reduce(self, partial):
-        """Sum a row-parallel projection's partial results across the chips."""
-        return self.ttnn.all_reduce(partial) if self.tp > 1 else partial
+        """Sum a row-parallel projection's partial results across the chips: along the mesh's one row
+        (1×N, as every runner opens a lease, ``kernels/mesh.py``), over the 1-D fabric it was opened with."""
+        ttnn = self.ttnn
+        if self.tp == 1:
+            return partial
+        return ttnn.all_reduce(partial, cluster_axis=1, topology=ttnn.Topology.Linear)
 
     def embed_tokens(self, ids, T: int):
         ttnn = self.ttnn

@@ -9,10 +9,12 @@ import importlib
 
 import torch
 
-from ...checkpoint import Checkpoint
+from ....caches import Caches
+from ...checkpoint import Checkpoint, checkpoint_digest
 from ...engine.runner import ModelRunner, SequenceStep
 from .model import WEIGHT_FORMATS, TtnnLlama, tensor_parallel_degree
 from .paging import decode_indices, page_table, wanted_logits
+from .weights import WeightCache, ttnn_version
 
 
 class TtnnModelRunner(ModelRunner):
@@ -20,9 +22,10 @@ class TtnnModelRunner(ModelRunner):
 
     def __init__(self, checkpoint: Checkpoint, mesh, *, ttnn=None, block_size: int = 32, max_batch: int = 32,
                  max_seq_len: int | None = None, kv_cache_bytes: int = 1 << 30, weights: str = "accuracy",
-                 trace: bool | None = None):
+                 trace: bool | None = None, caches: Caches | None = None):
         """``ttnn``: the module to run on (default: the real ttnn). ``trace``: capture decode as a trace
-        (default: on a real mesh, not on the golden stand-in)."""
+        (default: on a real mesh, not on the golden stand-in). ``caches``: where converted weights are
+        kept between starts (``weights.WeightCache``; None: converted at every start)."""
         if ttnn is None:
             ttnn = importlib.import_module("ttnn")
         if weights not in WEIGHT_FORMATS:
@@ -41,8 +44,19 @@ class TtnnModelRunner(ModelRunner):
         per_block = a.n_layers * 2 * (a.n_kv_heads // tp) * block_size * a.head_dim * 2  # bfloat16, per chip
         self.num_blocks = max(min(kv_cache_bytes // per_block, max_batch * self.blocks_per_seq), self.blocks_per_seq)
         self.ttnn, self.mesh = ttnn, mesh
-        self.model = TtnnLlama(ttnn, mesh, a, checkpoint.weights, num_blocks=self.num_blocks, block_size=block_size,
-                               max_seq_len=self.max_seq_len, max_batch=max_batch, weight_format=weights)
+        self.weight_cache = None
+        if caches is not None:
+            self.weight_cache = WeightCache(
+                caches, checkpoint_digest(checkpoint.source, caches.memo_dir()), ttnn_version=ttnn_version(ttnn),
+                mesh_shape=tuple(mesh.shape), weight_format=weights, tp=tp)  # the shape as tt_transformers reads it
+        try:
+            self.model = TtnnLlama(ttnn, mesh, a, checkpoint.weights, num_blocks=self.num_blocks, block_size=block_size,
+                                   max_seq_len=self.max_seq_len, max_batch=max_batch, weight_format=weights,
+                                   cache=self.weight_cache)
+        except BaseException:
+            if self.weight_cache is not None:
+                self.weight_cache.close()
+            raise
         self.max_batch = max_batch
         self._trace_id = None
         self._inputs = None  # the decode inputs a trace reads, on the device
@@ -96,3 +110,5 @@ class TtnnModelRunner(ModelRunner):
         if self._trace_id is not None:
             self.ttnn.release_trace(self.mesh, self._trace_id)
             self._trace_id = None
+        if self.weight_cache is not None:
+            self.weight_cache.close()
