@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -250,11 +251,57 @@ def test_the_vllm_engine_shows_its_start_answers_through_the_proxy_with_its_key_
     # vLLM takes minutes: the cell shows its start as a checklist, read from vLLM's own log lines, updated in place.
     shown = [d["text/plain"] for d in displays if "text/plain" in d and d["text/plain"].startswith("vllm: starting")]
     assert len(shown) >= 2 and "text/html" in displays[0], displays[:2]
-    assert any("[x] engine started" in t and "[ ] API answering" in t for t in shown), shown
-    assert all(f"[x] {phase}" in shown[-1] for phase in ("engine started", "weights loaded", "API answering")), shown[-1]
+    assert any("[x] engine" in t and "[ ] API" in t for t in shown), shown
+    assert all(f"[x] {phase}" in shown[-1] for phase in ("engine", "weights", "KV cache", "API")), shown[-1]
     tree = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
     assert len(tree) >= 2 and key not in " ".join(psutil.Process(pid).cmdline())  # the API server and its engine core
     answers_with_its_key_only(server, base_url, key, proxy_path, served_name)
 
     os.kill(km.provisioner.pid, 9)  # no clean-up runs in the kernel: its death itself must stop the whole tree
     wait_until(lambda: all(gone(p) for p in tree), timeout=60, message="vLLM's server and engine core to stop")
+
+
+@needs_vllm
+def test_a_timeout_shorter_than_the_engines_own_bound_ends_the_start_then_and_stops_the_engine(vllm_kernel):
+    _, client = vllm_kernel
+    started = time.monotonic()
+    _, _, error = run(client, "import jupyter_tt; jupyter_tt.serve(engine='vllm', timeout=5)", timeout=300)
+    took = time.monotonic() - started
+    assert error is not None and "did not answer within 5 s" in error["evalue"], error
+    assert "JUPYTER_TT_SERVE_TIMEOUT" in error["evalue"]
+    assert took < 60  # not vLLM's 600 s bound, which timeout= once could only lengthen
+    out, _, _ = run(client, "import jupyter_tt.serving.notebook as n; print(len(n._servers))")
+    assert out.strip() == "0"
+
+
+@needs_vllm
+def test_jupyter_tt_serve_engine_vllm_shows_its_start_as_a_checklist_and_stops_with_a_sigterm(vllm_python, tmp_path):
+    port = free_port()
+    env = {**os.environ, "JUPYTER_TT_API_KEY": "cli-key", "JUPYTER_TT_VLLM_PYTHON": vllm_python}
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter_tt.cli", "serve", "--engine", "vllm", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip())
+            if line.startswith("Serving on"):
+                break
+        shown = "\n".join(lines)
+        assert re.search(r"^vllm: starting; the engine's own output goes to .*jupyter-tt-serve-\d+\.log$", shown, re.M), shown
+        assert re.search(r"^vllm: \[1/6\] engine: started", shown, re.M), shown
+        assert re.search(r"^vllm: \[6/6\] API: done", shown, re.M), shown
+        assert lines[-1] == f"Serving on http://127.0.0.1:{port}/v1; its log is {lines[0].rsplit(' ', 1)[-1]}"
+        assert "Initializing a V1 LLM engine" not in shown  # the engine's lines go to its log, not the terminal
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).status_code == 401
+        tree = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
+        proc.terminate()
+        assert proc.wait(120) in (0, -15, 143)
+        wait_until(lambda: all(gone(p) for p in tree), timeout=60, message="vLLM to stop with jupyter tt serve")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

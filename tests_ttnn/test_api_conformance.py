@@ -12,10 +12,12 @@ import pytest
 import ttnn
 
 import jupyter_tt
+from jupyter_tt.kernels import mesh
 from jupyter_tt.serving.backends.ttnn import model as ttnn_model
 
 ROOT = Path(jupyter_tt.__file__).parent
-SOURCES = ["serving/backends/ttnn/model.py", "serving/backends/ttnn/runner.py", "kernels/current.py", "serving/backends/ttnn/tt_transformers.py"]
+SOURCES = ["serving/backends/ttnn/model.py", "serving/backends/ttnn/runner.py", "kernels/current.py", "kernels/mesh.py",
+           "serving/backends/ttnn/tt_transformers.py"]
 
 
 def dotted(node) -> str | None:
@@ -90,6 +92,11 @@ def test_the_mesh_options_and_mesh_methods_we_use_exist():
     assert hasattr(ttnn.MeshDevice, "get_num_devices")
     for formats in ttnn_model.WEIGHT_FORMATS.values():  # looked up by name at run time
         assert all(isinstance(getattr(ttnn, name), ttnn.DataType) for name in formats)
+    # kernels/mesh.py looks the fabric up by name, and closes submeshes first, as tt-metal's conftest does.
+    assert isinstance(getattr(ttnn.FabricConfig, mesh.FABRIC_1D), ttnn.FabricConfig)
+    assert hasattr(ttnn.MeshDevice, "get_submeshes") and hasattr(ttnn.MeshDevice, "shape")
+    assert {"cache_file_name", "mesh_mapper", "memory_config", "device"} <= set(inspect.signature(
+        ttnn.as_tensor.function if hasattr(ttnn.as_tensor, "function") else ttnn.as_tensor).parameters)
 
 
 def test_the_checker_catches_a_wrong_keyword(tmp_path):

@@ -25,12 +25,12 @@ from ..text import strip_control
 
 
 class Phase(str, Enum):
-    ENGINE = "engine started"
-    DEVICES = "devices opened"
-    WEIGHTS = "weights loaded"
-    KV_CACHE = "KV cache allocated"
+    ENGINE = "engine"
+    DEVICES = "devices"
+    WEIGHTS = "weights"
+    KV_CACHE = "KV cache"
     WARMUP = "warm-up (kernels compiled, traces captured)"
-    API = "API answering"
+    API = "API"
 
 
 _PHASES = list(Phase)
@@ -214,8 +214,8 @@ class Checklist:
         """One line for a phase that changed (a terminal's log)."""
         mark, _, detail = next(r for r in self.rows() if r[1] is phase)
         state = "done" if mark == "done" else "started"
-        return f"{self.engine}: [{_PHASES.index(phase) + 1}/{len(_PHASES)}] {phase.value} {state}" + (
-            f" ({detail})" if detail else "")
+        return f"{self.engine}: [{_PHASES.index(phase) + 1}/{len(_PHASES)}] {phase.value}: {state}" + (
+            f" ({detail})" if detail and mark == "done" else "")
 
     def html(self) -> str:
         marks = {"done": "✅", "now": "⏳", "todo": "⬜"}

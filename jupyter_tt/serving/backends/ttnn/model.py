@@ -99,7 +99,7 @@ class TtnnLlama:
                 torch.cat([t.reshape(-1, d, args.dim).chunk(self.tp)[c].reshape(-1, args.dim) for t in (q, k, v)])
                 for c in range(self.tp)
             ]
-            cache = torch.zeros(num_blocks + 1, args.n_kv_heads, block_size, d)
+            kv = torch.zeros(num_blocks + 1, args.n_kv_heads, block_size, d)
             p = f"layers.{i}."
             self.layers.append(Layer(
                 attn_norm=norm(w("input_layernorm"), p + "attn_norm"),
@@ -109,8 +109,8 @@ class TtnnLlama:
                 w1=put(w("mlp.gate_proj").T, mlp_dtype, shard=col, name=p + "w1"),
                 w3=put(w("mlp.up_proj").T, mlp_dtype, shard=col, name=p + "w3"),
                 w2=put(w("mlp.down_proj").T, mlp_dtype, shard=row, name=p + "w2"),
-                k_cache=put(cache, shard=1 if split else None),
-                v_cache=put(cache, shard=1 if split else None),
+                k_cache=put(kv, shard=1 if split else None),
+                v_cache=put(kv, shard=1 if split else None),
             ))
         embed = weights["model.embed_tokens.weight"].float()
         self.embed = put(embed, layout=ttnn.ROW_MAJOR_LAYOUT, name="embed")
