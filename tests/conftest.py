@@ -52,6 +52,25 @@ def kernelspecs():
 
 
 @pytest.fixture
+def kernels(monkeypatch, kernelspecs):
+    """``kernels("tt-n300", **start_kwargs)`` starts a real kernel on a simulated LoudBox; all stop at the end."""
+    from jupyter_client.manager import start_new_kernel
+
+    monkeypatch.setenv("JUPYTER_TT_INVENTORY", "simulated:n300x4")
+    started = []
+
+    def start(name, **kw):
+        km, client = start_new_kernel(kernel_name=name, **kw)
+        started.append((km, client))
+        return km, client
+
+    yield start
+    for km, client in started:
+        client.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+@pytest.fixture
 def servers(tmp_path):
     """``servers(inventory=..., user=..., args=[...])`` starts a real Jupyter server; all stop at the end."""
     from tests.support.jupyter_servers import Server

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from jupyter_client.manager import start_new_kernel
 
 from jupyter_tt.caches import GIB, CacheKind, Caches, Hold, lease_environment
 from jupyter_tt.config import TTSettings
@@ -32,22 +31,6 @@ VENDOR_CACHE_PATH = textwrap.dedent("""
     else:
         CACHE_PATH = os.path.join(CACHE_PATH, device_name)
 """)
-
-
-@pytest.fixture
-def kernels(monkeypatch):
-    monkeypatch.setenv("JUPYTER_TT_INVENTORY", "simulated:n300x4")
-    started = []
-
-    def start(name, **kw):
-        km, client = start_new_kernel(kernel_name=name, **kw)
-        started.append((km, client))
-        return km, client
-
-    yield start
-    for km, client in started:
-        client.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 def env_of(client, *names):
@@ -161,7 +144,7 @@ def test_the_bound_and_folder_are_settings_and_a_bad_bound_says_what_to_give(tmp
     assert TTSettings().environment()["JUPYTER_TT_CACHE_LIMIT_GB"] == "2.5"  # kernels and model servers inherit it
     monkeypatch.setenv("JUPYTER_TT_CACHE_LIMIT_GB", "lots")
     with pytest.raises(ConfigError, match="JUPYTER_TT_CACHE_LIMIT_GB='lots': give a number of GiB"):
-        TTSettings().cache_limit_gb
+        _ = TTSettings().cache_limit_gb
 
 
 def test_a_cache_folder_others_may_write_is_refused(tmp_path):

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from jupyter_client.manager import start_new_kernel
 
 import jupyter_tt
 from jupyter_tt.devices import SysfsInventory
@@ -16,24 +15,8 @@ from tests.support.sysfs_tree import make_host
 pytestmark = pytest.mark.usefixtures("kernelspecs")
 
 
-@pytest.fixture
-def kernel(monkeypatch):
-    monkeypatch.setenv("JUPYTER_TT_INVENTORY", "simulated:n300x4")
-    started = []
-
-    def start(name):
-        km, client = start_new_kernel(kernel_name=name)
-        started.append((km, client))
-        return km, client
-
-    yield start
-    for km, client in started:
-        client.stop_channels()
-        km.shutdown_kernel(now=True)
-
-
-def test_lease_inside_the_kernel_describes_its_devices(kernel):
-    km, client = kernel("tt-loudbox")
+def test_lease_inside_the_kernel_describes_its_devices(kernels):
+    km, client = kernels("tt-loudbox")
     out, displays, error = run(client, "import jupyter_tt, json; lease = jupyter_tt.lease(); print(json.dumps(lease.to_json())); lease")
     assert error is None, error
     lease = json.loads(out)
@@ -50,23 +33,23 @@ def test_lease_inside_the_kernel_describes_its_devices(kernel):
     assert "<code>tt-transformers</code></td><td>1×8</td><td>FABRIC_1D</td>" in html
 
 
-def test_open_mesh_device_on_a_simulated_lease_says_why_and_what_to_do(kernel):
-    _, client = kernel("tt-n300")
+def test_open_mesh_device_on_a_simulated_lease_says_why_and_what_to_do(kernels):
+    _, client = kernels("tt-n300")
     _, _, error = run(client, "import jupyter_tt; jupyter_tt.open_mesh_device()")
     assert error["ename"] == "LeaseError"
     assert "simulated inventory: there is no Wormhole device to open" in error["evalue"]
     assert "torch backend" in error["evalue"]
 
 
-def test_lease_in_a_kernel_without_devices_says_how_to_get_some(kernel):
-    _, client = kernel("tt-none")
+def test_lease_in_a_kernel_without_devices_says_how_to_get_some(kernels):
+    _, client = kernels("tt-none")
     out, _, error = run(client, "import os; print(repr(os.environ['TT_VISIBLE_DEVICES'])); import jupyter_tt; jupyter_tt.lease()")
     assert out.strip() == "''"
     assert error["ename"] == "LeaseError" and "jupyter tt kernelspec install" in error["evalue"]
 
 
-def test_shutting_down_a_jupyter_client_kernel_frees_its_lease(kernel, state_dir):
-    km, client = kernel("tt-n300")
+def test_shutting_down_a_jupyter_client_kernel_frees_its_lease(kernels, state_dir):
+    km, client = kernels("tt-n300")
     lease_id = km.provisioner.lease.id
     client.stop_channels()
     km.shutdown_kernel(now=True)

@@ -11,12 +11,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_golden import golden_runner
 
 from jupyter_tt.caches import CacheKind, Caches
 from jupyter_tt.serving.backends.ttnn import weights as weight_cache
 from jupyter_tt.serving.checkpoint import load_checkpoint
 from jupyter_tt.serving.engine import SequenceStep
-from test_golden import golden_runner
 
 
 @pytest.fixture(scope="module")
