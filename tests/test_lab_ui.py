@@ -204,7 +204,7 @@ def test_a_killed_kernels_card_shows_resetting_under_its_notebook_then_its_lease
         card = device(page, lease["devices"][0])
         expect(card).to_have_attribute("data-state", "leased")
         # Started (JupyterLab has its kernel info): the restarter watches it from then on.
-        wait_until(lambda: server.json(f"/api/kernels/{lease['kernel_id']}")["execution_state"] == "idle", timeout=60,
+        wait_until(lambda: server.kernel_state(lease["kernel_id"]) == "idle", timeout=60,
                    message="the notebook's kernel to be ready")
         [lease] = server.leases()  # its pid now the kernel's (until the kernel is attached, the server's)
 

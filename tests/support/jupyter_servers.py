@@ -127,6 +127,18 @@ class Server:
         assert response.status_code == 200, response.text
         return response.json()
 
+    def kernel_state(self, kernel_id: str) -> str | None:
+        """The kernel's ``execution_state``, or None while Jupyter is still starting it.
+
+        A kernel's lease is made while it launches, before ``/api/kernels`` lists it (jupyter_client adds a
+        kernel to its table when its start has finished), so a 404 here means "not yet", not "gone".
+        """
+        response = self.get(f"/api/kernels/{kernel_id}")
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, response.text
+        return response.json()["execution_state"]
+
     def start_kernel(self, name: str) -> str:
         response = self.http.post("/api/kernels", json={"name": name})
         assert response.status_code == 201, response.text
