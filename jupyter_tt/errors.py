@@ -41,6 +41,13 @@ class WaitTimeout(TTError):
     status = 503
 
 
+class WaitCancelled(TTError):
+    """A kernel's wait in the queue was ended for it: its server is stopping, or a newer kernel of the same
+    notebook took its place."""
+
+    status = 503
+
+
 class LeaseError(TTError):
     """A lease that is missing, released, simulated, or owned by another user."""
 

@@ -47,6 +47,7 @@ def kernelspecs():
     install("tt-loudbox", 4, "n300", user=True)
     # Its own display name: JupyterLab's launcher must not offer it as tt-n300 (its 1 s wait is for the queue tests).
     install("tt-n300-quick", 1, "n300", wait_timeout=1.0, display_name="Python 3 (1× n300, waits 1 s)", user=True)
+    install("tt-n150-quick", 1, "n150", wait_timeout=1.0, display_name="Python 3 (1× n150, waits 1 s)", user=True)
     install("tt-none", 0, "any", user=True)
     install("tenstorrent", 0, "any", display_name="Tenstorrent (choose devices in the notebook)", user=True)
 

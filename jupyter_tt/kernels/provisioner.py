@@ -13,6 +13,12 @@ jupyter_client calls, for each kernel:
 - ``choose(devices, card_type)`` (JupyterLab's device picker, then a restart): the restart gives the
   lease back and asks for the new devices, waiting in the queue if it must.
 
+A kernel waiting in the queue can be told to stop waiting (``cancel_waits``): the server extension
+does it for all of them when the server stops, before any kernel is shut down (else the first card
+released would go to a kernel that is about to be stopped), and a new kernel for a notebook that
+already waits cancels the older one (JupyterLab lists a session only once its kernel has started, so
+a reloaded page asks again; without this the older kernel, with no page, would get the card).
+
 What no callback covers (the kernel or the server killed with SIGKILL) the scheduler reclaims by
 itself: see ``jupyter_tt.scheduler``. These callbacks run on the Jupyter server's event loop, so
 every scheduler call goes to a worker thread (``call``) and the queue wait to ``acquire_async``.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
@@ -30,13 +37,46 @@ from traitlets import Float, Int, Unicode, validate
 
 from ..caches import Caches, lease_environment
 from ..config import TTSettings
-from ..errors import ConfigError, TTError, WaitTimeout
+from ..errors import ConfigError, TTError, WaitCancelled, WaitTimeout
 from ..scheduler import DeviceRequest, Lease, SchedulerAPI, Waiting, call, open_scheduler
 from .mesh import mesh_device_name
 
 #: The least a restart waits for its cards' reset: the tool takes seconds, then the firmware's
 #: heartbeat gets up to reset_verify_timeout (30 s). A kernelspec's short queue wait does not cut it.
 RESET_WAIT = 120.0
+
+
+@dataclass(eq=False)
+class _Wait:
+    """One kernel of this process waiting in the queue: its notebook and the task that waits."""
+
+    kernel_id: str | None
+    notebook: str | None
+    task: asyncio.Future
+    #: Set by ``cancel_waits``: the message the kernel's start fails with.
+    why: str | None = None
+
+
+#: This process's kernels waiting in the queue (at most one entry per kernel; they leave when done).
+_WAITS: set[_Wait] = set()
+#: Set when this process's server stops: kernels that begin waiting afterwards fail at once.
+_closing: str | None = None
+
+
+def cancel_waits(why: str, *, notebook: str | None = None, closing: bool = False) -> list[str | None]:
+    """End the waits in the queue of this process's kernels (those of ``notebook`` only, if given): each
+    kernel's start fails with ``why``, and its request leaves the queue. ``closing``: the server stops, so
+    waits that begin later fail at once too. Returns the kernel ids whose waits were ended."""
+    global _closing
+    if closing:
+        _closing = why
+    ended = []
+    for wait in list(_WAITS):
+        if (notebook is None or wait.notebook == notebook) and wait.why is None and not wait.task.done():
+            wait.why = why
+            wait.task.cancel()
+            ended.append(wait.kernel_id)
+    return ended
 
 
 class TTProvisioner(LocalProvisioner):
@@ -294,10 +334,26 @@ class TTProvisioner(LocalProvisioner):
         def report(waiting: Waiting) -> None:
             self.log.info("Kernel %s is %s", self.kernel_id, waiting.message)
 
+        if _closing:
+            raise WaitCancelled(_closing)
         scheduler = await self.scheduler()
-        lease = await scheduler.acquire_async(
+        if notebook:
+            for older in cancel_waits(f"a newer kernel for {notebook} took this one's place in the queue (the page "
+                                      f"was reloaded, or the notebook opened again)", notebook=notebook):
+                self.log.info("Kernel %s replaces kernel %s in the queue for %s", self.kernel_id, older, notebook)
+        wait = _Wait(self.kernel_id, notebook, asyncio.ensure_future(scheduler.acquire_async(
             self.devices, self.card_type, kernel_id=self.kernel_id, notebook=notebook, timeout=timeout, on_wait=report
-        )
+        )))
+        _WAITS.add(wait)
+        try:
+            lease = await wait.task
+        except asyncio.CancelledError:
+            if wait.why is None:  # our caller was cancelled, not the wait
+                raise
+            self.log.info("Kernel %s stopped waiting for devices: %s", self.kernel_id, wait.why)
+            raise WaitCancelled(f"the kernel stopped waiting for devices: {wait.why}") from None
+        finally:
+            _WAITS.discard(wait)
         simulated = " (simulated)" if scheduler.inventory.simulated else ""
         self.log.info(
             "Kernel %s leased %s%s: %s", self.kernel_id, lease.id, simulated, ", ".join(lease.bdfs)

@@ -13,6 +13,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from .._version import __version__
 from ..config import TTSettings
+from ..kernels.provisioner import cancel_waits
 from ..scheduler import DeviceStatus, Scheduler, call, open_scheduler
 from ..scheduler.loop import ReconcileLoop
 from . import metrics
@@ -20,6 +21,9 @@ from .events import SCHEMA_ID, SCHEMA_PATH, StateWatcher
 from .handlers import DevicesHandler, KernelDevicesHandler, LeaseHandler, LeasesHandler, QueueHandler, UsageHandler
 from .idle import IdleReclaimer, idle_kernel
 from .proxy import ServeProxyHandler
+
+#: Seconds a stopping server gives kernels still starting to finish (or fail) before it shuts kernels down.
+STOP_STARTS_WAIT = 20.0
 
 
 class JupyterTTApp(ExtensionApp):
@@ -188,8 +192,43 @@ class JupyterTTApp(ExtensionApp):
             samples.append([now, state.device.telemetry.temperature_c, state.device.telemetry.power_w])
 
     async def stop_extension(self) -> None:
+        """Before the server shuts its kernels down (jupyter_server stops extensions first): the kernels
+        waiting in the queue stop waiting, so that no card released by the shutdown goes to one of them,
+        and the starts that failed are forgotten, so that the shutdown does not fail on them. A second
+        call (a second SIGTERM while the first stop runs) waits for the first."""
         if getattr(self, "_passes", None) is None:  # initialize_settings failed: nothing started
             return
+        if getattr(self, "_stop", None) is None:
+            self._stop = asyncio.ensure_future(self._stop_once())
+        await asyncio.shield(self._stop)
+
+    async def _stop_once(self) -> None:
         self._passes.stop()
         self._sample.stop()
-        self.scheduler.listeners.remove(self._changed)
+        if self._changed in self.scheduler.listeners:
+            self.scheduler.listeners.remove(self._changed)
+        ended = cancel_waits("the Jupyter server is stopping", closing=True)
+        if ended:
+            self.log.info("jupyter-tt: %d kernel(s) stopped waiting for devices: the server stops", len(ended))
+        await self._settle_starts()
+
+    async def _settle_starts(self) -> None:
+        """Wait (bounded) for kernels still starting, then drop the starts that failed from the kernel manager.
+
+        jupyter_client 8.10 keeps a kernel in ``_pending_kernels`` while it starts and also after its start
+        failed (``MultiKernelManager._add_kernel_when_ready`` logs the error and leaves it there), and
+        jupyter_server 2.21's ``shutdown_all`` then asks ``shutdown_kernel`` for it, which raises HTTP 404 for a
+        kernel it does not list: the stop dies there, the server keeps running without answering, and its
+        kernels are not shut down. A kernel that waits in our queue is pending the whole time."""
+        km = self._server.kernel_manager
+        pending = getattr(km, "_pending_kernels", None)
+        if not isinstance(pending, dict):
+            return
+        starting = [task for kid, task in pending.items() if kid not in km and not task.done()]
+        if starting:
+            _, late = await asyncio.wait(starting, timeout=STOP_STARTS_WAIT)
+            if late:
+                self.log.warning("jupyter-tt: %d kernel(s) still starting after %g s as the server stops", len(late),
+                                 STOP_STARTS_WAIT)
+        for kid in [kid for kid, task in pending.items() if kid not in km and task.done()]:
+            del pending[kid]
