@@ -248,3 +248,46 @@ def test_without_the_event_stream_the_panel_still_follows_the_host_by_polling(se
     shot(page, "6-polling-shows-another-users-lease")
     zoe.release(held.id)
     expect(leased).to_have_attribute("data-state", "free")
+
+
+def test_a_page_reloaded_while_its_notebook_waits_keeps_one_place_in_the_queue_and_its_own_kernel_gets_the_card(
+        servers, page, state_dir, tmp_path):
+    """JupyterLab lists a session only once its kernel has started: each reload asks for a kernel again."""
+    from playwright.sync_api import expect
+
+    from jupyter_tt.devices import SimulatedInventory
+    from jupyter_tt.scheduler import Scheduler
+
+    expect.set_options(timeout=30_000)
+    server = lab(servers, tmp_path, "simulated:n150x1")
+    notebook = {"cells": [], "metadata": {"kernelspec": {"name": "tt-n150", "display_name": N150_KERNEL,
+                                                          "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+    (server.workdir / "wait.ipynb").write_text(json.dumps(notebook))
+    zoe = Scheduler(SimulatedInventory("n150x1"), state_dir, user="zoe", server="elsewhere")
+    held = zoe.acquire(1)
+    page.goto(f"{server.url}/lab/tree/wait.ipynb?token={server.token}")
+    page.locator('.jp-SideBar [data-id="jupyter-tt-panel"]').click()
+    queued = page.locator("#jupyter-tt-panel .jp-tt-request")
+    expect(queued).to_have_count(1)
+    status = page.locator(".jp-tt-status")
+    for _ in range(2):
+        before = {r["kernel_id"] for r in server.json("/jupyter-tt/api/queue")["requests"]}
+        page.reload()
+        # The reloaded page's kernel took the older one's place: still one request, and not the same kernel.
+        wait_until(lambda: (lambda now: len(now) == 1 and now[0]["kernel_id"] not in before)(
+            server.json("/jupyter-tt/api/queue")["requests"]), timeout=60, message="the reloaded page's kernel to queue")
+        expect(queued).to_have_count(1)
+        expect(queued).to_contain_text("wait.ipynb")
+        expect(status).to_contain_text("this notebook waits: #1 in the queue")
+    shot(page, "9-reloaded-while-waiting")
+    [request] = server.json("/jupyter-tt/api/queue")["requests"]
+
+    zoe.release(held.id)
+    expect(device(page, 0).locator(".jp-tt-holder")).to_contain_text("wait.ipynb")
+    expect(status).to_contain_text("this notebook: n150 #0")
+    [lease] = server.leases()
+    assert lease["kernel_id"] == request["kernel_id"]
+    # The page's own session is that kernel's, and no other kernel of the notebook is left.
+    sessions = wait_until(lambda: server.json("/api/sessions"), timeout=60, message="the page's session")
+    assert [s["kernel"]["id"] for s in sessions] == [lease["kernel_id"]]
+    assert [k["id"] for k in server.json("/api/kernels")] == [lease["kernel_id"]]
