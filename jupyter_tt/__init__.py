@@ -9,14 +9,14 @@ from .errors import ConfigError, LeaseError, RequestError, TTError, WaitTimeout
 from .kernels.current import close_mesh_device, lease, open_mesh_device
 
 
-def serve(*args, **kwargs):
-    """Serve a model from this kernel (see ``jupyter_tt.serving.notebook.serve``); returns an ``LLM``."""
-    from .serving.notebook import serve as _serve
-
-    return _serve(*args, **kwargs)
-
 def __getattr__(name):
-    if name == "BenchmarkWidget":  # imported on first use: it pulls in ipywidgets and the benchmark client
+    # Imported on first use (the server extension and the CLI import this package too): the objects
+    # themselves, so that Shift-Tab in a notebook shows their own signature and docstring.
+    if name == "serve":  # the serving client: httpx, the engines' launch rules
+        from .serving.notebook import serve
+
+        return serve
+    if name == "BenchmarkWidget":  # ipywidgets and the benchmark client
         from .bench.widget import BenchmarkWidget
 
         return BenchmarkWidget

@@ -93,3 +93,39 @@ def test_lease_of_an_ended_lease_shows_why_it_ended(tmp_path, state_dir, monkeyp
     assert not ended.active and "released by an admin" in repr(ended)
     with pytest.raises(LeaseError, match="has ended"):
         jupyter_tt.open_mesh_device()
+
+
+def test_serve_picks_ttnn_on_a_lease_of_real_cards_and_the_cpu_everywhere_else(tmp_path, state_dir, monkeypatch):
+    """STAND-IN: a sysfs tree in a temp dir is the card host."""
+    from jupyter_tt.serving.notebook import auto_backend
+
+    monkeypatch.delenv("JUPYTER_TT_LEASE", raising=False)
+    assert auto_backend() == "torch"  # no lease
+    tree = make_host(tmp_path, "n300")
+    scheduler = Scheduler(SysfsInventory(str(tree.root)), state_dir, user="alice")
+    held = scheduler.acquire(1)
+    monkeypatch.setenv("JUPYTER_TT_INVENTORY", "sysfs")
+    monkeypatch.setenv("JUPYTER_TT_SYSFS_ROOT", str(tree.root))
+    monkeypatch.setenv("JUPYTER_TT_LEASE", held.id)
+    assert auto_backend() == "ttnn"
+    scheduler.release(held.id, reason="released by an admin")
+    assert auto_backend() == "torch"  # an ended lease: nothing to run on
+
+
+def test_serve_picks_the_cpu_on_a_simulated_lease(kernels):
+    _, client = kernels("tt-n300")
+    assert run(client, "from jupyter_tt.serving.notebook import auto_backend; print(auto_backend())") == ("torch\n", [], None)
+
+
+def test_the_notebook_api_shows_its_own_signatures_and_docstrings():
+    """What Shift-Tab shows in a notebook: the objects themselves, not wrappers."""
+    import inspect
+
+    assert list(inspect.signature(jupyter_tt.serve).parameters)[:3] == ["model", "backend", "engine"]
+    assert inspect.signature(jupyter_tt.serve).parameters["backend"].default is None
+    assert "ttnn" in jupyter_tt.serve.__doc__ and "llm.backend" in jupyter_tt.serve.__doc__
+    widget = jupyter_tt.BenchmarkWidget
+    assert "scenario" in inspect.signature(widget).parameters
+    assert widget.__doc__ and widget.__doc__.startswith("``jupyter tt bench`` in a notebook")
+    for call in (jupyter_tt.lease, jupyter_tt.open_mesh_device, jupyter_tt.close_mesh_device):
+        assert call.__module__ == "jupyter_tt.kernels.current" and call.__doc__

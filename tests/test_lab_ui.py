@@ -274,8 +274,11 @@ def test_a_page_reloaded_while_its_notebook_waits_keeps_one_place_in_the_queue_a
         before = {r["kernel_id"] for r in server.json("/jupyter-tt/api/queue")["requests"]}
         page.reload()
         # The reloaded page's kernel took the older one's place: still one request, and not the same kernel.
-        wait_until(lambda: (lambda now: len(now) == 1 and now[0]["kernel_id"] not in before)(
-            server.json("/jupyter-tt/api/queue")["requests"]), timeout=60, message="the reloaded page's kernel to queue")
+        def replaced(before=before):
+            now = server.json("/jupyter-tt/api/queue")["requests"]
+            return len(now) == 1 and now[0]["kernel_id"] not in before
+
+        wait_until(replaced, timeout=60, message="the reloaded page's kernel to queue")
         expect(queued).to_have_count(1)
         expect(queued).to_contain_text("wait.ipynb")
         expect(status).to_contain_text("this notebook waits: #1 in the queue")

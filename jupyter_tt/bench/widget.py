@@ -40,6 +40,18 @@ def _served() -> tuple[str, str, str | None]:
 
 
 class BenchmarkWidget(widgets.VBox):
+    """``jupyter tt bench`` in a notebook: the vendors' use cases (or a sweep of your own) against an endpoint.
+
+    ``base_url``, ``model``: the endpoint and the model name it serves (default: the model this kernel
+    serves with ``jupyter_tt.serve()``, with its key; else http://127.0.0.1:8000/v1). ``scenario``: "chat",
+    "rag", "long", "all" or "custom sweep"; ``scale`` shrinks a use case's lengths (1/16 for a small model
+    on a CPU). ``concurrency``, ``input_len``, ``output_len``: the custom sweep's, shown only for it (a use
+    case runs its own, which the form shows). ``num_prompts``: requests per run (default 4× the
+    concurrency, at least 8). ``run()`` starts it in a thread and returns the thread; ``rows`` then holds
+    the recommendation, ``bench.runs`` each run's ``vllm bench serve`` fields; Export writes JSON or CSV
+    to ``export_dir``.
+    """
+
     def __init__(self, base_url: str | None = None, model: str | None = None, *, tokenizer=None, api_key: str | None = None,
                  scenario: str = "chat", scale: float = 1.0, concurrency: str = "1,2,4", input_len: int = 128,
                  output_len: int = 64, num_prompts: int | None = None, export_dir: str = "."):

@@ -164,9 +164,24 @@ def newest_server() -> LLM | None:
     return _servers[-1] if _servers else None
 
 
+def auto_backend() -> str:
+    """``serve()``'s backend when none is given: "ttnn" where this kernel holds an active lease of real
+    Wormhole devices, else "torch" (the CPU). Reads the lease only: nothing is imported or opened, and a
+    kernel without a lease, or one on the simulated inventory, runs on the CPU."""
+    from ..kernels.current import lease
+
+    if not os.environ.get("JUPYTER_TT_LEASE"):
+        return DEFAULT_BACKEND
+    try:
+        held = lease()
+    except TTError:  # the lease is unknown here: the CPU, which needs none
+        return DEFAULT_BACKEND
+    return "ttnn" if held.active and not held.simulated else DEFAULT_BACKEND
+
+
 def serve(
     model: str = "smollm2-135m-instruct",
-    backend: str = DEFAULT_BACKEND,
+    backend: str | None = None,
     *,
     engine: str = "builtin",
     port: int | None = None,
@@ -176,6 +191,10 @@ def serve(
     engine_args: Sequence[str] = (),
 ) -> LLM:
     """Serve ``model`` from this kernel on 127.0.0.1; returns when it answers (or raises TTError with its log).
+
+    ``backend``: where the model runs. Left out, it is "ttnn" where this kernel holds Wormhole devices
+    (a lease on real cards) and "torch" on this CPU elsewhere (``auto_backend``); ``llm.backend`` says
+    which. Give it to choose.
 
     ``timeout``: seconds the start may take, whatever they are (default: ``JUPYTER_TT_SERVE_TIMEOUT``,
     else 300 on a CPU and an hour on cards, where a cold start compiles kernels). A start on cards,
@@ -193,6 +212,8 @@ def serve(
     "performance"; ``ttnn_impl`` "jupyter-tt" or "tt-transformers").
     """
     name = engine_name(engine)
+    if backend is None:  # llama.cpp runs on the CPU only
+        backend = DEFAULT_BACKEND if name is EngineName.LLAMA_CPP else auto_backend()
     api_key = secrets.token_urlsafe(32)
     if name is EngineName.BUILTIN:
         if engine_args:
