@@ -310,7 +310,9 @@ def test_the_benchmark_widget_runs_shows_results_exports_and_cancels(scripted, t
     assert w.run_button.disabled and not w.cancel_button.disabled
     thread.join(120)
     assert w.progress.value == w.progress.max == 8 + 8 + 16  # 4 x concurrency, at least 8, at 1, 2, 4
-    assert w.plot.value.count("<circle") == 32 and "TTFT per request" in w.plot.value
+    # At the end: median TTFT and TPOT at each concurrency, with the use case's SLO as a line.
+    assert w.plot.value.count("<circle") == 6 and "median TTFT and TPOT by concurrency" in w.plot.value
+    assert "interactive chat: TTFT &lt; 300 ms" in w.plot.value and "stroke-dasharray" in w.plot.value
     assert "median_ttft_ms" in w.results.value and "interactive chat" in w.results.value
     assert w.results.value.count("PASS") == 2 and w.results.value.count("FAIL") == 1  # 120 ms per request in flight
     assert "largest concurrency meeting the SLO: interactive chat 2" in w.results.value
@@ -319,6 +321,7 @@ def test_the_benchmark_widget_runs_shows_results_exports_and_cancels(scripted, t
     saved = json.loads(w.export("json").read_text())
     assert [r["concurrency"] for r in saved["runs"]] == [1, 2, 4] and len(saved["recommendation"]) == 3
     assert w.export("csv").read_text().startswith("concurrency,")
+    assert saved["measured_on"] == f"the endpoint {scripted} (what it runs on is not known here)"
 
     w.scenario.value, w.concurrency.value, w.num_prompts.value = "custom sweep", "1,2", 6
     w.model.value = "with-usage"
@@ -345,3 +348,43 @@ def test_a_ramp_raises_the_rate_from_start_to_end():
     assert statistics.fmean(linear[:500]) > 5 * statistics.fmean(linear[-500:])  # it does speed up
     with pytest.raises(ValueError, match="linear or exponential"):
         client.arrival_gaps(3, 1.0, 1.0, seed=0, ramp=("sideways", 1.0, 2.0))
+
+
+def test_the_benchmark_widget_shows_the_lengths_and_concurrencies_it_runs(scripted):
+    import jupyter_tt
+
+    w = jupyter_tt.BenchmarkWidget(scripted, "load", tokenizer=load_tokenizer(), scenario="chat", scale=1 / 16,
+                                   num_prompts=1)
+    # A use case runs its own lengths: the sweep's fields are hidden and the plan says what will run.
+    assert [f.layout.display for f in (w.concurrency, w.input_len, w.output_len)] == ["none"] * 3
+    assert w.planned_runs() == [("interactive chat", c, 64, 16) for c in (1, 2, 4)]
+    assert "interactive chat: concurrency 1, 2, 4; ISL 64, OSL 16 (the use case&#x27;s 1,024/256 × 0.0625); " \
+           "SLO TTFT &lt; 300 ms" in w.plan.value
+    w.run().join(120)
+    assert [(r["concurrency"], r["input_len"], r["output_len"]) for r in w.bench.runs] == \
+           [(c, isl, osl) for _, c, isl, osl in w.planned_runs()]
+    # Beside each verdict, what the vendor reports for the use case, and whose figures they are.
+    assert "TTFT 77–255 ms, TPOT 19–20 ms" in w.results.value and "Wormhole LoudBox" in w.results.value
+    assert "Measured on the endpoint" in w.results.value
+
+    w.scenario.value, w.concurrency.value, w.input_len.value, w.output_len.value = "custom sweep", "1,3", 20, 5
+    assert [f.layout.display for f in (w.concurrency, w.input_len, w.output_len)] == [None] * 3
+    assert w.scale.layout.display == "none"
+    assert w.planned_runs() == [("custom sweep", 1, 20, 5), ("custom sweep", 3, 20, 5)]
+    assert "custom sweep: concurrency 1, 3; ISL 20, OSL 5" in w.plan.value
+    w.run().join(120)
+    assert [(r["concurrency"], r["input_len"], r["output_len"]) for r in w.bench.runs] == [(1, 20, 5), (3, 20, 5)]
+
+
+def test_the_slos_the_notebook_and_the_docs_quote_are_the_code_s():
+    from pathlib import Path
+
+    from jupyter_tt.bench.scenarios import SCENARIOS
+
+    root = Path(__file__).resolve().parent.parent
+    texts = {"notebook 03": json.dumps(json.loads((root / "notebooks/03-benchmark.ipynb").read_text())["cells"][0]["source"]),
+             "docs/user/benchmarking.md": (root / "docs/user/benchmarking.md").read_text()}
+    for where, text in texts.items():
+        for name in ("chat", "rag"):
+            assert SCENARIOS[name].slo in text, f"{where} does not quote {name}'s {SCENARIOS[name].slo}"
+        assert "≤ 200 ms" not in text and "≤ 500 ms" not in text, where

@@ -63,8 +63,9 @@ def test_the_benchmark_widget_shows_hostile_statuses_and_rows_as_text(h):
     assert_inert(widget.status.value)
     widget.bench = Bench("http://127.0.0.1:9/v1", h, object())
     widget.bench.runs = [{"concurrency": h, "completed": h, "median_ttft_ms": 1.5}]
-    widget.rows = [{"use_case": h, "concurrency": h, "slo": h, "measured": h, "pass": False,
-                    "max_concurrency_meeting_slo": h, "scale": 1}]
+    widget.rows = [{"use_case": h, "scenario": "chat", "concurrency": h, "input_len": h, "output_len": h, "slo": h,
+                    "measured": h, "pass": False, "max_concurrency_meeting_slo": h, "scale": 1}]
+    widget.measured_on = h  # an endpoint typed into the box
     assert_inert(widget._table())
 
 

@@ -130,14 +130,16 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 
 
 def svg_chart(series: Mapping[str, Sequence[tuple[float, float, str]]], title: str, xlabel: str, ylabel: str, *,
-              lines: bool = False, width: int = 520, height: int = 260) -> str:
+              lines: bool = False, width: int = 520, height: int = 260, limits: Mapping[str, float] | None = None) -> str:
     """An SVG chart: each series' points (x, y, tooltip), joined where ``lines``. Hovering a point shows
-    its tooltip; in ``write_html``'s page, clicking a legend entry hides or shows its series."""
+    its tooltip; in ``write_html``'s page, clicking a legend entry hides or shows its series. ``limits``:
+    dashed horizontal lines (an SLO), each labelled with its name."""
     points = [(x, y) for pts in series.values() for x, y, _ in pts if y is not None]
     if not points:
         return f"<svg width='{width}' height='40'><text x='5' y='20'>{html.escape(title)}: no data</text></svg>"
+    limits = limits or {}
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y1 = max(p[1] for p in points) * 1.1 or 1.0
+    y1 = max([p[1] for p in points] + list(limits.values())) * 1.1 or 1.0
     left, bottom, top, right = 50, height - 35, 25, width - 10
     sx = lambda x: left + (x - x0) / ((x1 - x0) or 1) * (right - left)  # noqa: E731
     sy = lambda y: bottom - y / y1 * (bottom - top)  # noqa: E731
@@ -149,6 +151,9 @@ def svg_chart(series: Mapping[str, Sequence[tuple[float, float, str]]], title: s
            f"<text x='4' y='{top + 10}'>{y1 / 1.1:.4g}</text><text x='4' y='{bottom}'>0</text>",
            f"<text x='{left}' y='{bottom + 14}'>{x0:.4g}</text><text x='{right}' y='{bottom + 14}' text-anchor='end'>{x1:.4g}</text>",
            f"<text x='{left + 4}' y='{top + 10}' fill='#666'>{html.escape(ylabel)}</text>"]
+    for name, y in limits.items():
+        out.append(f"<line x1='{left}' y1='{sy(y):.1f}' x2='{right}' y2='{sy(y):.1f}' stroke='#d62728' stroke-dasharray='5,4'/>"
+                   f"<text x='{left + 4}' y='{sy(y) - 3:.1f}' fill='#d62728'>{html.escape(name)}</text>")
     for i, (name, pts) in enumerate(series.items()):
         color = COLORS[i % len(COLORS)]
         out.append(f"<g class='series' data-name='{html.escape(name)}'>")

@@ -31,6 +31,10 @@ class Scenario:
     input_len: int
     output_len: int
     slo: str  # in words, for the table
+    #: The SLO's limit on median TTFT (ms), where it has one: the line on the widget's plot.
+    ttft_limit_ms: float | None = None
+    #: What the vendor reports for this use case: Llama-3.1-8B-Instruct on a Wormhole LoudBox.
+    reported: str = ""
 
     def judge(self, s: dict[str, Any]) -> tuple[str, bool]:
         """(what was measured, in words; whether it meets the SLO) for a run's summary."""
@@ -38,18 +42,24 @@ class Scenario:
         if s["completed"] == 0 or ttft is None:
             return f"no request completed ({s['failed']} failed)", False
         if self.name == "chat":
-            return f"median TTFT {ttft:.0f} ms, TPOT {s['median_tpot_ms'] or 0:.1f} ms", ttft < 300
+            return f"median TTFT {ttft:.0f} ms, TPOT {s['median_tpot_ms'] or 0:.1f} ms", ttft < (self.ttft_limit_ms or 0)
         if self.name == "rag":
-            return f"median TTFT {ttft:.0f} ms, prefill {s['input_len'] / ttft * 1000:,.0f} tok/s", ttft < 1000
+            return (f"median TTFT {ttft:.0f} ms, prefill {s['input_len'] / ttft * 1000:,.0f} tok/s",
+                    ttft < (self.ttft_limit_ms or 0))
         ratio, cv = stability(s)
         return f"TPOT {s['median_tpot_ms'] or 0:.1f} ms, p99/median ITL {ratio:.2f}, CV {cv:.2f}", ratio <= 2.0
 
 
 SCENARIOS = {
-    "chat": Scenario("chat", "interactive chat", (1, 2, 4), 1024, 256, "TTFT < 300 ms"),
-    "rag": Scenario("rag", "RAG / document Q&A", (1,), 4096, 256, "TTFT < 1 s"),
-    "long": Scenario("long", "long-form generation", (1,), 1024, 1024, "stable TPOT (p99/median ITL ≤ 2)"),
+    "chat": Scenario("chat", "interactive chat", (1, 2, 4), 1024, 256, "TTFT < 300 ms", 300.0,
+                     "TTFT 77–255 ms, TPOT 19–20 ms"),
+    "rag": Scenario("rag", "RAG / document Q&A", (1,), 4096, 256, "TTFT < 1 s", 1000.0,
+                    "TTFT 489–986 ms, prefill 8,300–8,400 tok/s"),
+    "long": Scenario("long", "long-form generation", (1,), 1024, 1024, "stable TPOT (p99/median ITL ≤ 2)", None,
+                     "TTFT 78–137 ms, TPOT 19–20 ms, ~20 s for 1,024 tokens"),
 }
+#: Whose figures ``Scenario.reported`` are.
+REPORTED_FOR = "Llama-3.1-8B-Instruct on a Wormhole LoudBox, as the vendor's published table reports it"
 
 
 def stability(s: dict[str, Any]) -> tuple[float, float]:
@@ -197,10 +207,15 @@ def format_run(s: dict[str, Any]) -> str:
 
 
 def format_recommendation(rows: list[dict]) -> str:
-    out = [f"{'use case':<22} {'conc':>4} {'ISL/OSL':>11}  {'SLO':<34} {'measured':<52} pass"]
-    for r in rows:
-        out.append(f"{r['use_case']:<22} {r['concurrency']:>4} {str(r['input_len']) + '/' + str(r['output_len']):>11}  "
-                   f"{r['slo']:<34} {r['measured']:<52} {'PASS' if r['pass'] else 'FAIL'}")
+    """The recommendation as a text table, each column as wide as its widest entry (so that it fits a
+    notebook's output without wrapping), the verdict first."""
+    table = [("pass", "use case", "conc", "ISL/OSL", "SLO", "measured")]
+    table += [("PASS" if r["pass"] else "FAIL", r["use_case"], str(r["concurrency"]), f"{r['input_len']}/{r['output_len']}",
+               r["slo"], r["measured"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    right = {2, 3}  # numbers
+    out = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+           for row in table]
     best: dict[str, int] = {}
     for r in rows:
         best[r["use_case"]] = r["max_concurrency_meeting_slo"]

@@ -20,9 +20,12 @@ import ipywidgets as widgets
 
 from ..errors import TTError
 from . import report
-from .scenarios import SCENARIOS, Bench
+from .scenarios import REPORTED_FOR, SCENARIOS, Bench, scaled
 
 CUSTOM = "custom sweep"
+#: Tables that line up: numbers right-aligned in tabular figures, no cell wrapped.
+TABLE = "<table style='border-collapse:collapse;font-variant-numeric:tabular-nums;white-space:nowrap'>"
+CELL = "padding:1px 8px;border-bottom:1px solid #ddd"
 
 
 def _served() -> tuple[str, str, str | None]:
@@ -37,6 +40,29 @@ def _served() -> tuple[str, str, str | None]:
             name = llm.model
         return llm.base_url, name, llm.api_key
     return "http://127.0.0.1:8000/v1", "smollm2-135m-instruct", None
+
+
+def where_measured(base_url: str) -> str:
+    """Where the numbers come from, in words: the served model's backend and the kernel's devices when
+    ``base_url`` is this kernel's own server, else only the endpoint (what runs behind it is not known here)."""
+    from ..serving.notebook import newest_server
+
+    llm = newest_server()
+    if llm is None or llm.base_url != base_url:
+        return f"the endpoint {base_url} (what it runs on is not known here)"
+    if llm.backend != "ttnn":
+        where = f"the {llm.backend} backend on this CPU"
+    else:
+        where = "the ttnn backend on this kernel's Wormhole devices"
+    try:
+        from ..kernels.current import lease
+
+        held = lease()
+        cards = ", ".join(f"{d.card_type} #{d.id}" for d in held.devices)
+        where += f"; the kernel's lease: {cards}{' (SIMULATED: no card ran this)' if held.simulated else ''}"
+    except TTError:
+        where += "; the kernel holds no lease"
+    return f"{llm.model} on {where}"
 
 
 class BenchmarkWidget(widgets.VBox):
@@ -62,6 +88,7 @@ class BenchmarkWidget(widgets.VBox):
         self.tokenizer = tokenizer
         self.export_dir = Path(export_dir)
         self.bench: Bench | None = None
+        self.measured_on = ""  # where_measured(), at the start of the last run
         self.rows: list[dict] = []
         self.points: list[float] = []  # TTFT (ms) of each finished request, for the live plot
         style = {"description_width": "110px"}
@@ -77,6 +104,7 @@ class BenchmarkWidget(widgets.VBox):
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
         self.json_button = widgets.Button(description="Export JSON", icon="download", disabled=True)
         self.csv_button = widgets.Button(description="Export CSV", icon="download", disabled=True)
+        self.plan = widgets.HTML()
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="requests")
         self.status = widgets.HTML()
         self.plot = widgets.HTML()
@@ -85,12 +113,44 @@ class BenchmarkWidget(widgets.VBox):
         self.cancel_button.on_click(lambda _: self.cancel())
         self.json_button.on_click(lambda _: self.export("json"))
         self.csv_button.on_click(lambda _: self.export("csv"))
+        for field in (self.scenario, self.scale, self.concurrency, self.input_len, self.output_len):
+            field.observe(lambda _: self._show_plan(), names="value")
         super().__init__([
             widgets.HBox([widgets.VBox([self.endpoint, self.model, self.scenario, self.scale]),
                           widgets.VBox([self.concurrency, self.input_len, self.output_len, self.num_prompts])]),
+            self.plan,
             widgets.HBox([self.run_button, self.cancel_button, self.json_button, self.csv_button]),
             self.progress, self.status, self.plot, self.results,
         ])
+        self._show_plan()
+
+    def planned_runs(self) -> list[tuple[str, int, int, int]]:
+        """What Run will measure: (use case, concurrency, input tokens, output tokens) per run. The form
+        shows exactly these: a use case's own lengths (scaled) and concurrencies, or the custom sweep's."""
+        if self.scenario.value == CUSTOM:
+            return [(CUSTOM, c, self.input_len.value, self.output_len.value) for c in self._sweep()]
+        names = list(SCENARIOS) if self.scenario.value == "all" else [self.scenario.value]
+        return [(SCENARIOS[n].use_case, c, scaled(SCENARIOS[n].input_len, self.scale.value),
+                 scaled(SCENARIOS[n].output_len, self.scale.value)) for n in names for c in SCENARIOS[n].concurrency]
+
+    def _sweep(self) -> list[int]:
+        return [int(c) for c in self.concurrency.value.split(",") if c.strip().isdigit()]
+
+    def _show_plan(self) -> None:
+        custom = self.scenario.value == CUSTOM
+        for field in (self.concurrency, self.input_len, self.output_len):  # the sweep's: shown for it only
+            field.layout.display = None if custom else "none"
+        self.scale.layout.display = "none" if custom else None
+        lines = []
+        for use_case in dict.fromkeys(r[0] for r in self.planned_runs()):
+            runs = [r for r in self.planned_runs() if r[0] == use_case]
+            scenario = next((sc for sc in SCENARIOS.values() if sc.use_case == use_case), None)
+            lengths = f"ISL {runs[0][2]:,}, OSL {runs[0][3]:,}"
+            if scenario and self.scale.value != 1:
+                lengths += f" (the use case's {scenario.input_len:,}/{scenario.output_len:,} × {self.scale.value:g})"
+            slo = f"; SLO {scenario.slo}" if scenario else ""
+            lines.append(f"{use_case}: concurrency {', '.join(str(r[1]) for r in runs)}; {lengths}{slo}")
+        self.plan.value = "<small>Runs: " + html.escape(" · ".join(lines) or "none (give concurrencies)") + "</small>"
 
     # ------------------------------------------------------------------ actions
 
@@ -124,7 +184,8 @@ class BenchmarkWidget(widgets.VBox):
         path = self.export_dir / f"bench-{stamp}.{kind}"
         if kind == "json":
             path.write_text(json.dumps({"base_url": self.endpoint.value, "model_id": self.model.value,
-                                        "runs": runs, "recommendation": self.rows}, indent=1))
+                                        "measured_on": self.measured_on, "runs": runs, "recommendation": self.rows},
+                                       indent=1))
         else:
             report.write_csv(runs, path)
         self._say(f"wrote {path}")
@@ -134,18 +195,14 @@ class BenchmarkWidget(widgets.VBox):
 
     def _planned(self) -> int:
         n = self.num_prompts.value
-        if self.scenario.value == CUSTOM:
-            cs = [int(c) for c in self.concurrency.value.split(",") if c.strip()]
-        else:
-            names = list(SCENARIOS) if self.scenario.value == "all" else [self.scenario.value]
-            cs = [c for name in names for c in SCENARIOS[name].concurrency]
-        return sum(n or max(4 * c, 8) for c in cs)
+        return sum(n or max(4 * c, 8) for _, c, _, _ in self.planned_runs())
 
     def _work(self, bench: Bench) -> None:
+        self.measured_on = where_measured(self.endpoint.value)
         try:
             if self.scenario.value == CUSTOM:
-                for c in [int(c) for c in self.concurrency.value.split(",") if c.strip()]:
-                    bench.run(c, self.input_len.value, self.output_len.value)
+                for _, c, isl, osl in self.planned_runs():
+                    bench.run(c, isl, osl)
             else:
                 names = list(SCENARIOS) if self.scenario.value == "all" else [self.scenario.value]
                 for name in names:
@@ -155,6 +212,8 @@ class BenchmarkWidget(widgets.VBox):
             self._say(f"failed: {e}")
         finally:
             self.results.value = self._table()
+            if bench.runs:
+                self.plot.value = self._by_concurrency()
             self.run_button.disabled, self.cancel_button.disabled = False, True
             self.json_button.disabled = self.csv_button.disabled = not bench.runs
 
@@ -173,24 +232,45 @@ class BenchmarkWidget(widgets.VBox):
         points = [(i + 1, v, f"request {i + 1}: TTFT {v:.0f} ms") for i, v in enumerate(self.points)]
         return report.svg_chart({"TTFT": points}, "TTFT per request (ms)", "finished request", "ms", width=480, height=180)
 
+    def _by_concurrency(self) -> str:
+        """Median TTFT and TPOT against concurrency (one pair of lines per use case), with each use case's
+        TTFT limit as a dashed line."""
+        label = {(isl, osl): use_case for use_case, _, isl, osl in self.planned_runs()}
+        series: dict[str, list[tuple[float, float, str]]] = {}
+        for r in sorted(self.bench.runs if self.bench else [], key=lambda r: r["concurrency"]):
+            name, c = label.get((r["input_len"], r["output_len"]), f"{r['input_len']}/{r['output_len']}"), r["concurrency"]
+            series.setdefault(f"{name}: TTFT", []).append((c, r["median_ttft_ms"], f"c={c}: TTFT {r['median_ttft_ms'] or 0:.0f} ms"))
+            series.setdefault(f"{name}: TPOT", []).append((c, r["median_tpot_ms"], f"c={c}: TPOT {r['median_tpot_ms'] or 0:.1f} ms"))
+        names = {row["scenario"] for row in self.rows}
+        limits = {f"{sc.use_case}: {sc.slo}": sc.ttft_limit_ms for n, sc in SCENARIOS.items()
+                  if n in names and sc.ttft_limit_ms}
+        return report.svg_chart(series, "median TTFT and TPOT by concurrency (ms)", "concurrency", "ms", lines=True,
+                                width=560, height=240, limits=limits)
+
     def _table(self) -> str:
         if not self.bench or not self.bench.runs:
             return ""
         cols = ["concurrency", "input_len", "output_len", "completed", "failed", "median_ttft_ms", "p99_ttft_ms",
                 "median_tpot_ms", "median_itl_ms", "output_throughput"]
         cell = lambda v: "-" if v is None else html.escape(f"{v:.1f}" if isinstance(v, float) else str(v))  # noqa: E731
-        out = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"]
-        out += ["<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in self.bench.runs]
+        head = lambda names: "<tr>" + "".join(f"<th style='{CELL};text-align:left'>{n}</th>" for n in names) + "</tr>"  # noqa: E731
+        out = [f"<p>Measured on {html.escape(self.measured_on)}.</p>", TABLE, head(cols)]
+        out += ["<tr>" + "".join(f"<td style='{CELL};text-align:right'>{cell(r.get(c))}</td>" for c in cols) + "</tr>"
+                for r in self.bench.runs]
         out.append("</table>")
         if self.rows:
-            out.append("<table><tr><th>use case</th><th>concurrency</th><th>SLO</th><th>measured</th><th>pass</th></tr>")
+            out += [TABLE, head(["pass", "use case", "concurrency", "ISL/OSL", "SLO", "measured", "reported by the vendor"])]
             for r in self.rows:
-                verdict = "PASS" if r["pass"] else "FAIL"
-                out.append(f"<tr><td>{html.escape(r['use_case'])}</td><td>{html.escape(str(r['concurrency']))}</td><td>{html.escape(r['slo'])}</td>"
-                           f"<td>{html.escape(r['measured'])}</td><td><b>{verdict}</b></td></tr>")
+                verdict = "<b style='color:#2ca02c'>PASS</b>" if r["pass"] else "<b style='color:#d62728'>FAIL</b>"
+                texts = [r["use_case"], str(r["concurrency"]), f"{r['input_len']}/{r['output_len']}", r["slo"],
+                         r["measured"], SCENARIOS[r["scenario"]].reported]
+                out.append(f"<tr><td style='{CELL}'>{verdict}</td>"
+                           + "".join(f"<td style='{CELL}'>{html.escape(t)}</td>" for t in texts) + "</tr>")
             out.append("</table>")
             best = {r["use_case"]: r["max_concurrency_meeting_slo"] for r in self.rows}
             out.append("<p>largest concurrency meeting the SLO: " + ", ".join(f"{html.escape(k)} {html.escape(str(v))}" for k, v in best.items()) + "</p>")
+            out.append(f"<p><small>Reported by the vendor: {html.escape(REPORTED_FOR)}, at the use case's full lengths."
+                       "</small></p>")
             if any(r["scale"] != 1 for r in self.rows):
                 out.append(f"<p>lengths scaled by {self.rows[0]['scale']:g} from the published use cases</p>")
         return "".join(out)
