@@ -6,6 +6,10 @@ with, a tool that can reset a card, the scheduler service, and the cards' firmwa
 check passes, fails with the fix, or is skipped when an earlier one it needs failed. Files are read
 under ``root`` (``/`` on a host; the sysfs fixture in tests, ``JUPYTER_TT_SYSFS_ROOT``), and the
 checks never open a device node or send anything to a card.
+
+A machine with no Tenstorrent card at all (no tt-kmd, no card under its class folder and no PCI
+function of Tenstorrent's vendor id) is not a card host: the doctor says so first, says what runs
+there instead (the simulated inventory, serving on the CPU), and skips the card host's checks.
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ from .scheduler.reset import available as why_no_reset
 from .scheduler.reset import child_environment, reset_command
 from .text import strip_control
 
+#: Tenstorrent's PCI vendor id: tt-kmd enumerate.h, PCI_VENDOR_ID_TENSTORRENT 0x1E52 (read 2026-12-07).
+TT_PCI_VENDOR = "0x1e52"
+#: CPython versions PyPI has ttnn wheels for (ttnn 0.81.1: cp310 and cp312).
+TTNN_PYTHONS = ("3.10", "3.12")
+NO_CARD_HERE = ("no Tenstorrent card on this machine (no tt-kmd, no card, no PCI device of vendor 1e52): jupyter-tt "
+                "runs here on the simulated inventory (JUPYTER_TT_INVENTORY=simulated:n300x4, or `make demo`) and "
+                "serves models on the CPU (the torch and openvino backends); the checks below are for a card host")
 HUGEPAGES_1G = "sys/kernel/mm/hugepages/hugepages-1048576kB"
 HUGEPAGES_MOUNT = "/dev/hugepages-1G"
 #: tt-system-tools' hugepages-setup.sh: "for every Wormhole we allocate a full 4x1G pages".
@@ -62,11 +73,12 @@ class TtnnProbe:
     package_dir: str | None = None
     runtime_root: str | None = None  # TT_METAL_RUNTIME_ROOT, where set
     umd_version: str | None = None  # the UMD library inside the wheel (build/lib/libtt-umd.so.X.Y.Z)
+    python_version: str | None = None  # "3.11": whether ttnn has a wheel for it
 
 
 _PROBE = """
-import importlib.metadata, json, os, pathlib
-out = {"runtime_root": os.environ.get("TT_METAL_RUNTIME_ROOT")}
+import importlib.metadata, json, os, pathlib, sys
+out = {"runtime_root": os.environ.get("TT_METAL_RUNTIME_ROOT"), "python_version": "%d.%d" % sys.version_info[:2]}
 try:
     import ttnn
     here = pathlib.Path(ttnn.__file__).resolve().parent
@@ -115,8 +127,20 @@ class Doctor:
         self._sleep = clock
         self.inventory = SysfsInventory(str(self.root), visible=settings.visible_devices)
 
+    def card_host(self, cards) -> bool:
+        """Whether this machine has a Tenstorrent card at all: tt-kmd, a card it lists, or a PCI function of
+        Tenstorrent's vendor id (a card whose driver is missing is still a card host, with a failing check)."""
+        if cards or (self.root / "sys/module/tenstorrent").is_dir():
+            return True
+        return any(_read(vendor) == TT_PCI_VENDOR for vendor in (self.root / "sys/bus/pci/devices").glob("*/vendor"))
+
     def run(self) -> list[Check]:
         cards = self.inventory.devices()
+        if not self.card_host(cards):
+            skipped = ["driver", "device nodes", "hugepages", "hugepages mount", "memlock", "ttnn", "sfpi", "reset tool",
+                       "scheduler service", "heartbeats"]
+            return [Check("card host", Status.SKIP, NO_CARD_HERE),
+                    *(Check(name, Status.SKIP, "a card host's check: no card here") for name in skipped)]
         ttnn = self._probe(self.python)
         return [
             self.driver(),
@@ -205,9 +229,14 @@ class Doctor:
 
     def ttnn(self, probe: TtnnProbe) -> Check:
         if probe.error:
-            return Check("ttnn", Status.FAIL, f"{probe.python} cannot import ttnn: {strip_control(probe.error)[:300]}",
-                         f"{probe.python} -m pip install ttnn (wheels for CPython 3.10 and 3.12); or point --python at "
-                         "the kernels' interpreter")
+            if probe.python_version and probe.python_version not in TTNN_PYTHONS:  # no wheel to install there
+                fix = (f"ttnn has wheels for CPython {' and '.join(TTNN_PYTHONS)} only, and {probe.python} is "
+                       f"{probe.python_version}: make the kernels' environment with one of those (python3.12 -m venv "
+                       f"ENV && ENV/bin/pip install ttnn), then point --python at ENV/bin/python")
+            else:
+                fix = (f"{probe.python} -m pip install ttnn (wheels for CPython {' and '.join(TTNN_PYTHONS)}); or point "
+                       "--python at the kernels' interpreter")
+            return Check("ttnn", Status.FAIL, f"{probe.python} cannot import ttnn: {strip_control(probe.error)[:300]}", fix)
         umd = f", its UMD {probe.umd_version}" if probe.umd_version else ""
         return Check("ttnn", Status.PASS, f"ttnn {probe.version} in {probe.python} ({probe.package_dir}{umd})")
 
@@ -280,6 +309,9 @@ def render(checks: list[Check]) -> str:
         if c.fix and c.status is Status.FAIL:
             lines.append(f"{'':<4}  {'':<{width}}  fix: {strip_control(c.fix)}")
     failed = sum(c.status is Status.FAIL for c in checks)
+    if checks and checks[0].name == "card host" and checks[0].status is Status.SKIP:
+        lines.append("\nnothing to check on this machine: it has no card (see the first line)")
+        return "\n".join(lines)
     lines.append(f"\n{failed} of {len(checks)} checks failed" if failed else f"\nall {len(checks)} checks passed or were skipped")
     return "\n".join(lines)
 
