@@ -50,7 +50,22 @@ def store(path: Path) -> None:
     notebook.metadata.pop("widgets", None)
     for cell in notebook.cells:
         cell.metadata.pop("execution", None)  # timestamps of an earlier run: noise in every diff
+        for output in cell.get("outputs", []):
+            stored_widget_as_a_note(output)
     nbformat.write(notebook, path)
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def stored_widget_as_a_note(output) -> None:
+    """A widget's output, stored without its state, would open as its repr (``BenchmarkWidget(children=(HBox(...``):
+    it is stored as a line that says what the cell shows once it runs. Its cells are NBVAL_IGNORE_OUTPUT."""
+    data = output.get("data", {})
+    if WIDGET_VIEW in data:
+        text = data.get("text/plain", "a widget")
+        name = ("".join(text) if isinstance(text, list) else text).split("(", 1)[0]
+        output["data"] = {"text/plain": f"[{name}: run this cell to show it]"}
 
 
 if __name__ == "__main__":

@@ -68,3 +68,14 @@ def test_the_marker_check_sees_a_marker_with_text_after_it():
 
     assert list(find_comment_markers("# NBVAL_IGNORE_OUTPUT")) == [("check", False)]
     assert list(find_comment_markers("# NBVAL_IGNORE_OUTPUT (a widget)")) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_stored_output_opens_as_a_widgets_raw_text(path):
+    """Stored without widget state, a widget's output would show its repr (``BenchmarkWidget(children=...``)."""
+    for cell in json.loads(path.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            text = "".join(data.get("text/plain", ""))
+            assert "application/vnd.jupyter.widget-view+json" not in data
+            assert not re.match(r"\w+\(children=", text), f"{path.name}: {text[:80]}"
