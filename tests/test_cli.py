@@ -246,3 +246,32 @@ def test_usage_csv_has_one_row_per_lease_with_utc_times_and_hours_held_ones_incl
     window = jupyter_tt("usage", "--csv", "--days", "0.01", env={"JUPYTER_TT_INVENTORY": "simulated:n150x1,n300x2"})
     counted = {r["lease_id"]: float(r["device_hours"]) for r in csv.DictReader(io.StringIO(window.stdout))}
     assert counted[ended.id] == pytest.approx(2 * 0.24, abs=0.01)  # only the window's 0.24 h of its 1.5 h
+
+
+def test_ctrl_c_on_serve_stops_it_cleanly_without_a_traceback(tmp_path):
+    import httpx
+
+    from tests.support.jupyter_servers import free_port, wait_until
+
+    port, log = free_port(), tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "jupyter"), "tt", "serve", "--port",
+                                 str(port), "--kv-cache-mb", "64"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def up():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=180, interval=0.5, message="jupyter tt serve to load the model")
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text and "died" not in text, text[-3000:]
+    assert text.rstrip().endswith("Stopped (Ctrl-C): requests in flight were aborted"), text[-3000:]

@@ -107,4 +107,4 @@ def serve_forever(engine: Engine, name: str, host: str = "127.0.0.1", port: int 
     try:
         engine.run()
     except KeyboardInterrupt:
-        pass
+        print("Stopped (Ctrl-C): requests in flight were aborted", flush=True)

@@ -181,6 +181,9 @@ class Engine:
                     if self._stopping:
                         break
                 self.step()
+        except KeyboardInterrupt:  # Ctrl-C on `jupyter tt serve`: a stop, not a failure (its requests are aborted)
+            self._stopping = True
+            raise
         except BaseException as e:  # a bug in the loop itself: say so to every waiting request, then die
             self.failure = f"{type(e).__name__}: {e}"
             log.exception("jupyter-tt engine: the engine loop died")
