@@ -294,3 +294,47 @@ def test_a_page_reloaded_while_its_notebook_waits_keeps_one_place_in_the_queue_a
     sessions = wait_until(lambda: server.json("/api/sessions"), timeout=60, message="the page's session")
     assert [s["kernel"]["id"] for s in sessions] == [lease["kernel_id"]]
     assert [k["id"] for k in server.json("/api/kernels")] == [lease["kernel_id"]]
+
+
+def test_a_notebook_serves_the_model_chats_with_it_and_benchmarks_it_in_its_widgets(servers, page, tmp_path):
+    """The chat and benchmark widgets as a user sees them (screenshots for docs/user/): the embedded model on
+    this CPU, the notebook's lease SIMULATED."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=120_000)  # a model to load, a benchmark to run, on 2 busy cores
+    server = lab(servers, tmp_path, "simulated:n150x1")
+    cells = [
+        "import jupyter_tt\nllm = jupyter_tt.serve()\nprint('serving on', llm.backend)",
+        "llm.chat()",
+        "bench = jupyter_tt.BenchmarkWidget(scenario='chat', scale=1 / 16, num_prompts=4)\nbench",
+        "bench.run().join()\nprint('benchmark done:', len(bench.rows), 'rows')",
+    ]
+    notebook = {"cells": [{"cell_type": "code", "source": c, "metadata": {}, "outputs": [], "execution_count": None}
+                          for c in cells],
+                "metadata": {"kernelspec": {"name": "tt-n150", "display_name": N150_KERNEL, "language": "python"}},
+                "nbformat": 4, "nbformat_minor": 5}
+    (server.workdir / "serve.ipynb").write_text(json.dumps(notebook))
+    page.goto(f"{server.url}/lab/tree/serve.ipynb?token={server.token}")
+    expect(page.locator(".jp-tt-status")).to_contain_text("this notebook: n150 #0")
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name=re.compile("^Run All Cells")).click()
+    expect(page.locator(".jp-OutputArea-output", has_text="serving on torch")).to_be_visible()
+
+    chat = page.locator(".jp-OutputArea-output textarea")
+    expect(chat).to_be_visible()
+    chat.fill("What is the capital of France?")
+    page.locator(".jp-OutputArea-output button", has_text="Send").click()
+    output = chat.locator("xpath=ancestor::div[contains(@class, 'jp-OutputArea-output')]")
+    expect(output).to_contain_text("Model:")
+    expect(output).to_contain_text(re.compile(r"TTFT \d+ ms · TPOT"))
+    output.scroll_into_view_if_needed()
+    output.screenshot(path=str(ARTIFACTS / "10-chat.png"))
+
+    page.set_viewport_size({"width": 1400, "height": 2000})  # the whole widget in one screenshot
+    expect(page.locator(".jp-OutputArea-output", has_text="benchmark done: 3 rows")).to_be_visible()
+    widget = page.locator(".jp-OutputArea-output", has_text="largest concurrency meeting the SLO")
+    expect(widget).to_contain_text("interactive chat: concurrency 1, 2, 4; ISL 64, OSL 16")
+    expect(widget).to_contain_text("SIMULATED: no card ran this")
+    expect(widget.locator("svg")).to_contain_text("median TTFT and TPOT by concurrency")
+    widget.scroll_into_view_if_needed()
+    widget.screenshot(path=str(ARTIFACTS / "11-benchmark.png"))

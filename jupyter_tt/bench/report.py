@@ -140,7 +140,8 @@ def svg_chart(series: Mapping[str, Sequence[tuple[float, float, str]]], title: s
     limits = limits or {}
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
     y1 = max([p[1] for p in points] + list(limits.values())) * 1.1 or 1.0
-    left, bottom, top, right = 50, height - 35, 25, width - 10
+    # The legend sits above the plot area (one row per series), never on the data.
+    left, bottom, top, right = 50, height - 35, 25 + 14 * len(series), width - 10
     sx = lambda x: left + (x - x0) / ((x1 - x0) or 1) * (right - left)  # noqa: E731
     sy = lambda y: bottom - y / y1 * (bottom - top)  # noqa: E731
     out = [f"<svg width='{width}' height='{height}' font-family='sans-serif' font-size='11'>",
@@ -162,7 +163,7 @@ def svg_chart(series: Mapping[str, Sequence[tuple[float, float, str]]], title: s
             out.append(f"<polyline fill='none' stroke='{color}' points='{' '.join(f'{a:.1f},{b:.1f}' for a, b, _ in xy)}'/>")
         out += [f"<circle cx='{a:.1f}' cy='{b:.1f}' r='3' fill='{color}'><title>{html.escape(tip)}</title></circle>" for a, b, tip in xy]
         out.append("</g>")
-        out.append(f"<text class='legend' data-name='{html.escape(name)}' x='{right - 150}' y='{top + 14 * (i + 1)}' "
+        out.append(f"<text class='legend' data-name='{html.escape(name)}' x='{right - 170}' y='{14 + 14 * (i + 1)}' "
                    f"fill='{color}' style='cursor:pointer'>● {html.escape(name)}</text>")
     return "".join(out) + "</svg>"
 
