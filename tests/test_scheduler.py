@@ -325,3 +325,20 @@ def test_one_user_may_have_only_so_many_requests_waiting(state_dir):
     assert isinstance(s.submit(1), Waiting) and isinstance(s.submit(1), Waiting)
     with pytest.raises(RequestError, match="alice has 2 requests waiting already"):
         s.submit(1)
+
+
+def test_a_request_that_replaces_its_users_waiting_one_keeps_its_place_and_no_one_elses(state_dir):
+    inventory = SimulatedInventory("n150x1")
+    zoe, alice, bob = (Scheduler(inventory, state_dir, user=u) for u in ("zoe", "alice", "bob"))
+    held = zoe.acquire(1)
+    first = alice.submit(1, notebook="/home/alice/a.ipynb")
+    theirs = bob.submit(1)
+    again = alice.submit(1, notebook="/home/alice/a.ipynb", replaces=first.request_id)
+    assert [(w.user, w.position) for w in alice.queue()] == [("alice", 1), ("bob", 2)]
+    assert again.since == first.since and first.request_id not in {w.request_id for w in alice.queue()}
+    # Someone else's request is not theirs to replace: bob's stays, and alice's new one goes behind it.
+    other = alice.submit(1, replaces=theirs.request_id)
+    assert [(w.user, w.request_id) for w in alice.queue()] == [
+        ("alice", again.request_id), ("bob", theirs.request_id), ("alice", other.request_id)]
+    zoe.release(held.id)
+    assert isinstance(alice.check(again.request_id), Lease)

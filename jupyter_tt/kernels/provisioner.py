@@ -15,9 +15,10 @@ jupyter_client calls, for each kernel:
 
 A kernel waiting in the queue can be told to stop waiting (``cancel_waits``): the server extension
 does it for all of them when the server stops, before any kernel is shut down (else the first card
-released would go to a kernel that is about to be stopped), and a new kernel for a notebook that
-already waits cancels the older one (JupyterLab lists a session only once its kernel has started, so
-a reloaded page asks again; without this the older kernel, with no page, would get the card).
+released would go to a kernel that is about to be stopped). A new kernel for a notebook that already
+waits takes the older one's place in the queue, and the older one stops waiting (JupyterLab lists a
+session only once its kernel has started, so a reloaded page asks again; without this the older
+kernel, with no page, would get the card).
 
 What no callback covers (the kernel or the server killed with SIGKILL) the scheduler reclaims by
 itself: see ``jupyter_tt.scheduler``. These callbacks run on the Jupyter server's event loop, so
@@ -53,8 +54,10 @@ class _Wait:
     kernel_id: str | None
     notebook: str | None
     task: asyncio.Future
-    #: Set by ``cancel_waits``: the message the kernel's start fails with.
+    #: Set by ``cancel_waits`` (or by a newer kernel of the notebook): the message the kernel's start fails with.
     why: str | None = None
+    #: Its request in the queue, once it waits there: a newer kernel of the notebook takes its place.
+    request_id: str | None = None
 
 
 #: This process's kernels waiting in the queue (at most one entry per kernel; they leave when done).
@@ -63,16 +66,16 @@ _WAITS: set[_Wait] = set()
 _closing: str | None = None
 
 
-def cancel_waits(why: str, *, notebook: str | None = None, closing: bool = False) -> list[str | None]:
-    """End the waits in the queue of this process's kernels (those of ``notebook`` only, if given): each
-    kernel's start fails with ``why``, and its request leaves the queue. ``closing``: the server stops, so
-    waits that begin later fail at once too. Returns the kernel ids whose waits were ended."""
+def cancel_waits(why: str, *, closing: bool = False) -> list[str | None]:
+    """End the waits in the queue of this process's kernels: each kernel's start fails with ``why``, and its
+    request leaves the queue. ``closing``: the server stops, so waits that begin later fail at once too.
+    Returns the kernel ids whose waits were ended."""
     global _closing
     if closing:
         _closing = why
     ended = []
     for wait in list(_WAITS):
-        if (notebook is None or wait.notebook == notebook) and wait.why is None and not wait.task.done():
+        if wait.why is None and not wait.task.done():
             wait.why = why
             wait.task.cancel()
             ended.append(wait.kernel_id)
@@ -330,30 +333,44 @@ class TTProvisioner(LocalProvisioner):
 
     async def _acquire(self, notebook: str | None) -> Lease:
         timeout = self._timeout
-
-        def report(waiting: Waiting) -> None:
-            self.log.info("Kernel %s is %s", self.kernel_id, waiting.message)
-
         if _closing:
             raise WaitCancelled(_closing)
-        scheduler = await self.scheduler()
-        if notebook:
-            for older in cancel_waits(f"a newer kernel for {notebook} took this one's place in the queue (the page "
-                                      f"was reloaded, or the notebook opened again)", notebook=notebook):
-                self.log.info("Kernel %s replaces kernel %s in the queue for %s", self.kernel_id, older, notebook)
+        scheduler, loop = await self.scheduler(), asyncio.get_running_loop()
+        # A kernel of this notebook that waits already (its page was reloaded) gives this one its place.
+        older = [w for w in _WAITS if notebook and w.notebook == notebook and w.why is None and not w.task.done()]
+        replaces = next((w.request_id for w in older if w.request_id), None)
+        for w in older:
+            w.why = (f"a newer kernel for {notebook} took this one's place in the queue (the page was reloaded, or "
+                     f"the notebook opened again)")
+            self.log.info("Kernel %s takes the place of kernel %s in the queue for %s", self.kernel_id, w.kernel_id,
+                          notebook)
+
+        def stop_older() -> None:  # once this request is in the queue in their place
+            for w in older:
+                w.task.cancel()
+
+        def report(waiting: Waiting) -> None:  # in the wait's thread
+            wait.request_id = waiting.request_id
+            if older:
+                loop.call_soon_threadsafe(stop_older)
+            self.log.info("Kernel %s is %s", self.kernel_id, waiting.message)
+
         wait = _Wait(self.kernel_id, notebook, asyncio.ensure_future(scheduler.acquire_async(
-            self.devices, self.card_type, kernel_id=self.kernel_id, notebook=notebook, timeout=timeout, on_wait=report
+            self.devices, self.card_type, kernel_id=self.kernel_id, notebook=notebook, timeout=timeout, on_wait=report,
+            replaces=replaces,
         )))
         _WAITS.add(wait)
         try:
             lease = await wait.task
-        except asyncio.CancelledError:
-            if wait.why is None:  # our caller was cancelled, not the wait
+        except (asyncio.CancelledError, TTError) as e:
+            if wait.why is None:  # our caller was cancelled, or the wait failed by itself
                 raise
             self.log.info("Kernel %s stopped waiting for devices: %s", self.kernel_id, wait.why)
-            raise WaitCancelled(f"the kernel stopped waiting for devices: {wait.why}") from None
+            raise WaitCancelled(f"the kernel stopped waiting for devices: {wait.why}") from (
+                None if isinstance(e, asyncio.CancelledError) else e)
         finally:
             _WAITS.discard(wait)
+            stop_older()  # granted at once (no wait to report), or failed: the older waits end either way
         simulated = " (simulated)" if scheduler.inventory.simulated else ""
         self.log.info(
             "Kernel %s leased %s%s: %s", self.kernel_id, lease.id, simulated, ", ".join(lease.bdfs)

@@ -73,7 +73,7 @@ class SchedulerAPI(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, count: int, card_type: str = ANY, *, kernel_id: str | None = None,
-               notebook: str | None = None) -> Lease | Waiting: ...
+               notebook: str | None = None, replaces: str | None = None) -> Lease | Waiting: ...
 
     @abc.abstractmethod
     def check(self, request_id: str) -> Lease | Waiting: ...
@@ -153,14 +153,15 @@ class SchedulerAPI(abc.ABC):
         timeout: float | None = None,
         on_wait: Callable[[Waiting], None] | None = None,
         stop: threading.Event | None = None,
+        replaces: str | None = None,
     ) -> Lease:
         """Block until the devices are leased: WaitTimeout after ``timeout`` seconds, Cancelled when
-        ``stop`` is set. Either way the request leaves the queue."""
+        ``stop`` is set. Either way the request leaves the queue. ``replaces``: see ``Scheduler.submit``."""
         stop = stop or threading.Event()  # never set: the wait is a plain sleep
         deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
         while True:  # over the host's lease rate (429): wait for the bucket, within the timeout
             try:
-                result = self.submit(count, card_type, kernel_id=kernel_id, notebook=notebook)
+                result = self.submit(count, card_type, kernel_id=kernel_id, notebook=notebook, replaces=replaces)
                 break
             except TTError as e:
                 if e.status_code != 429 or time.monotonic() + 1 > deadline:

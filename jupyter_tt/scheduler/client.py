@@ -138,8 +138,9 @@ class ServiceClient(SchedulerAPI):
         return [Device.from_json(d) for d in self._call("devices", fresh=fresh)]
 
     def submit(self, count: int, card_type: str = ANY, *, kernel_id: str | None = None,
-               notebook: str | None = None) -> Lease | Waiting:
-        return self._call("submit", count=count, card_type=card_type, kernel_id=kernel_id, notebook=notebook)
+               notebook: str | None = None, replaces: str | None = None) -> Lease | Waiting:
+        more = {"replaces": replaces} if replaces else {}  # only when given: a service of a release before it
+        return self._call("submit", count=count, card_type=card_type, kernel_id=kernel_id, notebook=notebook, **more)
 
     def check(self, request_id: str) -> Lease | Waiting:
         return self._call("check", request_id=request_id)

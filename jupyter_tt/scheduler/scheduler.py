@@ -182,10 +182,13 @@ class Scheduler(SchedulerAPI):
     @_serialized
     def submit(
         self, count: int, card_type: str = ANY, *, kernel_id: str | None = None, notebook: str | None = None,
-        caller: Caller | None = None,
+        caller: Caller | None = None, replaces: str | None = None,
     ) -> Lease | Waiting:
         """Ask for ``count`` devices of ``card_type``: the lease if granted now, else the queue position.
 
+        ``replaces``: a waiting request of the same user that this one takes the place of (a notebook's
+        kernel started again while it waited): that request leaves the queue and this one keeps its time
+        of asking, so its place. Anyone else's request, or one granted meanwhile, is left as it is.
         Raises RequestError at once for a request that can never be met.
         """
         who = self._caller(caller)
@@ -194,6 +197,10 @@ class Scheduler(SchedulerAPI):
         request_id = _new_id("req")
         now = time.time()
         with self._write() as db:
+            older = store.request(db, replaces) if replaces else None
+            if older is not None and older.user == who.user and not older.lease_id and not older.refused:
+                store.delete_request(db, older.id)
+                now = older.requested_at
             held = store.held(db, who.user)[who.user]
             if who.quota and held + count > who.quota:
                 raise RequestError(

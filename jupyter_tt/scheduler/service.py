@@ -350,8 +350,10 @@ class SchedulerService:
     def op_devices(self, caller, uid, fresh=False):
         return [d.to_json() for d in self.reader.devices(fresh=bool(fresh))]
 
-    def op_submit(self, caller, uid, count, card_type="any", kernel_id=None, notebook=None):
-        return self.scheduler.submit(count, card_type, kernel_id=kernel_id, notebook=notebook, caller=caller)
+    def op_submit(self, caller, uid, count, card_type="any", kernel_id=None, notebook=None, replaces=None):
+        replaces = str(replaces)[:64] if replaces is not None else None
+        return self.scheduler.submit(count, card_type, kernel_id=kernel_id, notebook=notebook, caller=caller,
+                                     replaces=replaces)
 
     def op_check(self, caller, uid, request_id):
         return self.scheduler.check(str(request_id), caller=caller)
