@@ -21,6 +21,7 @@ from jupyter_tt.serving.backends.openvino.runner import OpenVINOModelRunner, cpu
 from jupyter_tt.serving.backends.torch.runner import TorchModelRunner
 from jupyter_tt.serving.checkpoint import CheckpointError, load_checkpoint
 from jupyter_tt.serving.engine import Engine, PromptTooLong, SamplingError, SamplingParams, SequenceStep
+from jupyter_tt.serving.engine.output import FinishReason
 from tests.support import greedy
 from tests.support.greedy import ANSWER, ANSWER_TOKENS, GAP_ERROR, QUESTION, assert_greedy_agrees, greedy_branches, runner_logits
 
@@ -462,3 +463,19 @@ def test_int8_runners_agree_with_transformers_within_their_tolerance(checkpoint,
     # Word for word: each answer token leads by at least 1.0 in OpenVINO's int8 in both precisions
     # (seen: 1.05 f32, 1.00 bf16; the two precisions differ by 0.05 there), as in torch's int8.
     assert together[0][0].startswith(ANSWER)
+
+
+def test_a_warmed_up_engine_answers_as_a_cold_one_does_and_counts_only_served_work(checkpoint, runner):
+    """``jupyter tt serve`` warms the engine up before /health: that leaves no trace in what it serves."""
+    prompt = chat_ids(checkpoint, QUESTION)
+    params = lambda i: SamplingParams(max_tokens=len(answer_ids(checkpoint)) + 4, temperature=0.0)  # noqa: E731
+    engine = Engine(runner, checkpoint.tokenizer, max_num_seqs=8)
+    engine.warm_up()
+    assert engine.stats == dict.fromkeys(engine.stats, 0) and engine.free_blocks == runner.num_blocks
+    engine.start()
+    try:
+        [(text, _, reason)] = generate(engine, [prompt], params).values()
+    finally:
+        engine.stop()
+    assert text == ANSWER and reason is FinishReason.STOP
+    assert engine.stats["decode_tokens"] > 0

@@ -73,6 +73,7 @@ def serve_forever(engine: Engine, name: str, host: str = "127.0.0.1", port: int 
     from .listener import GuardedHTTPServer, raise_descriptor_limit
 
     raise_descriptor_limit()
+    engine.warm_up()  # before /health answers: the first request is then as fast as the next
     app = ServingApp(engine, name, backend, api_key=api_key)
     listening = threading.Event()
     failure: list[BaseException] = []

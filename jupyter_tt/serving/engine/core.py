@@ -123,6 +123,22 @@ class Engine:
             self._cancelled.add(request_id)
             self._wake.notify()
 
+    def warm_up(self, prompt_tokens: int = 24, max_steps: int = 64) -> None:
+        """One short greedy request through prefill and decode, in this thread, before serving (vLLM also runs
+        its model before it reports healthy): the first user's request then does not pay for what the first
+        calls of a runner do once (allocations, kernel choices; on a loaded 2-core host they took seconds).
+        Call it before ``start()``/``run()``; the stats count served work only."""
+        finished: list[Output] = []
+        vocab = self.runner.args.vocab_size
+        prompt = [1 + i % (vocab - 1) for i in range(min(prompt_tokens, self.max_model_len - 2))]
+        self.add_request(prompt, SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True),
+                         lambda out: finished.append(out) if out.finished else None, request_id="warm-up")
+        for _ in range(max_steps):
+            if finished:
+                break
+            self.step()
+        self.stats = dict.fromkeys(self.stats, 0)
+
     def start(self) -> "Engine":
         """Run the loop in a background thread (tests, embedding). A server should prefer ``run()``
         on its main thread: on CPUs, torch's OpenMP teams run ~2x slower from other threads."""
