@@ -73,6 +73,8 @@ def serve_forever(engine: Engine, name: str, host: str = "127.0.0.1", port: int 
     from .listener import GuardedHTTPServer, raise_descriptor_limit
 
     raise_descriptor_limit()
+    if backend == "ttnn":  # the start checklist's warm-up phase (startup.py): on a card, the first kernel builds
+        print("jupyter tt serve: warming up", flush=True)
     engine.warm_up()  # before /health answers: the first request is then as fast as the next
     app = ServingApp(engine, name, backend, api_key=api_key)
     listening = threading.Event()
