@@ -335,6 +335,8 @@ def test_a_notebook_serves_the_model_chats_with_it_and_benchmarks_it_in_its_widg
     widget = page.locator(".jp-OutputArea-output", has_text="largest concurrency meeting the SLO")
     expect(widget).to_contain_text("interactive chat: concurrency 1, 2, 4; ISL 64, OSL 16")
     expect(widget).to_contain_text("SIMULATED: no card ran this")
+    # Beside it, what is published for the device the lease stands for (an n150), with its conditions.
+    expect(widget).to_contain_text("n150: TTFT 51 ms, 21 tok/s per user, at concurrency 1 and ISL/OSL 128/128")
     expect(widget.locator("svg")).to_contain_text("median TTFT and TPOT by concurrency")
     widget.scroll_into_view_if_needed()
     widget.screenshot(path=str(ARTIFACTS / "11-benchmark.png"))

@@ -1,34 +1,9 @@
-"""The public figures the card test prints beside ours, each with its source, file, commit and date,
-and the conditions that source states (and no others).
-
-1. tt-inference-server ``reference_config/benchmarking/benchmark_targets/model_performance_reference.json``
-   (tenstorrent/tt-inference-server 95e5f11b, 2026-08-12; read at 11ac526): Llama-3.1-8B-Instruct,
-   concurrency 1, ISL/OSL 128/128, its "theoretical" targets: TTFT and tokens/s per user. These are the
-   conditions of our own measurement (batch 1, a 128-token prompt), so the columns compare like with like.
-2. tt-metal ``models/model_targets.yaml`` (tenstorrent/tt-metal 0008cdce; the CI gates that replaced
-   tt_transformers' deprecated PERF.md): llama3.1-8b, batch 32, sequence length 712,
-   ``decode_t/s/u`` and ``prefill_time_to_first_token`` (ms). It lists no n300 row.
-"""
+"""The card test's table: ours beside the public figures (``jupyter_tt.bench.published``, which names each
+source, file, commit and date, and the conditions it states)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-INFERENCE_SERVER = ("tt-inference-server model_performance_reference.json (95e5f11b, 2026-08-12), "
-                    "Llama-3.1-8B-Instruct, concurrency 1, ISL/OSL 128/128, theoretical")
-MODEL_TARGETS = "tt-metal models/model_targets.yaml (0008cdce), llama3.1-8b, batch 32, seq_len 712"
-
-
-@dataclass(frozen=True)
-class Published:
-    card: str
-    tok_s_user: float | None
-    ttft_ms: float | None
-
-
-#: By chip count (the mesh the card test opens).
-INFERENCE_SERVER_TARGETS = {1: Published("n150", 21, 51), 2: Published("n300", 41, 40), 8: Published("T3K (LoudBox)", 73, 29)}
-MODEL_TARGETS_GATES = {1: Published("n150", 8.8, 195), 8: Published("T3K (LoudBox)", 64.0, 40)}
+from jupyter_tt.bench.published import INFERENCE_SERVER, INFERENCE_SERVER_TARGETS, MODEL_TARGETS, MODEL_TARGETS_GATES, Published
 
 
 def _cell(value: float | None, unit: str) -> str:

@@ -1,6 +1,7 @@
 """The public figures beside ours carry their sources' own conditions, and no others."""
 
-from published import INFERENCE_SERVER, INFERENCE_SERVER_TARGETS, MODEL_TARGETS, MODEL_TARGETS_GATES, comparison
+from jupyter_tt.bench.published import INFERENCE_SERVER, INFERENCE_SERVER_TARGETS, MODEL_TARGETS, MODEL_TARGETS_GATES
+from published import comparison
 
 
 def test_each_public_column_names_its_source_and_conditions_and_ours_state_our_own():

@@ -20,6 +20,7 @@ import ipywidgets as widgets
 
 from ..errors import TTError
 from . import report
+from .published import reference_for
 from .scenarios import REPORTED_FOR, SCENARIOS, Bench, scaled
 
 CUSTOM = "custom sweep"
@@ -42,14 +43,15 @@ def _served() -> tuple[str, str, str | None]:
     return "http://127.0.0.1:8000/v1", "smollm2-135m-instruct", None
 
 
-def where_measured(base_url: str) -> str:
-    """Where the numbers come from, in words: the served model's backend and the kernel's devices when
-    ``base_url`` is this kernel's own server, else only the endpoint (what runs behind it is not known here)."""
+def where_measured(base_url: str) -> tuple[str, int | None]:
+    """Where the numbers come from, in words, and the chips of the kernel's lease (the device the run
+    stands for): the served model's backend and the lease when ``base_url`` is this kernel's own server,
+    else only the endpoint (what runs behind it is not known here)."""
     from ..serving.notebook import newest_server
 
     llm = newest_server()
     if llm is None or llm.base_url != base_url:
-        return f"the endpoint {base_url} (what it runs on is not known here)"
+        return f"the endpoint {base_url} (what it runs on is not known here)", None
     if llm.backend != "ttnn":
         where = f"the {llm.backend} backend on this CPU"
     else:
@@ -58,11 +60,11 @@ def where_measured(base_url: str) -> str:
         from ..kernels.current import lease
 
         held = lease()
-        cards = ", ".join(f"{d.card_type} #{d.id}" for d in held.devices)
-        where += f"; the kernel's lease: {cards}{' (SIMULATED: no card ran this)' if held.simulated else ''}"
     except TTError:
-        where += "; the kernel holds no lease"
-    return f"{llm.model} on {where}"
+        return f"{llm.model} on {where}; the kernel holds no lease", None
+    cards = ", ".join(f"{d.card_type} #{d.id}" for d in held.devices)
+    where += f"; the kernel's lease: {cards}{' (SIMULATED: no card ran this)' if held.simulated else ''}"
+    return f"{llm.model} on {where}", held.chips
 
 
 class BenchmarkWidget(widgets.VBox):
@@ -89,6 +91,7 @@ class BenchmarkWidget(widgets.VBox):
         self.export_dir = Path(export_dir)
         self.bench: Bench | None = None
         self.measured_on = ""  # where_measured(), at the start of the last run
+        self.reference: str | None = None  # the published figures of the device the kernel's lease stands for
         self.rows: list[dict] = []
         self.points: list[float] = []  # TTFT (ms) of each finished request, for the live plot
         style = {"description_width": "110px"}
@@ -184,7 +187,8 @@ class BenchmarkWidget(widgets.VBox):
         path = self.export_dir / f"bench-{stamp}.{kind}"
         if kind == "json":
             path.write_text(json.dumps({"base_url": self.endpoint.value, "model_id": self.model.value,
-                                        "measured_on": self.measured_on, "runs": runs, "recommendation": self.rows},
+                                        "measured_on": self.measured_on, "reference": self.reference, "runs": runs,
+                                        "recommendation": self.rows},
                                        indent=1))
         else:
             report.write_csv(runs, path)
@@ -198,7 +202,8 @@ class BenchmarkWidget(widgets.VBox):
         return sum(n or max(4 * c, 8) for _, c, _, _ in self.planned_runs())
 
     def _work(self, bench: Bench) -> None:
-        self.measured_on = where_measured(self.endpoint.value)
+        self.measured_on, chips = where_measured(self.endpoint.value)
+        self.reference = reference_for(chips) if chips else None
         try:
             if self.scenario.value == CUSTOM:
                 for _, c, isl, osl in self.planned_runs():
@@ -258,6 +263,10 @@ class BenchmarkWidget(widgets.VBox):
         out += ["<tr>" + "".join(f"<td style='{CELL};text-align:right'>{cell(r.get(c))}</td>" for c in cols) + "</tr>"
                 for r in self.bench.runs]
         out.append("</table>")
+        if self.reference:
+            out.append(f"<p>Published for Llama-3.1-8B-Instruct on the device this lease stands for, "
+                       f"{html.escape(self.reference)}. Set this run beside it at those conditions: a custom sweep "
+                       f"of concurrency 1, 128 input and 128 output tokens.</p>")
         if self.rows:
             out += [TABLE, head(["pass", "use case", "concurrency", "ISL/OSL", "SLO", "measured", "reported by the vendor"])]
             for r in self.rows:
