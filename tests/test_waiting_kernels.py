@@ -14,6 +14,7 @@ import pytest
 
 from jupyter_tt.devices import SimulatedInventory
 from jupyter_tt.scheduler import Scheduler
+from tests.support.hang_stacks import dump_stacks
 from tests.support.jupyter_servers import wait_until
 
 
@@ -40,21 +41,30 @@ def queued(server) -> list[dict]:
 
 
 def stopped_within(server, seconds: float) -> int:
-    """The server's exit status after SIGTERM; the test fails (with the server's stacks) if it takes longer."""
+    """The server's exit status after SIGTERM; the test fails, with the stacks of the server and its kernels
+    and the server's log, if it takes longer."""
     try:
         return server.proc.wait(seconds)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the server did not stop within {seconds:g} s of SIGTERM:\n{server.log_text()[-4000:]}")
+        pytest.fail(f"the server did not stop within {seconds:g} s of SIGTERM:\n{dump_stacks('a stop that hangs')}\n"
+                    f"{server.log_text()[-4000:]}")
 
 
-@pytest.mark.usefixtures("kernelspecs")
-def test_a_server_stopped_while_a_kernel_waits_for_a_card_ends_and_gives_the_card_to_nobody(servers, state_dir):
+def one_holds_the_card_one_waits(servers, waiting_kernel: str = "tt-n150") -> tuple:
+    """A server on one n150: notebook a's kernel holds it, notebook b's kernel waits for it (or times out)."""
     server = servers(inventory="simulated:n150x1")
     first = open_notebook(server, "a.ipynb")
     first["thread"].join(60)
     assert first["status"] == 201, first
-    second = open_notebook(server, "b.ipynb")  # waits for a's card
-    wait_until(lambda: queued(server), timeout=30, message="b's kernel to queue")
+    second = open_notebook(server, "b.ipynb", kernel=waiting_kernel)
+    if waiting_kernel == "tt-n150":
+        wait_until(lambda: queued(server), timeout=30, message="b's kernel to queue")
+    return server, first, second
+
+
+@pytest.mark.usefixtures("kernelspecs")
+def test_a_server_stopped_while_a_kernel_waits_for_a_card_ends_and_gives_the_card_to_nobody(servers, state_dir):
+    server, first, second = one_holds_the_card_one_waits(servers)
 
     server.proc.send_signal(signal.SIGTERM)
     assert stopped_within(server, 30) == 0, server.log_text()[-4000:]
@@ -72,12 +82,7 @@ def test_a_server_stopped_while_a_kernel_waits_for_a_card_ends_and_gives_the_car
 
 @pytest.mark.usefixtures("kernelspecs")
 def test_a_second_sigterm_while_the_server_stops_changes_nothing(servers, state_dir):
-    server = servers(inventory="simulated:n150x1")
-    first = open_notebook(server, "a.ipynb")
-    first["thread"].join(60)
-    assert first["status"] == 201, first
-    open_notebook(server, "b.ipynb")
-    wait_until(lambda: queued(server), timeout=30, message="b's kernel to queue")
+    server, _, _ = one_holds_the_card_one_waits(servers)
 
     server.proc.send_signal(signal.SIGTERM)
     wait_until(lambda: "stopping" in server.log_text(), timeout=10, message="the server to begin its stop")
@@ -91,11 +96,7 @@ def test_a_second_sigterm_while_the_server_stops_changes_nothing(servers, state_
 @pytest.mark.usefixtures("kernelspecs")
 def test_a_server_whose_kernel_gave_up_waiting_still_stops_cleanly(servers, state_dir):
     """A kernel that timed out in the queue failed to start: jupyter_client keeps its id as pending."""
-    server = servers(inventory="simulated:n150x1")
-    first = open_notebook(server, "a.ipynb")
-    first["thread"].join(60)
-    assert first["status"] == 201, first
-    quick = open_notebook(server, "b.ipynb", kernel="tt-n150-quick")
+    server, _, quick = one_holds_the_card_one_waits(servers, waiting_kernel="tt-n150-quick")
     quick["thread"].join(60)
     assert quick["status"] == 500 and "became free within" in str(quick["body"]), quick
 
