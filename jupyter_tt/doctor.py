@@ -15,6 +15,8 @@ there instead (the simulated inventory, serving on the CPU), and skips the card 
 from __future__ import annotations
 
 import json
+import re
+import stat
 import subprocess
 import sys
 import time
@@ -39,6 +41,24 @@ NO_CARD_HERE = ("no Tenstorrent card on this machine (no tt-kmd, no card, no PCI
                 "serves models on the CPU (the torch and openvino backends); the checks below are for a card host")
 HUGEPAGES_1G = "sys/kernel/mm/hugepages/hugepages-1048576kB"
 HUGEPAGES_MOUNT = "/dev/hugepages-1G"
+#: How tt-umd finds the mount (tt-umd device/hugepage.cpp at 3ed9cb6, the same in 0.9.14's library): a
+#: /proc/mounts line of source "nodev" or "hugetlbfs" (not "none") at exactly /dev/hugepages-1G, whose
+#: pagesize option is 1 GiB; any other line is skipped ("no huge page mount found").
+UMD_MOUNT = re.compile(rf"^(nodev|hugetlbfs) ({re.escape(HUGEPAGES_MOUNT)}) hugetlbfs ([^ ]+) 0 0$")
+UMD_PAGESIZE = re.compile(r"(?:^|,)pagesize=([0-9]+)([KMGT])(?:,|$)")
+#: tt-system-tools v1.4.1 hugepages-setup/dev-hugepages\x2d1G.mount: What=hugetlbfs,
+#: Options=pagesize=1G,mode=0777,nosuid,nodev (tt-umd creates its files there under umask(0), mode 0666).
+MOUNT_FIX = (f"mkdir -p {HUGEPAGES_MOUNT} && mount -t hugetlbfs -o pagesize=1G,mode=0777,nosuid,nodev hugetlbfs "
+             f"{HUGEPAGES_MOUNT} (tt-system-tools' dev-hugepages\\x2d1G.mount unit does it at boot)")
+#: tt-umd device/api/umd/device/utils/kmd_versions.hpp (3ed9cb6; 0.9.14 holds 2.0.0 too): KMD_MINIMUM_VERSION,
+#: "Running UMD requires KMD version 2.0.0 or newer". tt-kmd db5db95 (ttkmd-2.5.0) added
+#: /proc/driver/tenstorrent/N/pids; f53b9cd (ttkmd-2.7.0) shows each pid in the reader's PID namespace.
+KMD_MINIMUM, KMD_PIDS, KMD_NAMESPACED_PIDS = (2, 0, 0), (2, 5, 0), (2, 7, 0)
+#: tt-umd device/firmware/firmware_utils.cpp (3ed9cb6; the same in 0.9.14): the oldest firmware bundle it
+#: runs on Wormhole, else UnsupportedCMFWError; cards that differ raise CMFWMismatchError.
+FW_MINIMUM_WORMHOLE = (18, 3, 0)
+#: Sockets of container engines: whoever can reach one can start a container with any card.
+CONTAINER_SOCKETS = ("var/run/docker.sock", "run/docker.sock", "run/podman/podman.sock", "run/containerd/containerd.sock")
 #: tt-system-tools' hugepages-setup.sh: "for every Wormhole we allocate a full 4x1G pages".
 HUGEPAGES_PER_CARD = 4
 GIB = 1 << 30
@@ -49,6 +69,8 @@ PROBE_TIMEOUT = 120.0
 class Status(str, Enum):
     PASS = "pass"
     FAIL = "fail"
+    #: works, but worth reading (a risk on a shared host, a limit that may matter): never fails the run
+    WARN = "warn"
     SKIP = "skip"
 
 
@@ -107,6 +129,16 @@ def probe_ttnn(python: str, timeout: float = PROBE_TIMEOUT) -> TtnnProbe:
     return TtnnProbe(python=python, **{k: v for k, v in found.items() if k in TtnnProbe.__dataclass_fields__})
 
 
+def _version(text: str | None) -> tuple[int, ...] | None:
+    """(major, minor, patch) of "2.10.1-pre" or "18.3.0.0"; None if there is none."""
+    found = re.match(r"\s*(\d+)\.(\d+)\.(\d+)", text or "")
+    return tuple(int(x) for x in found.groups()) if found else None
+
+
+def _shown(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text().strip()
@@ -137,21 +169,27 @@ class Doctor:
     def run(self) -> list[Check]:
         cards = self.inventory.devices()
         if not self.card_host(cards):
-            skipped = ["driver", "device nodes", "hugepages", "hugepages mount", "memlock", "ttnn", "sfpi", "reset tool",
-                       "scheduler service", "heartbeats"]
+            skipped = ["driver", "device nodes", "firmware", "iommu", "hugepages", "hugepages mount", "memlock", "ttnn",
+                       "sfpi", "reset tool", "scheduler service", "container engines", "heartbeats"]
             return [Check("card host", Status.SKIP, NO_CARD_HERE),
                     *(Check(name, Status.SKIP, "a card host's check: no card here") for name in skipped)]
         ttnn = self._probe(self.python)
+        iommu = self.iommu(cards)
+        translated = bool(cards) and all(t.startswith("DMA") for t in self._iommu_types(cards).values() if t) and all(
+            self._iommu_types(cards).values())  # tt-umd then maps system memory through it: no hugepages needed
         return [
             self.driver(),
             self.device_nodes(cards),
-            self.hugepages(len(cards)),
-            self.hugepages_mount(),
+            self.firmware(cards),
+            iommu,
+            self.hugepages(len(cards), translated),
+            self.hugepages_mount(translated),
             self.memlock(len(cards)),
             self.ttnn(ttnn),
             self.sfpi(ttnn),
             self.reset_tool(ttnn),
             self.service(),
+            self.container_engines(),
             self.heartbeats(cards),
         ]
 
@@ -160,7 +198,22 @@ class Doctor:
         if not module.is_dir():
             return Check("driver", Status.FAIL, f"tt-kmd is not loaded ({module} is missing)",
                          "install tt-kmd (https://github.com/tenstorrent/tt-kmd, or tt-installer), then: modprobe tenstorrent")
-        return Check("driver", Status.PASS, f"tt-kmd {_read(module / 'version') or '(version unknown)'} is loaded")
+        text = _read(module / "version")
+        version = _version(text)
+        update = "install a current tt-kmd (tt-installer, or https://github.com/tenstorrent/tt-kmd), then reboot"
+        if version is None:
+            return Check("driver", Status.FAIL, f"tt-kmd is loaded but shows no version ({module}/version: {text!r}): "
+                         f"tt-umd then refuses it", update)
+        if version < KMD_MINIMUM:
+            return Check("driver", Status.FAIL, f"tt-kmd {text} is older than {_shown(KMD_MINIMUM)}, the oldest "
+                         f"tt-umd (and so ttnn) runs with", update)
+        if version < KMD_PIDS:
+            return Check("driver", Status.WARN, f"tt-kmd {text}: below {_shown(KMD_PIDS)} it lists no holder PIDs "
+                         "(/proc/driver/tenstorrent/N/pids), so holders are found through /proc/*/fd only", update)
+        if version < KMD_NAMESPACED_PIDS:
+            return Check("driver", Status.WARN, f"tt-kmd {text}: below {_shown(KMD_NAMESPACED_PIDS)} a holder in a "
+                         "container is listed by its PID inside the container, which names another process here", update)
+        return Check("driver", Status.PASS, f"tt-kmd {text} is loaded")
 
     def device_nodes(self, cards) -> Check:
         if not cards:
@@ -185,7 +238,58 @@ class Doctor:
                          "device nodes in (--device /dev/tenstorrent/N)")
         return Check("device nodes", Status.PASS, f"{len(cards)} card(s): " + "; ".join(lines))
 
-    def hugepages(self, cards: int) -> Check:
+    def firmware(self, cards) -> Check:
+        """Each card's firmware bundle (tt-kmd's ``tt_fw_bundle_ver``, the telemetry value tt-umd reads): at least
+        tt-umd's minimum, and the same on every card."""
+        if not cards:
+            return Check("firmware", Status.SKIP, "no card")
+        bundles = {c.id: (c.firmware or {}).get("fw_bundle") for c in cards}
+        update = "flash the current firmware bundle on every card: tt-flash (tt-installer does it), then power-cycle"
+        if any(v is None for v in bundles.values()):
+            missing = ", ".join(f"/dev/tenstorrent/{i}" for i, v in bundles.items() if v is None)
+            return Check("firmware", Status.SKIP, f"this driver shows no firmware bundle for {missing} (tt_fw_bundle_ver)")
+        old = [f"/dev/tenstorrent/{i} {v}" for i, v in bundles.items() if (_version(v) or (0,)) < FW_MINIMUM_WORMHOLE]
+        if old:
+            return Check("firmware", Status.FAIL, f"firmware bundle older than {_shown(FW_MINIMUM_WORMHOLE)}, the oldest "
+                         f"tt-umd runs on Wormhole: {', '.join(old)}", update)
+        if len({_version(v) for v in bundles.values()}) > 1:
+            each = ", ".join(f"/dev/tenstorrent/{i} {v}" for i, v in bundles.items())
+            return Check("firmware", Status.FAIL, f"the cards run different firmware bundles ({each}): tt-umd refuses "
+                         "to open them together", update)
+        return Check("firmware", Status.PASS, f"firmware bundle {next(iter(bundles.values()))} on every card")
+
+    def iommu(self, cards) -> Check:
+        """tt-umd's test (pci_device.cpp detect_iommu): the card's iommu_group/type begins with "DMA" (DMA,
+        DMA-FQ). Then it maps system memory through the IOMMU and needs no hugepages; otherwise ("identity",
+        e.g. iommu=pt, which tt-system-tools' Debian package sets, or no IOMMU) it needs them."""
+        if not cards:
+            return Check("iommu", Status.SKIP, "no card")
+        types = self._iommu_types(cards)
+        on = {i for i, t in types.items() if t and t.startswith("DMA")}
+        if on and len(on) < len(types):
+            each = ", ".join(f"/dev/tenstorrent/{i} {t or 'none'}" for i, t in types.items())
+            return Check("iommu", Status.FAIL, f"the IOMMU translates for some cards only ({each}): tt-umd wants one "
+                         "state for all", "give every card the same IOMMU domain type (iommu=pt for all, or none)")
+        if on:
+            return Check("iommu", Status.PASS, f"the IOMMU translates for every card ({types[min(on)]}): tt-umd maps "
+                         "system memory through it, and hugepages are not needed")
+        shown = sorted({t or "no IOMMU group" for t in types.values()})
+        return Check("iommu", Status.PASS, f"no IOMMU translation ({', '.join(shown)}): tt-umd uses 1 GiB hugepages "
+                     "(the next two checks)")
+
+    def _iommu_types(self, cards) -> dict[int, str | None]:
+        return {c.id: _read(self.root / "sys/bus/pci/devices" / c.bdf / "iommu_group/type") for c in cards}
+
+    def hugepages(self, cards: int, translated: bool = False) -> Check:
+        if translated:
+            return Check("hugepages", Status.SKIP, "not needed: the IOMMU translates")
+        limit = self._cgroup_hugetlb_limit()
+        if limit is not None and limit < HUGEPAGES_PER_CARD * max(cards, 1) * GIB:
+            return Check("hugepages", Status.FAIL,
+                         f"this container may use {limit // GIB} GiB of 1 GiB hugepages (its cgroup's hugetlb.1GB.max), "
+                         f"{HUGEPAGES_PER_CARD * max(cards, 1)} needed",
+                         f"request them in the pod: resources.limits hugepages-1Gi: {HUGEPAGES_PER_CARD * max(cards, 1)}Gi "
+                         "(kubelet sets the limit of every page size a pod does not request to 0)")
         reserved = _read(self.root / HUGEPAGES_1G / "nr_hugepages")
         free = _read(self.root / HUGEPAGES_1G / "free_hugepages")
         need = HUGEPAGES_PER_CARD * max(cards, 1)
@@ -198,18 +302,41 @@ class Doctor:
             return Check("hugepages", Status.FAIL, f"{reserved} hugepages of 1 GiB reserved, {need} needed", fix)
         return Check("hugepages", Status.PASS, f"{reserved} hugepages of 1 GiB reserved ({free or '?'} free), {need} needed")
 
-    def hugepages_mount(self) -> Check:
+    def _cgroup_hugetlb_limit(self) -> int | None:
+        """Bytes of 1 GiB hugepages this process's cgroup (v2) may use, or None where nothing limits them."""
+        text = _read(self.root / "sys/fs/cgroup/hugetlb.1GB.max")
+        return int(text) if text and text.isdigit() else None
+
+    def hugepages_mount(self, translated: bool = False) -> Check:
+        if translated:
+            return Check("hugepages mount", Status.SKIP, "not needed: the IOMMU translates")
         mounts = _read(self.root / "proc/mounts") or ""
-        for line in mounts.splitlines():
-            fields = line.split()
-            if len(fields) >= 4 and fields[1] == HUGEPAGES_MOUNT and fields[2] == "hugetlbfs":
-                if "pagesize=1G" in fields[3] or "pagesize=1024M" in fields[3]:
-                    return Check("hugepages mount", Status.PASS, f"hugetlbfs ({fields[3]}) at {HUGEPAGES_MOUNT}")
-                return Check("hugepages mount", Status.FAIL, f"{HUGEPAGES_MOUNT} is hugetlbfs with {fields[3]}, not 1 GiB pages",
-                             f"mount -t hugetlbfs -o pagesize=1G none {HUGEPAGES_MOUNT}")
-        return Check("hugepages mount", Status.FAIL, f"no hugetlbfs mounted at {HUGEPAGES_MOUNT}",
-                     f"mkdir -p {HUGEPAGES_MOUNT} && mount -t hugetlbfs -o pagesize=1G none {HUGEPAGES_MOUNT} "
-                     "(tt-system-tools' dev-hugepages-1G.mount unit does it at boot)")
+        at_point = [line for line in mounts.splitlines() if len(line.split()) > 1 and line.split()[1] == HUGEPAGES_MOUNT]
+        for line in at_point:
+            found = UMD_MOUNT.match(line)
+            size = UMD_PAGESIZE.search(found.group(3)) if found else None
+            if found and size and int(size.group(1)) << {"K": 10, "M": 20, "G": 30, "T": 40}[size.group(2)] == GIB:
+                return self._mount_writable(found.group(3))
+        if at_point:
+            return Check("hugepages mount", Status.FAIL, f"tt-umd skips the mount at {HUGEPAGES_MOUNT} ({at_point[0]!r}): "
+                         "it reads only a hugetlbfs mount whose source is 'hugetlbfs' or 'nodev' (not 'none'), with "
+                         f"pagesize=1G", f"umount {HUGEPAGES_MOUNT}, then {MOUNT_FIX}")
+        return Check("hugepages mount", Status.FAIL, f"no hugetlbfs mounted at {HUGEPAGES_MOUNT}", MOUNT_FIX)
+
+    def _mount_writable(self, options: str) -> Check:
+        """tt-umd creates its files in the mount as the kernel's user: the mount must be writable by all of them."""
+        try:
+            mode = (self.root / HUGEPAGES_MOUNT.lstrip("/")).stat().st_mode & 0o7777
+        except OSError:
+            mode = None
+        option = re.search(r"(?:^|,)mode=([0-7]+)", options)
+        mode = int(option.group(1), 8) if option else mode
+        if mode is None or mode & 0o003 != 0o003:
+            shown = "unknown" if mode is None else f"{mode:04o}"
+            return Check("hugepages mount", Status.FAIL, f"{HUGEPAGES_MOUNT} is mounted as tt-umd reads it, but its mode "
+                         f"is {shown}: other users' kernels cannot create their files there",
+                         f"mount -o remount,mode=0777 {HUGEPAGES_MOUNT} (and mode=0777 in its mount unit)")
+        return Check("hugepages mount", Status.PASS, f"hugetlbfs ({options}) at {HUGEPAGES_MOUNT}, writable by every user")
 
     def memlock(self, cards: int) -> Check:
         limits = _read(self.root / "proc/self/limits") or ""
@@ -219,13 +346,16 @@ class Doctor:
                "JupyterHub) systemd unit, '* - memlock unlimited' in /etc/security/limits.d/, or --ulimit memlock=-1 "
                "for a container")
         if line is None:
-            return Check("memlock", Status.FAIL, "cannot read the memlock limit (proc/self/limits)", fix)
+            return Check("memlock", Status.WARN, "cannot read the memlock limit (proc/self/limits)", fix)
         soft = line.split()[3]
         if soft == "unlimited" or (soft.isdigit() and int(soft) >= need):
             shown = soft if soft == "unlimited" else f"{int(soft) / GIB:g} GiB"
             return Check("memlock", Status.PASS, f"memlock limit {shown} (at least 1 GiB per card)")
         shown = f"{int(soft) / (1 << 20):g} MiB" if soft.isdigit() else soft
-        return Check("memlock", Status.FAIL, f"memlock limit {shown}, below 1 GiB per card ({need // GIB} GiB)", fix)
+        # tt-kmd pins pages without memlock accounting (memory.c: pin_user_pages_fast_longterm, no
+        # account_locked_vm, at ttkmd-2.10.0): a low limit is not what stops a kernel, so this only informs.
+        return Check("memlock", Status.WARN, f"memlock limit {shown}, below 1 GiB per card ({need // GIB} GiB); tt-kmd "
+                     "pins its pages without counting them against it, but other DMA users may", fix)
 
     def ttnn(self, probe: TtnnProbe) -> Check:
         if probe.error:
@@ -282,6 +412,35 @@ class Doctor:
                          "run the service as root, so that it can own the device nodes")
         return Check("scheduler service", Status.PASS, f"{socket_path}: {scheduler.enforcement}")
 
+    def container_engines(self) -> Check:
+        """Who can reach a container engine's socket can start a container with any card (``--device
+        /dev/tenstorrent/N``), whatever the node's owner and mode: on a shared host they are root."""
+        groups = _group_members(self.root)
+        reach = []
+        for relative in CONTAINER_SOCKETS:
+            path = self.root / relative
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if not stat.S_ISSOCK(st.st_mode):
+                continue
+            who = set()
+            if st.st_mode & 0o006:
+                who.add("every user")
+            if st.st_mode & 0o060:
+                who |= groups.get(st.st_gid, set())
+            who.discard("root")
+            if who:
+                reach.append(f"/{relative} ({', '.join(sorted(who))})")
+        if reach:
+            return Check("container engines", Status.WARN,
+                         f"these users can reach a container engine: {'; '.join(reach)}: they can give a container any "
+                         "card, leased or not, whatever the device nodes allow",
+                         "on a shared host leave only administrators in the docker group (gpasswd -d USER docker), or "
+                         "use rootless Docker or Podman, which cannot open other users' device nodes")
+        return Check("container engines", Status.PASS, "no ordinary user can reach a container engine's socket")
+
     def heartbeats(self, cards) -> Check:
         if not cards:
             return Check("heartbeats", Status.SKIP, "no card to watch")
@@ -300,18 +459,35 @@ class Doctor:
         return Check("heartbeats", Status.PASS, f"every card's firmware heartbeat advanced in {self.heartbeat_wait:g} s")
 
 
+def _group_members(root: Path) -> dict[int, set[str]]:
+    """gid -> the users in that group (listed in etc/group, or having it as their primary group in etc/passwd)."""
+    members: dict[int, set[str]] = {}
+    for line in (_read(root / "etc/group") or "").splitlines():
+        parts = line.split(":")
+        if len(parts) >= 4 and parts[2].isdigit():
+            members.setdefault(int(parts[2]), set()).update(u for u in parts[3].split(",") if u)
+    for line in (_read(root / "etc/passwd") or "").splitlines():
+        parts = line.split(":")
+        if len(parts) >= 4 and parts[3].isdigit():
+            members.setdefault(int(parts[3]), set()).add(parts[0])
+    return members
+
+
 def render(checks: list[Check]) -> str:
     """The checks for a terminal: one line each, the fix indented under a failure."""
     width = max(len(c.name) for c in checks)
     lines = []
     for c in checks:
         lines.append(f"{c.status.value.upper():<4}  {c.name:<{width}}  {strip_control(c.detail)}")
-        if c.fix and c.status is Status.FAIL:
+        if c.fix and c.status in (Status.FAIL, Status.WARN):
             lines.append(f"{'':<4}  {'':<{width}}  fix: {strip_control(c.fix)}")
     failed = sum(c.status is Status.FAIL for c in checks)
     if checks and checks[0].name == "card host" and checks[0].status is Status.SKIP:
         lines.append("\nnothing to check on this machine: it has no card (see the first line)")
         return "\n".join(lines)
-    lines.append(f"\n{failed} of {len(checks)} checks failed" if failed else f"\nall {len(checks)} checks passed or were skipped")
+    warned = sum(c.status is Status.WARN for c in checks)
+    note = f" ({warned} warning{'s' * (warned != 1)} to read)" if warned else ""
+    lines.append(f"\n{failed} of {len(checks)} checks failed{note}" if failed
+                 else f"\nall {len(checks)} checks passed or were skipped{note}")
     return "\n".join(lines)
 

@@ -22,7 +22,8 @@ from jupyter_tt.doctor import Doctor, Status, TtnnProbe, probe_ttnn, render
 UNLIMITED = "Max locked memory         unlimited            unlimited            bytes\n"
 
 
-def set_up(tree, *, hugepages=8, mount="pagesize=1G", memlock=UNLIMITED, sfpi="7.89.0", driver="2.5.0"):
+def set_up(tree, *, hugepages=8, mount="mode=777,pagesize=1024M", source="hugetlbfs", memlock=UNLIMITED, sfpi="7.89.0",
+           driver="2.10.0"):
     """The parts of a card host beside the cards, under the fixture's root, as the card-host steps (docs/admin/card-host.md) leave them."""
     root = tree.root
 
@@ -35,8 +36,9 @@ def set_up(tree, *, hugepages=8, mount="pagesize=1G", memlock=UNLIMITED, sfpi="7
     if hugepages is not None:
         write("sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages", f"{hugepages}\n")
         write("sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages", f"{hugepages}\n")
-    write("proc/mounts", "proc /proc proc rw 0 0\n" + (f"hugetlbfs /dev/hugepages-1G hugetlbfs rw,relatime,{mount} 0 0\n"
-                                                       if mount else ""))
+    # As the kernel shows what tt-system-tools' mount unit makes (What=hugetlbfs, mode=0777, pagesize=1G).
+    write("proc/mounts", "proc /proc proc rw 0 0\n" + (f"{source} /dev/hugepages-1G hugetlbfs rw,nosuid,nodev,relatime,"
+                                                       f"{mount} 0 0\n" if mount else ""))
     write("proc/self/limits", "Limit                     Soft Limit           Hard Limit           Units\n" + memlock)
     if sfpi:
         write("opt/tenstorrent/sfpi/compiler/bin/riscv-tt-elf-g++", "#!/bin/sh\n")
@@ -70,9 +72,10 @@ def test_every_check_passes_on_a_host_set_up_as_the_readme_says(card_host, insta
         svc = service(inventory="sysfs", env={"JUPYTER_TT_SYSFS_ROOT": str(card_host.root)})
         checks = doctor(card_host, installed, scheduler=svc.address)
     assert {name: c.status for name, c in checks.items()} == {name: Status.PASS for name in checks}, render(list(checks.values()))
-    assert list(checks) == ["driver", "device nodes", "hugepages", "hugepages mount", "memlock", "ttnn", "sfpi",
-                            "reset tool", "scheduler service", "heartbeats"]
-    assert "tt-kmd 2.5.0" in checks["driver"].detail and "SFPI 7.89.0" in checks["sfpi"].detail
+    assert list(checks) == ["driver", "device nodes", "firmware", "iommu", "hugepages", "hugepages mount", "memlock",
+                            "ttnn", "sfpi", "reset tool", "scheduler service", "container engines", "heartbeats"]
+    assert "tt-kmd 2.10.0" in checks["driver"].detail and "SFPI 7.89.0" in checks["sfpi"].detail
+    assert "tt-umd uses 1 GiB hugepages" in checks["iommu"].detail and "writable by every user" in checks["hugepages mount"].detail
     assert "/dev/tenstorrent/0 n300 0000:04:00.0 owner uid 0 gid 0 mode 0600" in checks["device nodes"].detail  # fenced
     assert "device nodes are owned by their lease's user" in checks["scheduler service"].detail
     assert "tt-smi -r /dev/tenstorrent/N" in checks["reset tool"].detail
@@ -82,10 +85,15 @@ def test_every_check_passes_on_a_host_set_up_as_the_readme_says(card_host, insta
     ("driver", {"driver": None}, "tt-kmd is not loaded", "modprobe tenstorrent"),
     ("hugepages", {"hugepages": 7}, "7 hugepages of 1 GiB reserved, 8 needed", "hugepagesz=1G hugepages=8"),
     ("hugepages", {"hugepages": None}, "no 1 GiB hugepage pool", "hugepagesz=1G"),
-    ("hugepages mount", {"mount": None}, "no hugetlbfs mounted at /dev/hugepages-1G", "mount -t hugetlbfs -o pagesize=1G"),
-    ("hugepages mount", {"mount": "pagesize=2M"}, "pagesize=2M, not 1 GiB pages", "pagesize=1G"),
-    ("memlock", {"memlock": "Max locked memory         8388608              8388608              bytes\n"},
-     "memlock limit 8 MiB, below 1 GiB per card (2 GiB)", "LimitMEMLOCK=infinity"),
+    ("hugepages mount", {"mount": None}, "no hugetlbfs mounted at /dev/hugepages-1G",
+     "mount -t hugetlbfs -o pagesize=1G,mode=0777,nosuid,nodev hugetlbfs /dev/hugepages-1G"),
+    ("hugepages mount", {"mount": "mode=777,pagesize=2M"}, "tt-umd skips the mount at /dev/hugepages-1G", "pagesize=1G"),
+    # Our own earlier fix made this one: tt-umd reads only the sources "hugetlbfs" and "nodev".
+    ("hugepages mount", {"source": "none"}, "whose source is 'hugetlbfs' or 'nodev' (not 'none')",
+     "hugetlbfs /dev/hugepages-1G"),
+    ("hugepages mount", {"mount": "mode=755,pagesize=1024M"}, "its mode is 0755: other users' kernels cannot",
+     "remount,mode=0777"),
+    ("driver", {"driver": "1.34.0"}, "tt-kmd 1.34.0 is older than 2.0.0", "install a current tt-kmd"),
     ("sfpi", {"sfpi": None}, "sfpi not found at", "install SFPI 7.89.0 from https://github.com/tenstorrent/sfpi/releases"),
     ("sfpi", {"sfpi": "7.78.0"}, "SFPI 7.78.0 at", "install SFPI 7.89.0"),
 ])
@@ -93,6 +101,82 @@ def test_a_missing_part_fails_its_check_with_the_fix(card_host, installed, part,
     checks = doctor(set_up(card_host, **change), installed)
     check = checks[part]
     assert check.status is Status.FAIL and says in check.detail and fix in check.fix, check
+
+
+def test_a_low_memlock_limit_is_told_but_fails_nothing_since_tt_kmd_does_not_count_its_pins(card_host, installed):
+    low = "Max locked memory         8388608              8388608              bytes\n"
+    check = doctor(set_up(card_host, memlock=low), installed)["memlock"]
+    assert check.status is Status.WARN and "memlock limit 8 MiB, below 1 GiB per card (2 GiB)" in check.detail
+    assert "without counting them" in check.detail and "LimitMEMLOCK=infinity" in check.fix
+
+
+@pytest.mark.parametrize(("driver", "says"), [("2.4.1", "lists no holder PIDs"), ("2.6.0", "by its PID inside the container")])
+def test_a_driver_that_works_but_lists_holders_poorly_is_a_warning(card_host, installed, driver, says):
+    check = doctor(set_up(card_host, driver=driver), installed)["driver"]
+    assert check.status is Status.WARN and says in check.detail
+
+
+def iommu_type(tree, value_by_card):
+    for i, value in enumerate(value_by_card):
+        group = tree.root / "sys/bus/pci/devices" / tree.bdf(i) / "iommu_group"
+        group.mkdir(parents=True, exist_ok=True)
+        (group / "type").write_text(f"{value}\n")
+
+
+def test_with_the_iommu_translating_for_every_card_no_hugepages_are_needed(card_host, installed):
+    set_up(card_host, hugepages=None, mount=None)
+    iommu_type(card_host, ["DMA-FQ", "DMA-FQ"])
+    checks = doctor(card_host, installed)
+    assert checks["iommu"].status is Status.PASS and "hugepages are not needed" in checks["iommu"].detail
+    assert checks["hugepages"].status is checks["hugepages mount"].status is Status.SKIP
+    iommu_type(card_host, ["identity", "identity"])  # iommu=pt: tt-umd takes the hugepages path
+    checks = doctor(card_host, installed)
+    assert checks["iommu"].status is Status.PASS and "(identity)" in checks["iommu"].detail
+    assert checks["hugepages"].status is Status.FAIL
+    iommu_type(card_host, ["DMA", "identity"])
+    assert doctor(card_host, installed)["iommu"].status is Status.FAIL
+
+
+def test_firmware_older_than_tt_umds_minimum_or_different_between_cards_fails(card_host, installed):
+    set_up(card_host)
+    for i, version in enumerate(["18.2.0.0", "18.2.0.0"]):  # as tt-kmd prints it: major.minor.patch.build
+        (card_host.root / f"sys/class/tenstorrent/tenstorrent!{i}/tt_fw_bundle_ver").write_text(version + "\n")
+    check = doctor(card_host, installed)["firmware"]
+    assert check.status is Status.FAIL and "older than 18.3.0" in check.detail and "tt-flash" in check.fix
+    (card_host.root / "sys/class/tenstorrent/tenstorrent!1/tt_fw_bundle_ver").write_text("19.11.0.0\n")
+    (card_host.root / "sys/class/tenstorrent/tenstorrent!0/tt_fw_bundle_ver").write_text("19.13.1.0\n")
+    check = doctor(card_host, installed)["firmware"]
+    assert check.status is Status.FAIL and "different firmware bundles" in check.detail
+
+
+def test_a_containers_hugetlb_limit_below_what_the_cards_need_fails_with_the_pod_request(card_host, installed):
+    set_up(card_host)
+    (card_host.root / "sys/fs/cgroup").mkdir(parents=True)
+    (card_host.root / "sys/fs/cgroup/hugetlb.1GB.max").write_text("0\n")  # kubelet's value for a page size not requested
+    check = doctor(card_host, installed)["hugepages"]
+    assert check.status is Status.FAIL and "may use 0 GiB" in check.detail and "hugepages-1Gi: 8Gi" in check.fix
+
+
+def test_users_who_can_reach_the_docker_socket_are_named_as_able_to_give_a_container_any_card(card_host, installed,
+                                                                                              monkeypatch):
+    import socket
+
+    set_up(card_host)
+    run = card_host.root / "var/run"
+    run.mkdir(parents=True)
+    (card_host.root / "etc").mkdir(exist_ok=True)
+    (card_host.root / "etc/group").write_text("root:x:0:\ndocker:x:4242:alice,bob\n")
+    (card_host.root / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\ncarol:x:1003:4242::/home/carol:/bin/sh\n")
+    monkeypatch.chdir(run)  # a relative bind: the fixture's path is longer than a socket address may be
+    with socket.socket(socket.AF_UNIX) as engine:
+        engine.bind("docker.sock")
+        os.chown(run / "docker.sock", 0, 4242)
+        os.chmod(run / "docker.sock", 0o660)
+        check = doctor(card_host, installed)["container engines"]
+        assert check.status is Status.WARN and "/var/run/docker.sock (alice, bob, carol)" in check.detail
+        assert "gpasswd -d USER docker" in check.fix
+        os.chmod(run / "docker.sock", 0o600)  # root only
+        assert doctor(card_host, installed)["container engines"].status is Status.PASS
 
 
 def test_sfpi_is_looked_for_where_ttnn_looks_first_its_own_runtime_folder(card_host, ttnn_dir):
