@@ -93,7 +93,7 @@ def cmd_devices(args) -> int:
                else "the scheduler coordinates kernels; here it cannot fence others")
         print(f"\nProcesses holding a device without a lease ({why}):")
         for device_id, process in held:
-            what = f"pid {process.pid} {process.name or '?'}" if process.pid else "a process (root sees which)"
+            what = f"pid {process.pid} {process.name or '?'}" if process.pid else (process.name or "a process (root sees which)")
             print(p(f"  device {device_id}: {what} (user {process.user or '?'})"))
     return 0
 

@@ -405,3 +405,15 @@ def test_a_reset_reads_the_inventory_only_between_the_passes_reads_never_during_
         s.devices(fresh=True)  # as the service's passes do while a reset runs in its own thread
     assert ran(card_host) == [reset_of(card)]
     assert Watched.overlaps == 0
+
+
+def test_a_holder_in_another_pid_namespace_is_named_so_and_the_reset_waits_for_it(card_host, state_dir):
+    """tt-kmd 2.7+ lists a holder the host cannot see (a container's process) as pid 0."""
+    s = scheduler(card_host, state_dir)
+    _, card = killed_holder(card_host, state_dir)
+    s.reconcile()
+    card_host.set(card, holders=[0])
+    assert s.run_resets() == [] and ran(card_host) == []
+    assert state_of(s, card)["reset"]["waiting_for"] == "a process in another PID namespace (a container?) holds its node"
+    [held] = state_of(s, card)["unaccounted_processes"]
+    assert held["name"] == "a process in another PID namespace (a container?)" and held["user"] is None

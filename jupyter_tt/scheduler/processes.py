@@ -116,8 +116,21 @@ def lineage(pid: int) -> set[int]:
         return set()
 
 
+#: tt-kmd lists a holder the reader cannot see, one in another PID namespace (a container), as pid 0
+#: (ttkmd-2.7.0, commit f53b9cd: ``pid_vnr`` in ``enumerate.c`` ``pids_proc_show``).
+OTHER_NAMESPACE = 0
+ELSEWHERE = "a process in another PID namespace (a container?)"
+
+
+def holder_name(pid: int) -> str:
+    """A holder of a device node, in words: ``process N``, or one this host's namespace cannot name."""
+    return ELSEWHERE if pid == OTHER_NAMESPACE else f"process {pid}"
+
+
 def describe(pid: int) -> dict:
     """Who a PID is, for reports of processes that hold a device without a lease."""
+    if pid == OTHER_NAMESPACE:
+        return {"pid": pid, "name": ELSEWHERE, "user": None, "cmdline": None}
     try:
         process = psutil.Process(pid)
         with process.oneshot():

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from ..devices import Device
 from . import store
 from .leases import PendingReset
+from .processes import holder_name
 from .reset import reset as reset_card
 
 log = logging.getLogger("jupyter_tt.scheduler")
@@ -57,7 +58,8 @@ def run(pending: list[int], devices: Mapping[int, Device], *, tool: str, record:
             record(device_id, failed="the device is gone from the inventory")
             continue
         if device.holders:  # never under someone's open node: the reset would pull the card from under them
-            record(device_id, waiting_for=f"process {', '.join(map(str, device.holders))} holds its node")
+            holders = ", ".join(holder_name(pid) for pid in device.holders)
+            record(device_id, waiting_for=f"{holders} hold{'s' * (len(device.holders) == 1)} its node")
             continue
         error = reset_card(device_id, tool)
         if error:
