@@ -89,14 +89,14 @@ def test_a_card_whose_heartbeat_stays_frozen_after_the_reset_is_unhealthy_with_t
     assert isinstance(s.submit(2), Lease)
 
 
-def test_the_reset_does_not_inherit_an_empty_tt_visible_devices_that_would_hide_every_card(card_host, state_dir,
-                                                                                           monkeypatch):
-    monkeypatch.setenv("TT_VISIBLE_DEVICES", "")  # as the Jupyter server sets it for itself
+def test_the_reset_tool_sees_the_card_it_resets_and_no_other_not_the_servers_empty_tt_visible_devices(
+        card_host, state_dir, monkeypatch):
+    monkeypatch.setenv("TT_VISIBLE_DEVICES", "")  # as the Jupyter server sets it for itself: it would hide every card
     s = scheduler(card_host, state_dir)
     _, card = killed_holder(card_host, state_dir)
     s.reconcile()
     assert s.run_resets() == [card]
-    assert environments(card_host) == ["TT_VISIBLE_DEVICES=unset"]
+    assert environments(card_host) == [f"TT_VISIBLE_DEVICES={card_host.bdf(card)}"]  # this card's BDF alone
 
 
 def test_a_failed_reset_leaves_the_card_unhealthy_with_the_tools_message(card_host, state_dir, monkeypatch):
@@ -340,7 +340,7 @@ def test_a_kernel_killed_with_sigkill_restarts_on_its_lease_only_once_its_card_i
         os.kill(clean["pid"], signal.SIGKILL)
         wait_until(lambda: ran(card_host) == [reset_of(card)], timeout=30, message="the killed kernel's card to be reset")
         # The server runs with TT_VISIBLE_DEVICES="" (for its own kernels); the reset must not inherit it.
-        assert environments(card_host) == ["TT_VISIBLE_DEVICES=unset"]
+        assert environments(card_host) == [f"TT_VISIBLE_DEVICES={card_host.bdf(card)}"]
         device = next(d for d in server.json("/jupyter-tt/api/devices")["devices"] if d["id"] == card)
         assert (device["state"], device["lease_id"]) == ("resetting", first["id"])
         assert "was killed by SIGKILL" in device["reset"]["reason"]

@@ -86,6 +86,32 @@ def test_tt_smi_resets_our_device_node_by_its_pci_index_through_warm_reset(monke
     assert called == {"calls": [["warm_reset", [3]]]}  # pci_device_ids: N of /dev/tenstorrent/N
 
 
+def test_tt_smi_reads_no_reinit_and_then_runs_no_discovery_of_every_card_after_the_reset(monkeypatch):
+    """Without --no_reinit, tt-smi runs TopologyDiscovery after the reset, which opens every card it can see."""
+    command = tt_smi_command(3, monkeypatch)
+    assert command[-1] == "--no_reinit"
+    called = in_venv(TT_SMI / "python", """
+    import json, sys
+    from tt_smi import tt_smi
+    from tt_smi import reset as smi_reset
+    from tt_smi.device_input import parse_smi_device_input
+    sys.argv = sys.argv[1:]
+    args = tt_smi.parse_args()
+    calls = []
+    class Recorder:
+        @staticmethod
+        def warm_reset(ids, **kw): calls.append(["warm_reset", list(ids)]); return True
+    class Discovery:
+        @staticmethod
+        def discover(**kw): calls.append(["discover"])
+    smi_reset.WarmReset, smi_reset.TopologyDiscovery = Recorder, Discovery
+    smi_reset.pci_board_reset(parse_smi_device_input(args.reset), reinit=not args.no_reinit, print_status=False,
+                              use_umd=True)
+    print(json.dumps({"no_reinit": args.no_reinit, "calls": calls}))
+    """, *command)
+    assert called == {"no_reinit": True, "calls": [["warm_reset", [3]]]}
+
+
 def test_tt_umds_warm_reset_takes_the_keyword_we_pass_and_returns_a_bool():
     """The signature our child calls, from the wheel's own stub (nanobind functions have no inspect.signature)."""
     found = in_venv(TT_UMD_PYTHON, """

@@ -14,13 +14,18 @@ How each tool names a card (tt-umd 0.9.14 and tt-smi 6.8.0, checked against both
   ``/dev/tenstorrent/N``, and returns a bool: False is a failed reset (the child then exits 3).
 - ``tt-smi -r`` reads a bare integer as a *UMD logical id*, an index into the BDF-sorted device
   list, which is not always N. The command here uses the device-node form,
-  ``tt-smi -r /dev/tenstorrent/N``. tt-smi ignores WarmReset's result; its exit status reflects
-  only the re-detection afterwards, so the scheduler still waits for the card's firmware heartbeat
-  to advance before it counts a reset as done.
+  ``tt-smi -r /dev/tenstorrent/N``, with ``--no_reinit``: after a reset tt-smi otherwise runs a
+  topology discovery (``TopologyDiscovery.discover``, tt-smi 6.8.0 ``reset.py`` ``pci_board_reset``)
+  that opens every card it can see, other users' busy ones included, and can block for minutes.
+  tt-smi ignores WarmReset's result either way, so the scheduler waits for the card's firmware
+  heartbeat to advance before it counts a reset as done.
 
-Both tools enumerate devices through ``TT_VISIBLE_DEVICES``: an inherited one (the Jupyter server
-sets it empty for its own process) would hide the card, and tt-umd would send no reset at all.
-The child gets the environment without it.
+Both tools enumerate devices through ``TT_VISIBLE_DEVICES``, and tt-umd sends its reset ioctls
+only to devices that are both visible and named (tt-umd ``device/pcie/pci_device.cpp``
+``send_reset_ioctl_to_devices``, and it waits only for the visible ones to reappear:
+``warm_reset.cpp`` ``warm_reset_arch_agnostic``, at 3ed9cb6). So the child sees exactly the card it
+resets: ``TT_VISIBLE_DEVICES`` is that card's PCI BDF (an inherited empty one would hide it, and
+tt-umd would send no reset at all; an absent one would show it every card on the host).
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ def reset_command(device_id: int, tool: str = "auto", python: str | None = None)
     if smi is None:
         raise ResetUnavailable("no reset tool: install tt-smi (pipx install tt-smi) or tt-umd (pip install tt-umd) "
                                "where the scheduler runs")
-    return [smi, "-r", f"/dev/tenstorrent/{device_id}"]
+    return [smi, "-r", f"/dev/tenstorrent/{device_id}", "--no_reinit"]
 
 
 def child_environment() -> dict[str, str]:
@@ -85,15 +90,18 @@ def available(tool: str = "auto") -> str | None:
     return None
 
 
-def reset(device_id: int, tool: str = "auto", timeout: float = RESET_TIMEOUT, python: str | None = None) -> str | None:
-    """Reset one card: None when the command succeeded, else why not (for the device's problem)."""
+def reset(device_id: int, tool: str = "auto", timeout: float = RESET_TIMEOUT, python: str | None = None,
+          bdf: str | None = None) -> str | None:
+    """Reset one card: None when the command succeeded, else why not (for the device's problem). ``bdf``: the
+    card's PCI address, the only card the tool then sees (without it, it sees every card)."""
     try:
         command = reset_command(device_id, tool, python)
     except ResetUnavailable as e:
         return str(e)
     try:
+        env = child_environment() | ({"TT_VISIBLE_DEVICES": bdf} if bdf else {})
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                              env=child_environment())
+                              env=env)
     except subprocess.TimeoutExpired:
         return f"{command[0]} did not finish the reset within {timeout:g} s"
     except OSError as e:

@@ -61,7 +61,7 @@ def run(pending: list[int], devices: Mapping[int, Device], *, tool: str, record:
             holders = ", ".join(holder_name(pid) for pid in device.holders)
             record(device_id, waiting_for=f"{holders} hold{'s' * (len(device.holders) == 1)} its node")
             continue
-        error = reset_card(device_id, tool)
+        error = reset_card(device_id, tool, bdf=device.bdf)  # the tool sees this card only
         if error:
             log.error("jupyter-tt: could not reset device %d: %s", device_id, error)
             record(device_id, failed=f"could not reset it after its holder died: {error}")

@@ -58,8 +58,9 @@ def ran(tree) -> list[str]:
 
 
 def reset_of(card: int) -> str:
-    """The command line that resets ``card`` alone: its device node (a bare N is a UMD logical id)."""
-    return f"-r /dev/tenstorrent/{card}"
+    """The command line that resets ``card`` alone: its device node (a bare N is a UMD logical id), and no
+    re-detection of every card afterwards."""
+    return f"-r /dev/tenstorrent/{card} --no_reinit"
 
 
 def environments(tree) -> list[str]:
