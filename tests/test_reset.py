@@ -21,20 +21,23 @@ from jupyter_tt.errors import RequestError
 from jupyter_tt.scheduler import Lease, PendingReset, Scheduler, Waiting
 from jupyter_tt.scheduler.reset import reset_command
 from tests.support.fake_tt_smi import environments, ran, reset_of
+from tests.support.jupyter_servers import wait_until
 
 
 def scheduler(tree, state_dir, **kw):
-    kw = {"reset_after_crash": True, "reset_tool": "tt-smi", "reset_verify_timeout": 1.0, **kw}
+    kw = {"reset_after_crash": True, "reset_tool": "tt-smi", "reset_verify_timeout": 1.0, "reset_verify_linked": 1.0,
+          **kw}
     return Scheduler(SysfsInventory(str(tree.root)), state_dir, user="alice", **kw)
 
 
-def killed_holder(tree, state_dir) -> tuple[str, int]:
-    """A process that leases card 0 and is then killed with SIGKILL: the lease id and the card."""
+def killed_holder(tree, state_dir, cards: int = 1) -> tuple[str, int]:
+    """A process that leases ``cards`` cards (from card 0) and is then killed with SIGKILL: the lease id and its
+    first card."""
     code = textwrap.dedent(f"""
         import time
         from jupyter_tt.devices import SysfsInventory
         from jupyter_tt.scheduler import Scheduler
-        lease = Scheduler(SysfsInventory({str(tree.root)!r}), {str(state_dir)!r}, user="carol").acquire(1, timeout=30)
+        lease = Scheduler(SysfsInventory({str(tree.root)!r}), {str(state_dir)!r}, user="carol").acquire({cards}, timeout=30)
         print(lease.id, lease.devices[0].id, flush=True)
         time.sleep(600)
     """)
@@ -270,7 +273,6 @@ def test_by_default_the_service_does_not_reset_where_no_tool_could_so_no_card_is
 
 
 def test_the_scheduler_service_resets_a_killed_holders_card_and_leases_it_again(card_host, service):
-    from tests.support.jupyter_servers import wait_until
 
     with card_host.beating(0.2):  # live firmware: the service would otherwise see every heartbeat stop
         svc = service(inventory="sysfs", env={"JUPYTER_TT_SYSFS_ROOT": str(card_host.root)})
@@ -396,7 +398,7 @@ def test_a_reset_reads_the_inventory_only_between_the_passes_reads_never_during_
                 self.reading.release()
 
     s = Scheduler(Watched(str(card_host.root)), state_dir, user="alice", reset_after_crash=True, reset_tool="tt-smi",
-                  reset_verify_timeout=1.0)
+                  reset_verify_timeout=1.0, reset_verify_linked=1.0)
     _, card = killed_holder(card_host, state_dir)
     s.reconcile()
     resetting = threading.Thread(target=s.run_resets)
@@ -417,3 +419,98 @@ def test_a_holder_in_another_pid_namespace_is_named_so_and_the_reset_waits_for_i
     assert state_of(s, card)["reset"]["waiting_for"] == "a process in another PID namespace (a container?) holds its node"
     [held] = state_of(s, card)["unaccounted_processes"]
     assert held["name"] == "a process in another PID namespace (a container?)" and held["user"] is None
+
+
+def beat(tree, card: int, value: int) -> None:
+    (tree.root / f"sys/class/tenstorrent/tenstorrent!{card}/tt_heartbeat").write_text(f"{value}\n")
+
+
+def test_a_card_returns_only_after_two_new_heartbeats_after_its_reset_not_one(card_host, state_dir, monkeypatch):
+    """One change is what a card whose sysfs was not back when first read, or a firmware frozen at another
+    value, shows: not enough."""
+    monkeypatch.setenv("FAKE_TT_SMI_MODE", "dead")  # the fake reset leaves the heartbeat alone
+    s = scheduler(card_host, state_dir, reset_verify_timeout=60.0, reset_verify_linked=60.0)
+    _, card = killed_holder(card_host, state_dir)
+    beat(card_host, card, 500)  # as the card beat before its reset: the value the reset is judged against
+    s.reconcile()
+    assert s.run_resets() == [card]
+    s.reconcile()
+    assert state_of(s, card)["state"] == "resetting"  # still 500: no new beat
+    beat(card_host, card, 7)  # the first value after the reset (or after sysfs came back)
+    s.reconcile()
+    assert state_of(s, card)["state"] == "resetting"
+    s.reconcile()
+    assert state_of(s, card)["state"] == "resetting"  # frozen at 7: still one change only
+    beat(card_host, card, 8)
+    s.reconcile()
+    assert state_of(s, card)["state"] == "free"
+
+
+def test_holders_are_read_again_just_before_each_cards_reset(card_host, state_dir, monkeypatch):
+    """Two cards out for a reset: while the first one's reset runs, a process opens the second one's node."""
+    monkeypatch.setenv("FAKE_TT_SMI_DELAY", "1")
+    s = scheduler(card_host, state_dir)
+    _, first = killed_holder(card_host, state_dir, cards=2)
+    s.reconcile()
+    second = next(i for i in (0, 1) if i != first)
+
+    def open_the_second_once_the_first_reset_runs():
+        wait_until(lambda: ran(card_host) == [reset_of(first)], timeout=10, message="the first reset to start")
+        card_host.set(second, holders=[os.getpid()])
+
+    opener = threading.Thread(target=open_the_second_once_the_first_reset_runs)
+    opener.start()
+    assert s.run_resets() == [first]  # not the second: its holder was read again before its reset
+    opener.join(10)
+    assert ran(card_host) == [reset_of(first)]
+    assert state_of(s, second)["reset"]["waiting_for"] == f"process {os.getpid()} holds its node"
+
+
+def test_a_card_linked_to_others_by_ethernet_gets_minutes_to_beat_again_a_lone_one_seconds():
+    from jupyter_tt.devices import SimulatedInventory
+    from jupyter_tt.scheduler.resets import LINKED_VERIFY_TIMEOUT, verify_timeout_for
+
+    loudbox = SimulatedInventory("n300x4").devices()
+    assert verify_timeout_for(loudbox[0], loudbox, 30.0) == LINKED_VERIFY_TIMEOUT == 300.0
+    lone = SimulatedInventory("n300x1").devices()
+    assert verify_timeout_for(lone[0], lone, 30.0) == 30.0
+    mixed = SimulatedInventory("n150x2,n300x1").devices()
+    assert {verify_timeout_for(d, mixed, 30.0) for d in mixed} == {30.0}
+
+
+CRASHED_HOLDER = """
+import sys, time
+from jupyter_tt.scheduler import open_scheduler
+scheduler = open_scheduler()
+lease = scheduler.acquire(1, timeout=30)
+print(lease.id, lease.devices[0].id, flush=True)
+sys.stdin.readline()  # then its kernel crashed: the restart waits for the card's reset, as the provisioner does
+scheduler.detach_kernel(lease.id, crash="kernel process 4242 was killed by SIGKILL")
+print("detached", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_card_out_for_a_reset_is_roots_until_it_is_back_then_its_lessees_again(card_host, service, alice,
+                                                                                 monkeypatch):
+    """Through the enforcing service: while a crashed kernel's card resets, none of its user's processes can open it."""
+    from tests.support.os_users import PYTHON
+
+    monkeypatch.setenv("FAKE_TT_SMI_DELAY", "3")  # a reset long enough to look at the node during it
+    with card_host.beating(0.2):
+        svc = service(inventory="sysfs", env={"JUPYTER_TT_SYSFS_ROOT": str(card_host.root)})
+        proc = alice.popen([PYTHON, "-c", CRASHED_HOLDER], env=alice.env(JUPYTER_TT_SCHEDULER=svc.address),
+                           stdin=subprocess.PIPE)
+        try:
+            lease_id, card = proc.stdout.readline().split()
+            node = card_host.root / "dev/tenstorrent" / card
+            wait_until(lambda: node.stat().st_uid == alice.uid, timeout=30, message="the node to be alice's")
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "detached"
+            wait_until(lambda: ran(card_host) == [reset_of(int(card))], timeout=30, message="the reset to start")
+            assert (node.stat().st_uid, node.stat().st_mode & 0o777) == (0, 0o600)  # root's while it resets
+            wait_until(lambda: node.stat().st_uid == alice.uid, timeout=60, message="the node back to alice after the reset")
+        finally:
+            proc.kill()
+            proc.wait()

@@ -40,11 +40,14 @@ from ..caches import Caches, lease_environment
 from ..config import TTSettings
 from ..errors import ConfigError, TTError, WaitCancelled, WaitTimeout
 from ..scheduler import DeviceRequest, Lease, SchedulerAPI, Waiting, call, open_scheduler
+from ..scheduler.reset import RESET_TIMEOUT
+from ..scheduler.resets import LINKED_VERIFY_TIMEOUT
 from .mesh import mesh_device_name
 
-#: The least a restart waits for its cards' reset: the tool takes seconds, then the firmware's
-#: heartbeat gets up to reset_verify_timeout (30 s). A kernelspec's short queue wait does not cut it.
-RESET_WAIT = 120.0
+#: The least a restart waits for its cards' reset: the tool (up to RESET_TIMEOUT), then the firmware's
+#: heartbeat, up to reset_verify_timeout (30 s) for a lone card and minutes for one linked to others by
+#: Ethernet (LINKED_VERIFY_TIMEOUT). A kernelspec's short queue wait does not cut it.
+RESET_WAIT = RESET_TIMEOUT + LINKED_VERIFY_TIMEOUT
 
 
 @dataclass(eq=False)

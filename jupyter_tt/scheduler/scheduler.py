@@ -126,6 +126,7 @@ class Scheduler(SchedulerAPI):
         reset_after_crash: bool = False,
         reset_tool: str = "auto",
         reset_verify_timeout: float = 30.0,
+        reset_verify_linked: float = card_resets.LINKED_VERIFY_TIMEOUT,
         history_days: float = 90.0,
         history_rows: int = 100_000,
     ):
@@ -143,6 +144,7 @@ class Scheduler(SchedulerAPI):
         self.reset_after_crash = reset_after_crash and not inventory.simulated
         self.reset_tool = reset_tool
         self.reset_verify_timeout = reset_verify_timeout
+        self.reset_verify_linked = reset_verify_linked  # for a card linked to others by Ethernet
         #: How long, and how many, ended leases the history keeps (``prune``; 0 days: for ever).
         self.history_days, self.history_rows = history_days, history_rows
         self._pruned = float("-inf")
@@ -353,13 +355,11 @@ class Scheduler(SchedulerAPI):
         own, never from a scheduling pass. The next passes return each card once its heartbeat advances."""
         with self._lock:
             pending = [r.device_id for r in store.resets(self.db) if r.done_at is None and r.failed is None]
-            devices = {d.id: d for d in self.devices(fresh=True)} if pending else {}
 
-        def heartbeat(device_id: int) -> int | None:
-            return next((d.telemetry.heartbeat for d in self.devices(fresh=True) if d.id == device_id), None)
+        def read(device_id: int) -> Device | None:  # afresh, just before each card's reset
+            return next((d for d in self.devices(fresh=True) if d.id == device_id), None)
 
-        return card_resets.run(pending, devices, tool=self.reset_tool, record=self._reset_result, heartbeat=heartbeat,
-                          now=time.monotonic)
+        return card_resets.run(pending, read, tool=self.reset_tool, record=self._reset_result, now=time.monotonic)
 
     @_serialized
     def _reset_result(self, device_id: int, *, waiting_for: str | None = None, done_at: float | None = None,
@@ -520,8 +520,8 @@ class Scheduler(SchedulerAPI):
                 alive = False
             if not alive:
                 store.delete_request(db, request.id)
-        card_resets.check(db, lambda: {d.id: d.telemetry.heartbeat for d in self.devices(fresh=True)}, now=ticking,
-                     verify_timeout=self.reset_verify_timeout)
+        card_resets.check(db, lambda: self.devices(fresh=True), now=ticking, verify_timeout=self.reset_verify_timeout,
+                          verify_linked=self.reset_verify_linked)
         self._grant(db, now)
         return ended
 

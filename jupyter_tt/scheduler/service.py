@@ -212,7 +212,10 @@ class SchedulerService:
         return self.guard.close(self._nodes())
 
     def _fence(self) -> None:
-        owners = {d.id: lease.user for lease in self.scheduler.leases() for d in lease.devices}
+        # A card out for a reset is root's until it is back, though its lease lasts (its kernel restarts on it):
+        # none of the lessee's other processes can open it under the reset.
+        resetting = set(self.scheduler.resets())
+        owners = {d.id: lease.user for lease in self.scheduler.leases() for d in lease.devices if d.id not in resetting}
         for change in self.guard.apply(self._nodes(), owners):
             log.info("jupyter-tt scheduler: fenced %s", change)
 

@@ -36,7 +36,7 @@ from ..files import private_dir
 from .leases import Lease, LeasedDevice
 from .processes import BOOT_ID, ProcessRef
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: Bytes the write-ahead log is cut back to after each checkpoint.
 WAL_LIMIT = 4 << 20
 
@@ -101,8 +101,9 @@ CREATE TABLE IF NOT EXISTS resets (   -- cards out of the pool until a reset aft
     since REAL NOT NULL,
     waiting_for TEXT,                 -- why the reset has not run yet (other processes hold the node)
     done_at REAL,                     -- the reset command succeeded (monotonic: waits for the heartbeat)
-    heartbeat INTEGER,                -- the heartbeat read just after the reset: it must change again
-    failed TEXT                       -- why the card could not be reset: it stays out, unhealthy
+    heartbeat INTEGER,                -- the last heartbeat read: before the reset, then each new one after
+    failed TEXT,                      -- why the card could not be reset: it stays out, unhealthy
+    beats INTEGER NOT NULL DEFAULT 0  -- new heartbeats seen since the reset (two bring the card back)
 );
 """
 
@@ -112,6 +113,7 @@ ADDED_COLUMNS = [
     ("leases", "notebook TEXT"), ("requests", "notebook TEXT"), ("history", "notebook TEXT"),  # 2
     ("leases", "owner_boot TEXT"), ("leases", "kernel_boot TEXT"), ("requests", "owner_boot TEXT"),  # 3
     ("requests", "refused TEXT"),  # 5
+    ("resets", "beats INTEGER NOT NULL DEFAULT 0"),  # 6
 ]
 
 
@@ -324,6 +326,7 @@ class ResetRow(_Row):
     done_at: float | None
     heartbeat: int | None
     failed: str | None
+    beats: int = 0
 
 
 # ---------------------------------------------------------------------- leases
@@ -501,8 +504,13 @@ def mark_for_reset(db: sqlite3.Connection, device_ids: list[int], *, lease_id: s
 def set_reset(db: sqlite3.Connection, device_id: int, *, waiting_for: str | None = None, done_at: float | None = None,
               heartbeat: int | None = None, failed: str | None = None) -> bool:
     """Where a card's reset stands (all None: to be run again); False if the card is not out for one."""
-    return db.execute("UPDATE resets SET waiting_for=?, done_at=?, heartbeat=?, failed=? WHERE device_id=?",
+    return db.execute("UPDATE resets SET waiting_for=?, done_at=?, heartbeat=?, failed=?, beats=0 WHERE device_id=?",
                       (waiting_for, done_at, heartbeat, failed, device_id)).rowcount == 1
+
+
+def note_beat(db: sqlite3.Connection, device_id: int, heartbeat: int) -> None:
+    """A new heartbeat of a card after its reset: remembered, and counted."""
+    db.execute("UPDATE resets SET heartbeat=?, beats=beats+1 WHERE device_id=?", (heartbeat, device_id))
 
 
 def end_reset(db: sqlite3.Connection, device_id: int) -> None:
