@@ -74,6 +74,12 @@ class TTSettings(Configurable):
         "TT_VISIBLE_DEVICES (one that no jupyter-tt lease set).",
     ).tag(config=True)
 
+    container_runtimes = Unicode(
+        help="Container runtimes whose running containers are asked which cards they were given (their CLIs on PATH, "
+        "comma-separated): such a card is the container's, never granted, even before it opens the card (the "
+        "vendor's `tt serve` container downloads weights first). Empty: none is asked. Env: JUPYTER_TT_CONTAINER_RUNTIMES.",
+    ).tag(config=True)
+
     scheduler = Unicode(
         help=f"Which scheduler leases devices: 'auto' (the host's scheduler service at {SERVICE_SOCKET} where it is "
         f"installed, waiting for it while it restarts; else personal), 'unix:<socket path>' (a scheduler service), or 'personal' "
@@ -180,6 +186,10 @@ class TTSettings(Configurable):
     def _default_sysfs_root(self):
         return os.environ.get("JUPYTER_TT_SYSFS_ROOT", "/")
 
+    @default("container_runtimes")
+    def _default_container_runtimes(self):
+        return os.environ.get("JUPYTER_TT_CONTAINER_RUNTIMES", "docker,podman")
+
     @default("visible_devices")
     def _default_visible_devices(self):
         if "JUPYTER_TT_VISIBLE_DEVICES" in os.environ:
@@ -237,6 +247,7 @@ class TTSettings(Configurable):
             "JUPYTER_TT_INVENTORY": self.inventory,
             "JUPYTER_TT_SYSFS_ROOT": self.sysfs_root,
             "JUPYTER_TT_VISIBLE_DEVICES": self.visible_devices,
+            "JUPYTER_TT_CONTAINER_RUNTIMES": self.container_runtimes,
             "JUPYTER_TT_STATE_DIR": self.state_dir,
             "JUPYTER_TT_CACHE_DIR": self.cache_dir,
             "JUPYTER_TT_CACHE_LIMIT_GB": f"{self.cache_limit_gb:g}",

@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+from tests.support.fake_docker import docker  # noqa: F401 (a fixture for every test module)
 from tests.support.fake_tt_smi import card_host  # noqa: F401 (a fixture for every test module)
 from tests.support.hang_stacks import pytest_runtest_protocol  # noqa: F401 (stacks of the test's processes before a timeout)
 from tests.support.sysfs_tree import make_host

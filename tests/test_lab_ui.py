@@ -340,3 +340,24 @@ def test_a_notebook_serves_the_model_chats_with_it_and_benchmarks_it_in_its_widg
     expect(widget.locator("svg")).to_contain_text("median TTFT and TPOT by concurrency")
     widget.scroll_into_view_if_needed()
     widget.screenshot(path=str(ARTIFACTS / "11-benchmark.png"))
+
+
+def test_a_card_given_to_a_container_beside_us_shows_the_containers_name_in_the_panel(servers, page, tmp_path, card_host,
+                                                                                     docker):
+    """STAND-IN: the sysfs fixture's two n300 cards, and a fake docker whose tt-inference-server container has card 1."""
+    from playwright.sync_api import expect
+
+    from tests.support.fake_docker import record
+
+    expect.set_options(timeout=30_000)
+    docker.run([record("tt-inference-server-8b", devices=["/dev/tenstorrent/1"])])
+    with card_host.beating(0.2):
+        server = lab(servers, tmp_path, "sysfs", env={"JUPYTER_TT_SYSFS_ROOT": str(card_host.root)})
+        page.goto(f"{server.url}/lab?token={server.token}")
+        page.locator('.jp-SideBar [data-id="jupyter-tt-panel"]').click()
+        expect(device(page, 1).locator(".jp-tt-container")).to_have_text("given to container tt-inference-server-8b")
+        expect(device(page, 0).locator(".jp-tt-container")).to_have_count(0)
+        shot(page, "12-a-containers-card")
+        new_notebook(page, "Python 3 (1× n300, 2 chips)")
+        [lease] = wait_until(server.leases, timeout=60, message="the notebook's kernel to get a card")
+        assert lease["devices"] == [0]  # not the container's

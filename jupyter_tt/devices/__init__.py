@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import CARD_TYPES, CHIPS_PER_CARD, Device, InventoryBackend, Telemetry
+from .containers import ContainerWatch
 from .simulated import DEFAULT_SPEC, SimulatedInventory, parse_spec
 from .sysfs import SysfsInventory
 
@@ -24,15 +25,19 @@ __all__ = [
 ]
 
 
-def open_inventory(spec: str = "auto", sysfs_root: str = "/", visible: str = "") -> InventoryBackend:
+def open_inventory(spec: str = "auto", sysfs_root: str = "/", visible: str = "",
+                   container_runtimes: str = "") -> InventoryBackend:
     """The inventory named by ``spec`` (``JUPYTER_TT_INVENTORY``'s syntax); real devices limited to
-    ``visible`` (``TTSettings.visible_devices``), if set."""
+    ``visible`` (``TTSettings.visible_devices``), if set; cards given to the running containers of
+    ``container_runtimes`` ("docker,podman"; empty: none looked at) held by them."""
     spec = (spec or "auto").strip()
+    runtimes = [r.strip() for r in container_runtimes.split(",") if r.strip()]
+    watch = ContainerWatch(runtimes) if runtimes else None
     if spec == "auto":
-        sysfs = SysfsInventory(sysfs_root, visible=visible)
+        sysfs = SysfsInventory(sysfs_root, visible=visible, containers=watch)
         return sysfs if sysfs.present() else SimulatedInventory(DEFAULT_SPEC)
     if spec == "sysfs":
-        sysfs = SysfsInventory(sysfs_root, visible=visible)
+        sysfs = SysfsInventory(sysfs_root, visible=visible, containers=watch)
         if not sysfs.present():
             raise ConfigError(
                 f"inventory 'sysfs' asked for, but no Tenstorrent device is listed under "

@@ -56,7 +56,15 @@ class Device:
     problem: str | None = None
     #: PIDs holding the node open, from the driver (``/proc/driver/tenstorrent/N/pids``).
     holders: tuple[int, ...] = ()
+    #: Running containers given this card (``containers.py``): it is theirs, open or not yet.
+    containers: tuple[str, ...] = ()
     simulated: bool = False
+
+    @property
+    def held_outside(self) -> bool:
+        """Whether something other than a lease of ours may be using the card: a process holds its node, or a
+        container was given it."""
+        return bool(self.holders or self.containers)
 
     @property
     def healthy(self) -> bool:
@@ -66,15 +74,16 @@ class Device:
         data = asdict(self)
         data["telemetry"] = self.telemetry.to_json()
         data["holders"] = list(self.holders)
+        data["containers"] = list(self.containers)
         data["healthy"] = self.healthy
         return data
 
     @classmethod
     def from_json(cls, data: dict) -> "Device":
         """The device ``to_json`` described (what the scheduler service sends its clients)."""
-        known = {f.name for f in fields(cls)} - {"telemetry", "holders"}
+        known = {f.name for f in fields(cls)} - {"telemetry", "holders", "containers"}
         return cls(**{k: v for k, v in data.items() if k in known}, telemetry=Telemetry(**data.get("telemetry", {})),
-                   holders=tuple(data.get("holders", ())))
+                   holders=tuple(data.get("holders", ())), containers=tuple(data.get("containers", ())))
 
 
 class InventoryBackend(abc.ABC):

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from .base import CHIPS_PER_CARD, Device, InventoryBackend, Telemetry
+from .containers import ContainerWatch, by_device
 
 _CLASS_ENTRY = re.compile(r"^tenstorrent!(\d+)$")
 _FIRMWARE = {
@@ -83,8 +84,10 @@ class SysfsInventory(InventoryBackend):
     kind = "sysfs"
 
     def __init__(self, root: str = "/", heartbeat_timeout: float = 10.0, clock: Callable[[], float] = time.monotonic,
-                 *, visible: str = "", container: bool | None = None):
+                 *, visible: str = "", container: bool | None = None, containers: ContainerWatch | None = None):
         self.root = Path(root)
+        #: Containers beside us, whose cards are theirs (None: not looked at).
+        self.containers = containers
         self.visible = frozenset(v.strip() for v in visible.split(",") if v.strip())
         self.container = in_container(self.root) if container is None else container
         self.heartbeat_timeout = heartbeat_timeout
@@ -137,6 +140,9 @@ class SysfsInventory(InventoryBackend):
             if i not in found:
                 found[i] = replace(last, problem=f"device node {last.path} vanished (card lost or driver reloaded)")
         self._seen.update({i: d for i, d in found.items() if d.problem is None or i not in self._seen})
+        if self.containers is not None:
+            held = by_device(self.containers.claims(), found)
+            found = {i: replace(d, containers=held[i]) if i in held else d for i, d in found.items()}
         return [found[i] for i in sorted(found)]
 
     def _ours(self, i: int, selected: frozenset[int] | None) -> bool:

@@ -53,7 +53,8 @@ def open_scheduler(settings: TTSettings | None = None, *, server: str | None = N
                 scheduler = ServiceClient(socket_path)
             else:
                 scheduler = Scheduler(
-                    open_inventory(settings.inventory, settings.sysfs_root, settings.visible_devices),
+                    open_inventory(settings.inventory, settings.sysfs_root, settings.visible_devices,
+                                   settings.container_runtimes),
                     settings.state_dir,
                     user=settings.user,
                     quota=settings.quota_for(settings.user),

@@ -76,7 +76,7 @@ def device_states(devices: list[Device], leases: list[store.LeaseRow], resets: M
         states.append(DeviceState(
             device=device,
             state=state,
-            held_outside=not lease and bool(device.holders),
+            held_outside=not lease and device.held_outside,
             reset=None if not reset else ResetStatus(reason=reset.reason, waiting_for=reset.waiting_for,
                                                      failed=reset.failed, done=reset.done_at is not None),
             lease_id=lease.id if lease else None,

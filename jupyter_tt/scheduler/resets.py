@@ -92,6 +92,9 @@ def run(pending: list[int], read: Callable[[int], Device | None], *, tool: str, 
             holders = ", ".join(holder_name(pid) for pid in device.holders)
             record(device_id, waiting_for=f"{holders} hold{'s' * (len(device.holders) == 1)} its node")
             continue
+        if device.containers:  # nor under a container given it (it may open it at any moment)
+            record(device_id, waiting_for=f"container {', '.join(device.containers)} was given it")
+            continue
         error = reset_card(device_id, tool, bdf=device.bdf)  # the tool sees this card only
         if error:
             log.error("jupyter-tt: could not reset device %d: %s", device_id, error)

@@ -145,6 +145,7 @@ class Scheduler(SchedulerAPI):
         self.reset_tool = reset_tool
         self.reset_verify_timeout = reset_verify_timeout
         self.reset_verify_linked = reset_verify_linked  # for a card linked to others by Ethernet
+        self._warned_containers: set[tuple[str, int, str]] = set()  # (lease, device, container) said once
         #: How long, and how many, ended leases the history keeps (``prune``; 0 days: for ever).
         self.history_days, self.history_rows = history_days, history_rows
         self._pruned = float("-inf")
@@ -331,9 +332,22 @@ class Scheduler(SchedulerAPI):
         Once a minute it also prunes the history (``prune``)."""
         with self._write() as db:
             ended = self._pass(db)
+            self._warn_of_containers(db)
         if time.monotonic() - self._pruned > PRUNE_INTERVAL:
             self.prune()
         return ended
+
+    def _warn_of_containers(self, db: sqlite3.Connection) -> None:
+        """A container given a card that a lease holds: said once to the log of the server or service
+        (the devices report shows it to the lessee: ``containers`` of the device)."""
+        devices = {d.id: d for d in self.devices()}
+        for row in store.leases(db):
+            for d in row.devices():
+                for name in devices[d["id"]].containers if d["id"] in devices else ():
+                    if (row.id, d["id"], name) not in self._warned_containers and len(self._warned_containers) < 1024:
+                        self._warned_containers.add((row.id, d["id"], name))
+                        log.warning("jupyter-tt: container %s was given device %d, which lease %s of %s holds",
+                                    name, d["id"], row.id, row.user)
 
     @_serialized
     def prune(self) -> int:
@@ -573,7 +587,7 @@ class Scheduler(SchedulerAPI):
         taken = store.taken_devices(db)
         # A node some process holds open outside any lease (opened before the service fenced it, or by
         # root) is not granted until they close it: its new holder would share the card.
-        free = [d for d in self.devices() if d.id not in taken and not d.holders]
+        free = [d for d in self.devices() if d.id not in taken and not d.held_outside]  # a container's too
         asks = [Ask(request_id=r.id, user=r.user, devices=r.devices, card_type=r.card_type, requested_at=r.requested_at,
                     quota=r.quota or 0) for r in waiting.values()]
         usable = self._usable(db) if usable is None else usable

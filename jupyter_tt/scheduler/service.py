@@ -93,7 +93,8 @@ class SchedulerService:
     def __init__(self, settings: TTSettings, socket_path: str, state_dir: str):
         self.settings = settings
         self.socket_path = Path(socket_path)
-        inventory = open_inventory(settings.inventory, settings.sysfs_root, settings.visible_devices)
+        inventory = open_inventory(settings.inventory, settings.sysfs_root, settings.visible_devices,
+                                   settings.container_runtimes)
         resets, self.resets_off = settings.reset_after_crash, None
         if resets is None:  # the default: on where a tool can reset a card; a missing tool must not brick them
             missing = why_no_reset(settings.reset_tool) if inventory.kind == "sysfs" else "no real cards"

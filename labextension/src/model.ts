@@ -46,6 +46,8 @@ export interface IDevice extends IHeld {
   /** Set while the card is out of the pool for a reset after its holder died. */
   reset: { reason: string; waiting_for: string | null; failed: string | null; done: boolean } | null;
   simulated: boolean;
+  /** Running containers given this card (Docker, Podman): it is theirs, open or not yet. */
+  containers?: string[];
   telemetry: ITelemetry;
   /** [epoch seconds, temperature °C, power W], oldest first. */
   telemetry_history: [number, number | null, number | null][];

@@ -172,6 +172,8 @@ export class DevicePanel extends Widget {
       h('div', { class: 'jp-tt-meta' }, `${device.path} · ${device.bdf}`),
       (device.state === 'leased' || (device.state === 'resetting' && device.lease_id)) && this._holder(device),
       device.problem && h('div', { class: 'jp-tt-problem' }, device.problem),
+      (device.containers ?? []).length > 0 &&
+        h('div', { class: 'jp-tt-problem jp-tt-container' }, `given to container ${(device.containers ?? []).join(', ')}`),
       device.state === 'resetting' &&
         h(
           'div',
