@@ -4,7 +4,8 @@
 
 No cluster here: KubeSpawner builds the pod manifest offline (it needs a kubeconfig to exist, not to
 answer), and the manifest is what Kubernetes would be sent. The claim templates are read back through
-the Kubernetes client's own models (resource.k8s.io/v1). What a pod then sees of the cards is
+the Kubernetes client's own models of their API version (resource.k8s.io/v1 for Kubernetes 1.34 and
+later, v1beta2 for 1.33). What a pod then sees of the cards is
 tested in test_inventory.py (a container given some nodes) and test_cli.py (a plugin's TT_VISIBLE_DEVICES).
 """
 
@@ -25,6 +26,10 @@ PROFILES = VALUES["profileList"]
 DRA_VALUES = yaml.safe_load((EXAMPLE / "values-dra.yaml").read_text())["singleuser"]
 DRA_PROFILES = DRA_VALUES["profileList"]
 TEMPLATES = list(yaml.safe_load_all((EXAMPLE / "dra-claim-templates.yaml").read_text()))
+#: The same templates for Kubernetes 1.33, whose DRA API is resource.k8s.io/v1beta2 (1.34 serves v1).
+TEMPLATES_1_33 = list(yaml.safe_load_all((EXAMPLE / "dra-claim-templates-v1beta2.yaml").read_text()))
+#: 1 GiB hugepages per card, as Tenstorrent's hugepages-setup.sh reserves them on a host.
+HUGEPAGES_PER_CARD = 4
 
 
 @pytest.fixture
@@ -83,32 +88,45 @@ def as_model(document: dict, model: str):
     return asyncio.run(read())
 
 
-def test_each_dra_claim_template_is_a_resource_claim_template_for_whole_cards_of_one_board(kubeconfig):
+@pytest.mark.parametrize(("templates", "api_version", "model"), [
+    (TEMPLATES, "resource.k8s.io/v1", "V1ResourceClaimTemplate"),
+    (TEMPLATES_1_33, "resource.k8s.io/v1beta2", "V1beta2ResourceClaimTemplate"),
+], ids=["kubernetes-1.34", "kubernetes-1.33"])
+def test_each_dra_claim_template_is_a_resource_claim_template_for_whole_cards_of_one_board(kubeconfig, templates,
+                                                                                         api_version, model):
     # kubeconfig: kubernetes_asyncio reads KUBECONFIG once, when first imported
-    assert [t["metadata"]["name"] for t in TEMPLATES] == ["tt-n150-x1", "tt-n300-x1", "tt-n300-x4"]
-    for document in TEMPLATES:
-        template, round_trip = as_model(document, "V1ResourceClaimTemplate")
+    assert [t["metadata"]["name"] for t in templates] == ["tt-n150-x1", "tt-n300-x1", "tt-n300-x4"]
+    for document in templates:
+        template, round_trip = as_model(document, model)
         assert round_trip == document  # every field is one the API knows, spelt as it spells it
-        assert (template.api_version, template.kind) == ("resource.k8s.io/v1", "ResourceClaimTemplate")
+        assert (template.api_version, template.kind) == (api_version, "ResourceClaimTemplate")
         [request] = template.spec.spec.devices.requests
         exact = request.exactly
         assert exact.device_class_name == "tenstorrent.com" and exact.allocation_mode == "ExactCount"
         board, count = document["metadata"]["name"].split("-")[1], int(document["metadata"]["name"].split("-x")[1])
         assert exact.count == count and board in CARD_TYPES
         [selector] = exact.selectors
-        assert selector.cel.expression == f'device.attributes["tenstorrent.com"].boardName == "{board}"'
+        # Guarded: a driver release that publishes no boardName (one device per chip) matches nothing.
+        attribute = 'device.attributes["tenstorrent.com"].boardName'
+        assert selector.cel.expression == f'has({attribute}) && {attribute} == "{board}"'
+    assert [{**t, "apiVersion": None} for t in templates] == [{**t, "apiVersion": None} for t in TEMPLATES]
 
 
 @pytest.mark.parametrize("profile", DRA_PROFILES, ids=[p["slug"] for p in DRA_PROFILES])
-def test_each_dra_profile_renders_a_pod_that_claims_its_cards_from_a_template_and_no_extended_resource(
+def test_each_dra_profile_renders_a_pod_that_claims_its_cards_from_a_template_and_requests_their_hugepages(
         profile, kubeconfig, monkeypatch):
     pod = render(profile, hub_config("values-dra.yaml", monkeypatch))
     [claim] = pod["spec"]["resourceClaims"]
     assert claim["resourceClaimTemplateName"] in {t["metadata"]["name"] for t in TEMPLATES}
     [container] = pod["spec"]["containers"]
     assert container["resources"]["claims"] == [{"name": claim["name"]}]
-    resources = {**container["resources"].get("limits", {}), **container["resources"].get("requests", {})}
-    assert not any(k.startswith(("tenstorrent.com/", "hugepages-")) for k in resources)  # CDI mounts them
+    limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+    assert not any(k.startswith("tenstorrent.com/") for k in {**limits, **requests})  # the claim, not a count
+    # The driver mounts the hugepage filesystem through CDI, but kubelet's hugetlb limit is 0 for a page
+    # size the pod does not request: four 1 GiB pages per card, requested and limited alike.
+    [template] = [t for t in TEMPLATES if t["metadata"]["name"] == claim["resourceClaimTemplateName"]]
+    cards = template["spec"]["spec"]["devices"]["requests"][0]["exactly"]["count"]
+    assert limits["hugepages-1Gi"] == requests["hugepages-1Gi"] == f"{HUGEPAGES_PER_CARD * cards}Gi"
     assert "/dev/hugepages-1G" not in [m["mountPath"] for m in container.get("volumeMounts", [])]
     assert "IPC_LOCK" in container["securityContext"]["capabilities"]["add"]
     assert {e["name"]: e.get("value") for e in container["env"]}["JUPYTER_TT_INVENTORY"] == "sysfs"
@@ -124,7 +142,7 @@ def test_each_device_plugin_profile_renders_a_pod_with_whole_cards_huge_pages_an
     cards = {k.split("/")[1]: int(v) for k, v in limits.items() if k.startswith("tenstorrent.com/")}
     assert len(cards) == 1 and set(cards) <= set(CARD_TYPES)
     [count] = cards.values()
-    assert limits["hugepages-1Gi"] == requests["hugepages-1Gi"] == f"{4 * count}Gi"
+    assert limits["hugepages-1Gi"] == requests["hugepages-1Gi"] == f"{HUGEPAGES_PER_CARD * count}Gi"
     assert "IPC_LOCK" in container["securityContext"]["capabilities"]["add"]
     [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/hugepages-1G"]
     [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
