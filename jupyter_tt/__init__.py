@@ -16,6 +16,10 @@ def __getattr__(name):
         from .serving.notebook import serve
 
         return serve
+    if name == "check":  # the readiness check on this kernel's lease (imports ttnn when it runs)
+        from .check import check
+
+        return check
     if name == "BenchmarkWidget":  # ipywidgets and the benchmark client
         from .bench.widget import BenchmarkWidget
 
@@ -31,6 +35,7 @@ __all__ = [
     "TTError",
     "WaitTimeout",
     "__version__",
+    "check",
     "close_mesh_device",
     "lease",
     "open_mesh_device",

@@ -194,6 +194,14 @@ def cmd_doctor(args) -> int:
     return 1 if any(c.status is Status.FAIL for c in checks) else 0
 
 
+def cmd_check(args) -> int:
+    from .check import check
+
+    report = check()
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
+    return 0 if report.ok else 1
+
+
 def cmd_release(args) -> int:
     scheduler = _scheduler()
     scheduler.release(args.lease_id, reason=f"released with `jupyter tt release` by {scheduler.user}", user=scheduler.user)
@@ -451,6 +459,12 @@ def parser() -> argparse.ArgumentParser:
     doc.add_argument("--heartbeat-wait", type=float, default=2.0, help="seconds to watch the firmware heartbeats")
     doc.add_argument("--json", action="store_true", help="the checks as JSON, for scripts")
     doc.set_defaults(func=cmd_doctor)
+
+    chk = sub.add_parser("check", help="is this lease's card ready? A gated MLP at a prefill and a decode shape, traced, "
+                                       "against torch (PCC >= 0.99, replays identical); this lease only, never a "
+                                       "reset (exit 1 if it fails). Run it in a kernel, or under `jupyter tt run`")
+    chk.add_argument("--json", action="store_true", help="the results as JSON, for scripts")
+    chk.set_defaults(func=cmd_check)
 
     s = sub.add_parser("serve", help="serve a model with an OpenAI-compatible API")
     s.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name, .gguf file or Hugging Face folder")

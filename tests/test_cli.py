@@ -275,3 +275,11 @@ def test_ctrl_c_on_serve_stops_it_cleanly_without_a_traceback(tmp_path):
     text = log.read_text()
     assert "Traceback" not in text and "died" not in text, text[-3000:]
     assert text.rstrip().endswith("Stopped (Ctrl-C): requests in flight were aborted"), text[-3000:]
+
+
+def test_check_without_a_lease_or_on_a_simulated_one_says_why_before_touching_a_card(state_dir):
+    out = jupyter_tt("check", env={"JUPYTER_TT_LEASE": ""})
+    assert out.returncode == 2 and "jupyter tt check: this kernel holds no Tenstorrent devices" in out.stderr, out.stderr
+    held = Scheduler(SimulatedInventory("n300x1"), state_dir, user="alice").acquire(1)
+    out = jupyter_tt("check", "--json", env={"JUPYTER_TT_LEASE": held.id, "JUPYTER_TT_INVENTORY": "simulated:n300x1"})
+    assert out.returncode == 2 and "simulated inventory: there is no Wormhole device to open" in out.stderr, out.stderr

@@ -17,7 +17,7 @@ from jupyter_tt.serving.backends.ttnn import model as ttnn_model
 
 ROOT = Path(jupyter_tt.__file__).parent
 SOURCES = ["serving/backends/ttnn/model.py", "serving/backends/ttnn/runner.py", "kernels/current.py", "kernels/mesh.py",
-           "serving/backends/ttnn/tt_transformers.py"]
+           "serving/backends/ttnn/tt_transformers.py", "check.py"]
 
 
 def dotted(node) -> str | None:

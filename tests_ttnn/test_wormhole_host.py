@@ -1,4 +1,5 @@
-"""What vLLM on cards is given, on a real Wormhole host (skipped where no /dev/tenstorrent exists).
+"""What vLLM on cards is given, and the readiness check, on a real Wormhole host (skipped where no
+/dev/tenstorrent exists).
 
 Run on a host with cards:  make test-wormhole
 NOT yet run on a card. vllm-tt-plugin counts TT_VISIBLE_DEVICES entries as chips, so each card is
@@ -8,6 +9,7 @@ open every chip of the listed cards, and no other card.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,3 +41,17 @@ def test_the_visible_devices_given_to_vllm_open_every_chip_of_each_listed_card(r
         seen = int(next(x for x in out.stdout.splitlines() if x.startswith("N "))[2:])
         report(f"Wormhole: {count} card(s) listed as {devices.visible_devices}: ttnn opens {seen} chips (expected {chips})")
         assert seen == chips == len(devices.visible_devices.split(","))
+
+
+def test_the_readiness_check_passes_on_a_lease_of_one_card_with_its_traces_replaying_identically(report):
+    """`jupyter tt check` under `jupyter tt run`, as an administrator runs it after setting up a host."""
+    command = [sys.executable, "-m", "jupyter_tt.cli", "run", "--devices", "1", "--",
+               sys.executable, "-m", "jupyter_tt.cli", "check", "--json"]
+    env = {k: v for k, v in os.environ.items() if k != "TT_METAL_MOCK_CLUSTER_DESC_PATH"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    result = json.loads(done.stdout[done.stdout.index("{"):])
+    for r in result["results"]:
+        report(f"Wormhole: check {r['shape']} ({r['rows']} rows): PCC {r['pcc']:.5f}, replays identical "
+               f"{r['replays_identical']}")
+    assert done.returncode == 0 and result["ok"], done.stderr[-2000:]
+    assert all(r["replays_identical"] is True for r in result["results"])
