@@ -416,15 +416,16 @@ class Doctor:
         """Who can reach a container engine's socket can start a container with any card (``--device
         /dev/tenstorrent/N``), whatever the node's owner and mode: on a shared host they are root."""
         groups = _group_members(self.root)
-        reach = []
+        reach, seen = [], set()
         for relative in CONTAINER_SOCKETS:
             path = self.root / relative
             try:
                 st = path.stat()
             except OSError:
                 continue
-            if not stat.S_ISSOCK(st.st_mode):
+            if not stat.S_ISSOCK(st.st_mode) or (st.st_dev, st.st_ino) in seen:  # /var/run is /run on most hosts
                 continue
+            seen.add((st.st_dev, st.st_ino))
             who = set()
             if st.st_mode & 0o006:
                 who.add("every user")
