@@ -374,6 +374,9 @@ class TTProvisioner(LocalProvisioner):
         finally:
             _WAITS.discard(wait)
             stop_older()  # granted at once (no wait to report), or failed: the older waits end either way
+        if wait.why is not None:  # granted just as a newer kernel took its place (or the server began to stop)
+            await call(scheduler.release, lease.id, reason="request cancelled while granted")
+            raise WaitCancelled(f"the kernel stopped waiting for devices: {wait.why}")
         simulated = " (simulated)" if scheduler.inventory.simulated else ""
         self.log.info(
             "Kernel %s leased %s%s: %s", self.kernel_id, lease.id, simulated, ", ".join(lease.bdfs)
