@@ -126,3 +126,44 @@ def test_on_a_shared_host_the_services_config_sets_the_idle_policy_for_every_ser
     svc = service(config="c.TTSettings.idle_timeout = 900\nc.TTSettings.idle_grace = 120\n")
     assert ServiceClient(str(svc.socket)).idle_policy == (900.0, 120.0)
     assert ServiceClient(str(service().socket)).idle_policy == (0.0, 60.0)  # off unless the admin sets it
+
+
+def test_a_kernel_whose_model_server_answers_requests_is_not_idle_and_keeps_its_card(servers, state_dir):
+    """The kernel itself is quiet after serve(): its model server's work (a child's CPU time) is its activity."""
+    import threading
+
+    import httpx
+
+    server = servers(inventory="simulated:n150x1", args=IDLE)
+    kernel_id = server.start_kernel("tt-n150")
+    client = kernel_client(kernel_id)
+    try:
+        outputs: list[dict] = []
+        reply = client.execute_interactive(
+            "import jupyter_tt; llm = jupyter_tt.serve(); print(llm.base_url, llm.api_key)", timeout=240,
+            output_hook=lambda msg: outputs.append(msg) if msg["msg_type"] == "stream" else None)
+        assert reply["content"]["status"] == "ok", reply
+        base_url, key = "".join(m["content"]["text"] for m in outputs).split()
+        lease_id = server.lease_of(kernel_id)["id"]
+        stop = threading.Event()
+
+        def ask_all_the_time():
+            with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
+                while not stop.is_set():
+                    http.post("/completions", json={"model": "smollm2-135m-instruct", "prompt": "Once upon a time",
+                                                    "max_tokens": 16})
+
+        asker = threading.Thread(target=ask_all_the_time, daemon=True)
+        asker.start()
+        bob = Scheduler(SimulatedInventory("n150x1"), state_dir, user="bob")
+        waiting = bob.submit(1, "n150")
+        time.sleep(8)  # idle_timeout 2 s and grace 1 s, many times over
+        assert isinstance(bob.check(waiting.request_id), Waiting)  # still the kernel's: its model works
+        assert server.lease_of(kernel_id)["id"] == lease_id and "is idle for" not in server.log_text()
+        stop.set()
+        asker.join(60)
+        granted = wait_until(lambda: isinstance(lease := bob.check(waiting.request_id), Lease) and lease, timeout=60,
+                             message="the card to go to bob once the model server is quiet too")
+        bob.release(granted.id)
+    finally:
+        client.stop_channels()

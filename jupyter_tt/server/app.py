@@ -19,7 +19,7 @@ from ..scheduler.loop import ReconcileLoop
 from . import metrics
 from .events import SCHEMA_ID, SCHEMA_PATH, StateWatcher
 from .handlers import DevicesHandler, KernelDevicesHandler, LeaseHandler, LeasesHandler, QueueHandler, UsageHandler
-from .idle import IdleReclaimer, idle_kernel
+from .idle import IdleReclaimer, ServingActivity, idle_kernel
 from .proxy import ServeProxyHandler
 
 #: Seconds a stopping server gives kernels still starting to finish (or fail) before it shuts kernels down.
@@ -69,6 +69,7 @@ class JupyterTTApp(ExtensionApp):
         self.watcher = StateWatcher(self.scheduler)
         self._loop = IOLoop.current()
         self._idle = IdleReclaimer(timeout=0.0, grace=0.0)
+        self._serving = ServingActivity()  # a kernel whose model server works is not idle
         self._restarts: dict[str, asyncio.Future] = {}  # kernel id -> its restart on chosen devices
         # Personal mode with reset_after_crash: this server resets cards whose holder died (the service
         # does it itself on a shared host).
@@ -155,10 +156,19 @@ class JupyterTTApp(ExtensionApp):
             return
         self._idle.timeout, self._idle.grace = timeout, grace
         km = self._server.kernel_manager
+        pids = {}
+        for kid in km.list_kernel_ids():
+            try:
+                pid = getattr(getattr(km.get_kernel(kid), "provisioner", None), "pid", None)
+            except KeyError:  # shut down meanwhile
+                continue
+            if isinstance(pid, int):
+                pids[kid] = pid
+        serving = await call(self._serving.sample, pids)  # reads /proc: in a worker thread
         kernels = {}
         for kid in km.list_kernel_ids():
             try:
-                kernels[kid] = idle_kernel(kid, km.get_kernel(kid))
+                kernels[kid] = idle_kernel(kid, km.get_kernel(kid), serving.get(kid))
             except KeyError:  # shut down meanwhile
                 continue
         report = self.watcher.report
