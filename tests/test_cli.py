@@ -251,6 +251,7 @@ def test_usage_csv_has_one_row_per_lease_with_utc_times_and_hours_held_ones_incl
 def test_ctrl_c_on_serve_stops_it_cleanly_without_a_traceback(tmp_path):
     import httpx
 
+    from tests.support.hang_stacks import dump_stacks
     from tests.support.jupyter_servers import free_port, wait_until
 
     port, log = free_port(), tmp_path / "serve.log"
@@ -266,8 +267,13 @@ def test_ctrl_c_on_serve_stops_it_cleanly_without_a_traceback(tmp_path):
                 return False
 
         wait_until(up, timeout=180, interval=0.5, message="jupyter tt serve to load the model")
+        wait_until(lambda: "Serving smollm2" in log.read_text(), timeout=30, message="the engine to start serving")
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        assert proc.wait(30) == 0
+        try:
+            assert proc.wait(30) == 0
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"jupyter tt serve did not stop within 30 s of Ctrl-C:\n{dump_stacks('a Ctrl-C that hangs')}\n"
+                        f"{log.read_text()[-3000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()

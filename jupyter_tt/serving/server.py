@@ -106,8 +106,19 @@ def serve_forever(engine: Engine, name: str, host: str = "127.0.0.1", port: int 
         raise TTError(f"cannot listen on {host}:{port} ({failure[0]}): pick another --port")
     keyed = "with an API key" if api_key else "without an API key: every local user can use it"
     print(f"Serving {name} ({backend}) on http://{host}:{port}/v1, {keyed}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: engine.stop())
+    # SIGTERM and Ctrl-C (SIGINT) stop the engine's loop, which then aborts what is in flight and returns: no
+    # KeyboardInterrupt thrown into the middle of a step.
+    interrupted: list[int] = []
+
+    def stop(signum, _frame) -> None:
+        interrupted.append(signum)
+        engine.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         engine.run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the handlers were in place
+        interrupted.append(signal.SIGINT)
+    if signal.SIGINT in interrupted:
         print("Stopped (Ctrl-C): requests in flight were aborted", flush=True)
