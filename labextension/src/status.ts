@@ -146,7 +146,12 @@ export class QueueNotifier {
 
   private _granted(path: string, leaseId: string, what: string, id?: string): void {
     if (this._announced.has(leaseId)) {
-      return; // the event and the poll both saw it
+      // The event and the poll both saw it. A waiting notice made from a state read before the grant
+      // (it came after the event) goes: the grant was said already.
+      if (id) {
+        Notification.dismiss(id);
+      }
+      return;
     }
     this._announced.add(leaseId);
     const message = `${path}: the kernel got its devices (${what})`;
