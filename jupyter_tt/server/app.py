@@ -156,21 +156,16 @@ class JupyterTTApp(ExtensionApp):
             return
         self._idle.timeout, self._idle.grace = timeout, grace
         km = self._server.kernel_manager
-        pids = {}
+        found = {}
         for kid in km.list_kernel_ids():
             try:
-                pid = getattr(getattr(km.get_kernel(kid), "provisioner", None), "pid", None)
+                found[kid] = km.get_kernel(kid)
             except KeyError:  # shut down meanwhile
                 continue
-            if isinstance(pid, int):
-                pids[kid] = pid
+        pids = {kid: pid for kid, kernel in found.items()
+                if isinstance(pid := getattr(getattr(kernel, "provisioner", None), "pid", None), int)}
         serving = await call(self._serving.sample, pids)  # reads /proc: in a worker thread
-        kernels = {}
-        for kid in km.list_kernel_ids():
-            try:
-                kernels[kid] = idle_kernel(kid, km.get_kernel(kid), serving.get(kid))
-            except KeyError:  # shut down meanwhile
-                continue
+        kernels = {kid: idle_kernel(kid, kernel, serving.get(kid)) for kid, kernel in found.items()}
         report = self.watcher.report
         free = Counter(s.device.card_type for s in (report.devices if report else ()) if s.state == DeviceStatus.FREE)
         actions = self._idle.decide(list(self.watcher.leases.values()), kernels, list(self.watcher.queue.values()), free)
