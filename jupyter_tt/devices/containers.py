@@ -97,33 +97,39 @@ class ContainerWatch:
         self.problem: str | None = None
 
     def claims(self, wait: bool = False) -> list[Claim]:
-        """The last claims read; starts a refresh when they are older than ``ttl`` (``wait``: and waits for
-        it, for a one-shot reader such as ``jupyter tt devices``)."""
+        """The last claims read; starts a refresh when they are older than ``ttl``. ``wait``: read them now and
+        return those (after any refresh already under way, which may have read an older state), for a
+        one-shot reader such as ``jupyter tt devices``."""
+        if wait:
+            with self._refreshing:
+                self._read_all()
+            return self._claims
         stale = self._read_at is None or time.monotonic() - self._read_at > self.ttl
         if stale and self._refreshing.acquire(blocking=False):
-            if wait:
-                self._refresh()
-            else:
-                threading.Thread(target=self._refresh, name="jupyter-tt-containers", daemon=True).start()
+            threading.Thread(target=self._refresh, name="jupyter-tt-containers", daemon=True).start()
         return self._claims
 
     def _refresh(self) -> None:
+        """A background refresh: the caller took ``_refreshing``."""
         try:
-            claims, problems = [], []
-            found = [(name, path) for name in self.runtimes if (path := self._which(name))]
-            for name, path in found:
-                got = self._read(name, path)
-                if isinstance(got, str):
-                    problems.append(got)
-                else:
-                    claims += got
-            problem = "; ".join(problems) if problems else None if found else (
-                f"no container runtime ({', '.join(self.runtimes)}) on PATH: cards are read from the driver alone")
-            if problem and problem != self.problem:
-                log.info("jupyter-tt: containers beside us are not seen: %s", problem)
-            self._claims, self.problem, self._read_at = claims, problem, time.monotonic()
+            self._read_all()
         finally:
             self._refreshing.release()
+
+    def _read_all(self) -> None:
+        claims, problems = [], []
+        found = [(name, path) for name in self.runtimes if (path := self._which(name))]
+        for name, path in found:
+            got = self._read(name, path)
+            if isinstance(got, str):
+                problems.append(got)
+            else:
+                claims += got
+        problem = "; ".join(problems) if problems else None if found else (
+            f"no container runtime ({', '.join(self.runtimes)}) on PATH: cards are read from the driver alone")
+        if problem and problem != self.problem:
+            log.info("jupyter-tt: containers beside us are not seen: %s", problem)
+        self._claims, self.problem, self._read_at = claims, problem, time.monotonic()
 
     def _read(self, name: str, path: str) -> list[Claim] | str:
         """The claims of ``name``'s running containers, or why they could not be read."""
